@@ -1,0 +1,1 @@
+"""odal's daemon: watches Prodigy annotations, trains, evaluates and publishes object-detection models."""

@@ -1,0 +1,108 @@
+"""One round job, inside the worker: records -> train -> evaluate -> export, each stage timed.
+
+A job names every input and output path (see ``odal.daemon.handlers.round`` for how the daemon builds it):
+
+    round_dir        folder of this round: annotations.jsonl (input), records, pipeline.config, logs
+    pipeline_config  the user's pipeline.config
+    label_map        label map (.pbtxt); num_classes is its size
+    init_checkpoint  checkpoint prefix to continue from (previous round), or null
+    fine_tune        {"path", "type"} used when there is no init_checkpoint, or null
+    steps            train steps this round
+    checkpoint_dir   where this round's checkpoint must appear (written aside, renamed into place)
+    export_dir       where the SavedModel must appear (a staging folder the daemon publishes)
+    tensorboard_dir  where TensorBoard events go, or null
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede object_detection)
+from odal.daemon.atomic import publish_dir, remove_tree
+from odal.daemon.worker import session as sessions
+from odal.daemon.worker.tfrecords import write_records
+
+_SESSION: sessions.ModelSession | None = None
+
+
+def _session(configs: dict) -> tuple[sessions.ModelSession, bool]:
+    """The cached session when the model is unchanged, else a new one; and whether it was reused."""
+    global _SESSION
+    key = sessions.session_key(configs)
+    if _SESSION is not None and _SESSION.key == key:
+        return _SESSION, True
+    _SESSION = sessions.ModelSession(configs)
+    return _SESSION, False
+
+
+def _fresh(path: Path) -> Path:
+    """A path for an output folder, cleared of what a crashed attempt may have left."""
+    remove_tree(path)
+    return path
+
+
+def run_job(job: dict, send: Callable[[dict], None]) -> dict:
+    round_dir = Path(job["round_dir"])
+    timings: dict[str, float] = {}
+
+    def stage(name: str):
+        send({"type": "progress", "stage": name})
+        return time.monotonic()
+
+    started = stage("records")
+    counts = write_records(round_dir / "annotations.jsonl", round_dir)
+    timings["records"] = time.monotonic() - started
+
+    configs = sessions.load_configs(
+        Path(job["pipeline_config"]), Path(job["label_map"]), job["num_classes"],
+        round_dir / "train.record", round_dir / "eval.record",
+    )
+    sessions.write_pipeline(configs, round_dir / "pipeline.config")
+
+    started = stage("train")
+    session, reused = _session(configs)
+    init = job.get("init_checkpoint")
+    if not reused and init is None and session.weights_from is None and job.get("fine_tune") is None:
+        pass  # from scratch
+    if reused and init is None and session.weights_from is not None:
+        # A rebuilt history (e.g. all checkpoints deleted) must not silently continue old weights.
+        session, reused = sessions.ModelSession(configs), False
+        globals()["_SESSION"] = session
+
+    def progress(done: int, total: int, loss: float) -> None:
+        send({"type": "progress", "stage": "train", "step": done, "of": total, "loss": loss})
+
+    tb = Path(job["tensorboard_dir"]) if job.get("tensorboard_dir") else None
+    train = session.train(configs, job["steps"], init, job.get("fine_tune"), progress,
+                          tb / "train" if tb else None)
+    timings["train"] = time.monotonic() - started
+
+    checkpoint_dir = Path(job["checkpoint_dir"])
+    partial = _fresh(checkpoint_dir.with_name(f".{checkpoint_dir.name}.partial"))
+    prefix_in_partial = session.save(partial)
+    remove_tree(checkpoint_dir)
+    publish_dir(partial, checkpoint_dir)
+    prefix = str(checkpoint_dir / Path(prefix_in_partial).name)
+    session.weights_from = prefix
+
+    metrics = None
+    if counts["eval"]:
+        started = stage("evaluate")
+        metrics = session.evaluate(configs, tb / "eval" if tb else None)
+        timings["evaluate"] = time.monotonic() - started
+
+    started = stage("export")
+    export_dir = _fresh(Path(job["export_dir"]))
+    session.export(prefix, export_dir)
+    timings["export"] = time.monotonic() - started
+
+    return {
+        "counts": counts,
+        "train": train,
+        "session_reused": reused,
+        "checkpoint": prefix,
+        "metrics": metrics,
+        "timings": timings,
+    }

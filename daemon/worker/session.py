@@ -1,0 +1,180 @@
+"""A model session: one OD API detection model kept alive across rounds in the worker process.
+
+Building the model and tracing the train step cost most of a stock ``model_main_tf2`` run (about 20 s of a tiny
+model's first step); the inference function costs as much again at export.  A session pays both once, and each
+later round only reads new data, runs its steps, evaluates and saves.  A session is keyed by the model part of the
+pipeline config: change the model and the worker builds a new session.
+
+Stages take explicit inputs and write only where they are told to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede object_detection)
+
+import tensorflow as tf
+from object_detection import exporter_lib_v2, inputs, model_lib_v2
+from object_detection.builders import model_builder, optimizer_builder
+from object_detection.utils import config_util
+
+from odal.daemon.atomic import atomic_write_text, fsync_tree
+
+Progress = Callable[[int, int, float], None]
+
+
+def load_configs(pipeline_config: Path, label_map: Path, num_classes: int, train_record: Path,
+                 eval_record: Path) -> dict:
+    """The user's pipeline.config with this round's inputs, label map and class count filled in."""
+    configs = config_util.get_configs_from_pipeline_file(str(pipeline_config))
+    configs = config_util.merge_external_params_with_configs(
+        configs,
+        kwargs_dict={
+            "train_input_path": str(train_record),
+            "eval_input_path": str(eval_record),
+            "label_map_path": str(label_map),
+        },
+    )
+    model_config = configs["model"]
+    getattr(model_config, model_config.WhichOneof("model")).num_classes = num_classes
+    return configs
+
+
+def session_key(configs: dict) -> str:
+    """What must match for a cached session to be reused: the model and the optimiser."""
+    text = str(configs["model"]) + str(configs["train_config"].optimizer) + str(configs["train_config"].batch_size)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ModelSession:
+    def __init__(self, configs: dict):
+        self.key = session_key(configs)
+        self.model_config = configs["model"]
+        train_config = configs["train_config"]
+        self.train_config = train_config
+        self.model = model_builder.build(model_config=self.model_config, is_training=True)
+        self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="global_step")
+        self.optimizer, _ = optimizer_builder.build(train_config.optimizer, global_step=self.global_step)
+        self.checkpoint = tf.train.Checkpoint(step=self.global_step, model=self.model, optimizer=self.optimizer)
+        self.weights_from: str | None = None  # the checkpoint whose weights the live model holds
+        self._train_step = None
+        self._inference = None
+
+    # -- weights ---------------------------------------------------------------------------------------------------
+    def restore(self, checkpoint_prefix: str | None, fine_tune: dict | None, dataset) -> None:
+        """Make the live weights those of ``checkpoint_prefix`` (the previous round), or a fine-tune start."""
+        if checkpoint_prefix:
+            if self.weights_from != checkpoint_prefix:
+                # Variables not created yet are restored when the first train step creates them (TF's deferred
+                # restoration, as the stock train loop relies on); existing ones are assigned now.
+                self.checkpoint.restore(checkpoint_prefix)
+                self.weights_from = checkpoint_prefix
+            return
+        if self.weights_from is not None:
+            raise RuntimeError("a session that has trained cannot start from scratch again; use a new session")
+        if fine_tune:
+            model_lib_v2.load_fine_tune_checkpoint(
+                self.model, fine_tune["path"], fine_tune["type"], self.train_config.fine_tune_checkpoint_version,
+                True, dataset, self.train_config.unpad_groundtruth_tensors,
+            )
+        self.weights_from = ""
+
+    def save(self, checkpoint_dir: Path) -> str:
+        """Write the live weights, step and optimiser state into ``checkpoint_dir`` (the caller publishes it)."""
+        prefix = self.checkpoint.write(str(checkpoint_dir / "ckpt"))
+        fsync_tree(checkpoint_dir)
+        return prefix
+
+    # -- train -------------------------------------------------------------------------------------------------------
+    def _make_train_step(self):
+        model, optimizer, step = self.model, self.optimizer, self.global_step
+        train_config = self.train_config
+        clip = train_config.gradient_clipping_by_norm if train_config.gradient_clipping_by_norm > 0 else None
+
+        @tf.function
+        def train_step(iterator):
+            features, labels = next(iterator)
+            losses = model_lib_v2.eager_train_step(
+                model, features, labels, train_config.unpad_groundtruth_tensors, optimizer,
+                training_step=step, add_regularization_loss=train_config.add_regularization_loss,
+                clip_gradients_value=clip,
+            )
+            step.assign_add(1)
+            return losses["Loss/total_loss"]
+
+        return train_step
+
+    def train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: dict | None,
+              progress: Progress, summary_dir: Path | None = None) -> dict:
+        """Continue from ``init_checkpoint`` (or ``fine_tune``, or scratch) for ``steps`` steps on all train data."""
+        dataset = inputs.train_input(
+            train_config=configs["train_config"], train_input_config=configs["train_input_config"],
+            model_config=self.model_config, model=self.model,
+        ).repeat()
+        self.restore(init_checkpoint, fine_tune, dataset)
+        if self._train_step is None:
+            self._train_step = self._make_train_step()
+        iterator = iter(dataset)
+        writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
+        started = time.monotonic()
+        first_step_seconds = None
+        loss = float("nan")
+        with writer.as_default():
+            for done in range(1, steps + 1):
+                loss = float(self._train_step(iterator))
+                if first_step_seconds is None:
+                    first_step_seconds = time.monotonic() - started
+                if done % 10 == 0 or done == steps:
+                    tf.summary.scalar("loss/total", loss, step=self.global_step)
+                    progress(done, steps, loss)
+        writer.flush()
+        self.weights_from = None  # the live weights are now newer than any checkpoint
+        return {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss,
+                "first_step_seconds": first_step_seconds, "seconds": time.monotonic() - started}
+
+    # -- evaluate ----------------------------------------------------------------------------------------------------
+    def evaluate(self, configs: dict, summary_dir: Path | None = None) -> dict:
+        """COCO detection metrics on the eval split, with the live weights."""
+        dataset = inputs.eval_input(
+            eval_config=configs["eval_config"], eval_input_config=configs["eval_input_config"],
+            model_config=self.model_config, model=self.model,
+        )
+        writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
+        with writer.as_default():
+            metrics = model_lib_v2.eager_eval_loop(self.model, configs, dataset, global_step=self.global_step)
+        writer.flush()
+        tf.keras.backend.set_learning_phase(True)
+        self.model._is_training = True  # noqa: SLF001 - the OD API toggles this flag itself
+        return {name: float(value) for name, value in metrics.items()}
+
+    # -- export ------------------------------------------------------------------------------------------------------
+    def export(self, checkpoint_prefix: str, out_dir: Path) -> None:
+        """A SavedModel (``serving_default``: uint8 ``input_tensor`` [1, H, W, 3] -> detections) in ``out_dir``."""
+        if self._inference is None:
+            model = model_builder.build(model_config=self.model_config, is_training=False)
+            module = exporter_lib_v2.DetectionFromImageModule(model)
+            concrete = module.__call__.get_concrete_function()
+            self._inference = (model, module, concrete)
+        model, module, concrete = self._inference
+        tf.train.Checkpoint(model=model).restore(checkpoint_prefix).expect_partial().assert_nontrivial_match()
+        tf.saved_model.save(module, str(out_dir), signatures=concrete)
+        fsync_tree(out_dir)
+
+
+def write_pipeline(configs: dict, path: Path) -> None:
+    """The effective pipeline config of a round, for the record (and for TF Serving users who re-export)."""
+    from google.protobuf import text_format
+
+    atomic_write_text(path, text_format.MessageToString(config_util.create_pipeline_proto_from_configs(configs)))
+
+
+def cpu_threads() -> None:
+    """Share the machine's cores between TF's pools; 2 cores is our floor."""
+    cores = os.cpu_count() or 2
+    tf.config.threading.set_intra_op_parallelism_threads(cores)
+    tf.config.threading.set_inter_op_parallelism_threads(max(2, cores // 2))
