@@ -1,0 +1,194 @@
+"""A workspace's configuration: one TOML file, validated once at start.
+
+Relative paths are relative to the folder of the TOML file.  Every problem is reported as one
+:class:`~odal.daemon.errors.ConfigError` that names the key (``training.steps_per_round: must be >= 1``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from odal.daemon.errors import ConfigError
+
+# section -> key -> (type, default); a default of ... means required.
+_SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
+    "prodigy": {
+        "export_dir": (str, ""),
+        "database": (str, ""),
+        "dataset": (str, ""),
+    },
+    "paths": {
+        "data_dir": (str, ...),
+        "work_dir": (str, "work"),
+    },
+    "model": {
+        "name": (str, "odal"),
+        "pipeline_config": (str, ...),
+        "label_map": (str, ...),
+        "base_path": (str, ...),
+        "fine_tune_checkpoint": (str, ""),
+        "fine_tune_checkpoint_type": (str, "detection"),
+    },
+    "training": {
+        "steps_per_round": (int, 200),
+        "min_new_annotations": (int, 10),
+        "debounce_seconds": (float, 5.0),
+        "eval_fraction": (float, 0.2),
+    },
+    "retention": {
+        "versions": (int, 3),
+        "checkpoints": (int, 3),
+    },
+    "serving": {
+        "address": (str, ""),
+        "confirm_timeout_seconds": (float, 120.0),
+    },
+    "log": {
+        "file": (str, ""),
+        "level": (str, "info"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    export_dir: Path | None
+    prodigy_db: Path | None
+    prodigy_dataset: str
+    data_dir: Path
+    work_dir: Path
+    model_name: str
+    pipeline_config: Path
+    label_map: Path
+    base_path: Path
+    fine_tune_checkpoint: str
+    fine_tune_checkpoint_type: str
+    steps_per_round: int
+    min_new_annotations: int
+    debounce_seconds: float
+    eval_fraction: float
+    keep_versions: int
+    keep_checkpoints: int
+    serving_address: str
+    confirm_timeout_seconds: float
+    log_file: Path | None
+    log_level: str
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.work_dir / "ledger.sqlite"
+
+
+def _typed(section: str, key: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{section}.{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse(data: dict, path: Path) -> Config:
+    """Validate the TOML ``data`` of the file at ``path``."""
+    values: dict[tuple[str, str], Any] = {}
+    for section, body in data.items():
+        if section not in _SCHEMA:
+            raise ConfigError(f"{section}: unknown section (known: {', '.join(_SCHEMA)})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{section}: must be a table")
+        for key in body:
+            if key not in _SCHEMA[section]:
+                raise ConfigError(f"{section}.{key}: unknown key (known: {', '.join(_SCHEMA[section])})")
+    for section, keys in _SCHEMA.items():
+        for key, (kind, default) in keys.items():
+            if key in data.get(section, {}):
+                values[section, key] = _typed(section, key, data[section][key], kind)
+            elif default is ...:
+                raise ConfigError(f"{section}.{key}: required")
+            else:
+                values[section, key] = default
+
+    base = path.parent
+
+    def resolve(section: str, key: str, must_exist: str | None = None) -> Path | None:
+        raw = values[section, key]
+        if not raw:
+            return None
+        resolved = (base / Path(raw).expanduser()).resolve()
+        if must_exist == "file" and not resolved.is_file():
+            raise ConfigError(f"{section}.{key}: no such file: {resolved}")
+        if must_exist == "dir" and not resolved.is_dir():
+            raise ConfigError(f"{section}.{key}: no such directory: {resolved}")
+        return resolved
+
+    export_dir = resolve("prodigy", "export_dir")
+    prodigy_db = resolve("prodigy", "database", "file")
+    if export_dir is None and prodigy_db is None:
+        raise ConfigError("prodigy: set export_dir (db-out JSONL files) or database (Prodigy's SQLite file)")
+    if prodigy_db is not None and not values["prodigy", "dataset"]:
+        raise ConfigError("prodigy.dataset: required with prodigy.database (the dataset to read)")
+    checks = [
+        ("training", "steps_per_round", lambda v: v >= 1, "must be >= 1"),
+        ("training", "min_new_annotations", lambda v: v >= 1, "must be >= 1"),
+        ("training", "debounce_seconds", lambda v: v >= 0, "must be >= 0"),
+        ("training", "eval_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+        ("retention", "versions", lambda v: v >= 1, "must be >= 1"),
+        ("retention", "checkpoints", lambda v: v >= 1, "must be >= 1"),
+        ("serving", "confirm_timeout_seconds", lambda v: v > 0, "must be > 0"),
+        ("model", "name", lambda v: v.replace("_", "").replace("-", "").isalnum(), "letters, digits, - and _"),
+        ("model", "fine_tune_checkpoint_type", lambda v: v in ("detection", "classification", "full"),
+         "detection, classification or full"),
+        ("log", "level", lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
+    ]
+    for section, key, ok, message in checks:
+        if not ok(values[section, key]):
+            raise ConfigError(f"{section}.{key}: {message}, got {values[section, key]!r}")
+
+    return Config(
+        path=path,
+        export_dir=export_dir,
+        prodigy_db=prodigy_db,
+        prodigy_dataset=values["prodigy", "dataset"],
+        data_dir=resolve("paths", "data_dir", "dir"),
+        work_dir=resolve("paths", "work_dir"),
+        model_name=values["model", "name"],
+        pipeline_config=resolve("model", "pipeline_config", "file"),
+        label_map=resolve("model", "label_map", "file"),
+        base_path=resolve("model", "base_path"),
+        fine_tune_checkpoint=values["model", "fine_tune_checkpoint"],
+        fine_tune_checkpoint_type=values["model", "fine_tune_checkpoint_type"],
+        steps_per_round=values["training", "steps_per_round"],
+        min_new_annotations=values["training", "min_new_annotations"],
+        debounce_seconds=values["training", "debounce_seconds"],
+        eval_fraction=values["training", "eval_fraction"],
+        keep_versions=values["retention", "versions"],
+        keep_checkpoints=values["retention", "checkpoints"],
+        serving_address=values["serving", "address"],
+        confirm_timeout_seconds=values["serving", "confirm_timeout_seconds"],
+        log_file=resolve("log", "file"),
+        log_level=values["log", "level"],
+        raw=data,
+    )
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path).expanduser().resolve()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    try:
+        return parse(data, path)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def workspace_config(workspace: str | Path) -> Path:
+    """The config file of a workspace folder (``odal.toml``)."""
+    return Path(workspace).expanduser().resolve() / "odal.toml"

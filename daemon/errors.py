@@ -1,0 +1,39 @@
+"""odal's errors: one small hierarchy in a leaf module (imports nothing of odal), each with a clear message."""
+
+from __future__ import annotations
+
+
+class OdalError(Exception):
+    """Base of odal's own errors; ``exit_code`` is used only at the top (the CLI)."""
+
+    exit_code = 1
+
+
+class ConfigError(OdalError):
+    """The configuration is missing, malformed or names a missing file. Names the key."""
+
+    exit_code = 2
+
+
+class WorkspaceLocked(OdalError):
+    """Another daemon already runs on this workspace."""
+
+    exit_code = 3
+
+
+class InvalidRecord(OdalError):
+    """One annotation record cannot be used; it is set aside, everything else goes on."""
+
+
+class SchemaError(OdalError):
+    """Prodigy's database does not have the schema odal reads."""
+
+    exit_code = 2
+
+
+class RoundFailed(OdalError):
+    """A training round failed; the previous model keeps serving."""
+
+
+class PublishError(OdalError):
+    """A model version could not be published (or confirmed)."""
