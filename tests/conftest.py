@@ -1,0 +1,81 @@
+"""Shared fixtures. Real things only: real OD API models trained here, real files, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from odal.daemon import datasets
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+RACCOON = SHARED / "datasets" / "raccoon"
+PRODIGY_FIXTURES = SHARED / "prodigy"
+TINY_CONFIG = REPO / "daemon" / "assets" / "ssd_mobilenet_v2_tiny.config"
+
+
+def run_worker_jobs(jobs: list[dict], timeout: float = 900) -> list[dict]:
+    """Run round jobs through a real worker child process; returns its result messages."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "odal.daemon.worker"],
+        input="".join(json.dumps(job) + "\n" for job in jobs),
+        capture_output=True, text=True, timeout=timeout,
+    )
+    results = [json.loads(line) for line in proc.stdout.splitlines() if '"result"' in line]
+    assert proc.returncode == 0 and len(results) == len(jobs), proc.stderr[-4000:]
+    for result in results:
+        assert result["ok"], result.get("error", "") + proc.stderr[-4000:]
+    return results
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict:
+    """Two real SavedModels of a tiny SSD MobileNetV2 trained on generated shapes (two rounds, one worker).
+
+    Returns {"dir", "label_map", "labels", "images", "versions": [path1, path2], "checkpoints": [...]}.
+    """
+    root = tmp_path_factory.mktemp("tiny_models")
+    items = datasets.generate_shapes(root / "images", 24, seed=7)
+    labels = list(datasets.SHAPE_LABELS)
+    label_map = root / "label_map.pbtxt"
+    datasets.write_label_map(label_map, labels)
+    round_dir = root / "round"
+    round_dir.mkdir()
+    with open(round_dir / "annotations.jsonl", "w") as out:
+        for index, item in enumerate(items):
+            boxes = [
+                {"label": label, "label_id": labels.index(label) + 1, "xmin": x0 / item.width,
+                 "ymin": y0 / item.height, "xmax": x1 / item.width, "ymax": y1 / item.height}
+                for label, x0, y0, x1, y1 in item.boxes
+            ]
+            out.write(json.dumps({"input_hash": str(index), "image_path": str(item.image), "boxes": boxes,
+                                  "split": "eval" if index % 6 == 0 else "train"}) + "\n")
+    jobs = []
+    for number in (1, 2):
+        jobs.append({
+            "round_dir": str(round_dir), "pipeline_config": str(TINY_CONFIG), "label_map": str(label_map),
+            "num_classes": len(labels), "steps": 20, "fine_tune": None,
+            "init_checkpoint": str(root / "ckpt-1" / "ckpt") if number == 2 else None,
+            "checkpoint_dir": str(root / f"ckpt-{number}"), "export_dir": str(root / "export" / str(number)),
+            "tensorboard_dir": None,
+        })
+    results = run_worker_jobs(jobs)
+    return {
+        "dir": root, "label_map": label_map, "labels": labels, "images": [item.image for item in items],
+        "items": items, "versions": [root / "export" / "1", root / "export" / "2"],
+        "checkpoints": [r["checkpoint"] for r in results], "results": results,
+    }
+
+
+@pytest.fixture
+def raccoon() -> Path:
+    if not RACCOON.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{RACCOON} is missing; CI must run with ../shared beside the clone")
+        pytest.skip(f"the raccoon data set is not at {RACCOON} (../shared is absent)")
+    return RACCOON
