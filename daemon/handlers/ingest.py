@@ -1,0 +1,218 @@
+"""Read Prodigy ``db-out`` JSONL exports into the ledger, incrementally, from where the last read stopped.
+
+Called from the daemon's worker thread when the watcher reports a change.  Only complete lines (ending in ``\\n``)
+are read; a partial last line waits for the next call.  A file rewritten by a fresh ``db-out`` (other inode,
+shorter than the stored offset, or different first bytes) is read again from the start, which is harmless because
+the ledger deduplicates.  A bad line is logged (``record_set_aside`` with file and line), kept in the ledger's
+``invalid`` table, and reading goes on.  Rows and the read position are committed together every
+:data:`CHUNK_LINES` lines, so memory stays flat and a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Collection
+from pathlib import Path
+
+import structlog
+
+from odal.daemon.errors import InvalidRecord
+from odal.daemon.ledger import Ledger
+from odal.daemon.prodigy_format import open_image, parse_record
+
+log = structlog.get_logger("odal.ingest")
+
+CHUNK_LINES = 500
+HEAD_BYTES = 4096
+_STAT_KEYS = ("lines", "accept", "reject", "ignore", "set_aside", "inserted", "updated", "unchanged", "stale",
+              "invalid")
+
+
+def new_stats() -> dict:
+    return dict.fromkeys(_STAT_KEYS, 0)
+
+
+def add_stats(total: dict, more: dict) -> dict:
+    for key in _STAT_KEYS:
+        total[key] = total.get(key, 0) + more.get(key, 0)
+    return total
+
+
+class RecordBatch:
+    """Records of one source on their way to the ledger: parsed, image checked, or set aside; then committed.
+
+    ``file`` is what logs and the ``invalid`` table name as the source (a path, or a database and dataset).
+    """
+
+    def __init__(self, ledger: Ledger, labels: Collection[str], data_dir: Path, blob_dir: Path, file: str,
+                 **log_context) -> None:
+        self.ledger, self.labels = ledger, frozenset(labels)
+        self.data_dir, self.blob_dir = Path(data_dir), Path(blob_dir)
+        self.file = file
+        self.log = log.bind(file=file, **log_context)
+        self.stats = new_stats()
+        self._rows: list = []
+        self._invalid: list = []
+
+    def __len__(self) -> int:
+        return len(self._rows) + len(self._invalid)
+
+    def add_line(self, raw: bytes | str, line: int) -> None:
+        """One JSON text (a line of a file, an example's content); sets it aside if it cannot be used."""
+        self.stats["lines"] += 1
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as error:
+            self.set_aside(raw, line, f"line is not UTF-8: {error}")
+            return
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as error:
+            self.set_aside(raw, line, f"malformed JSON: {error}")
+            return
+        try:
+            self._add_object(obj, line)
+        except InvalidRecord as error:
+            self.set_aside(raw, line, str(error))
+        except Exception as error:  # a bug must not stop the other records nor crash the daemon
+            self.log.error("record_failed", line=line, exc_info=True)
+            self.set_aside(raw, line, f"internal error: {type(error).__name__}: {error}")
+
+    def _add_object(self, obj: object, line: int) -> None:
+        if not isinstance(obj, dict):
+            raise InvalidRecord(f"line is not a JSON object but {type(obj).__name__}")
+        ann = parse_record(obj, self.labels)
+        image_path, width, height = None, ann.width, ann.height
+        try:
+            image = open_image(ann, self.data_dir, self.blob_dir)
+        except InvalidRecord as error:
+            if ann.answer == "accept":
+                raise
+            # A reject/ignore is not trained on: keep the answer (the image was seen) without the image.
+            self.log.warning("image_unavailable", line=line, input_hash=ann.input_hash, answer=ann.answer,
+                             error=str(error))
+        else:
+            image_path, width, height = image.path, image.width, image.height
+            if ann.width and ann.height and abs(ann.width / ann.height - width / height) > 0.01 * width / height:
+                self.log.warning("image_size_mismatch", line=line, record=f"{ann.width}x{ann.height}",
+                                 image=f"{width}x{height}", path=str(image.path))
+        self.stats[ann.answer] += 1
+        self._rows.append((ann, image_path, width, height, self.file, line))
+
+    def set_aside(self, raw: bytes | str, line: int, error: str) -> None:
+        self.stats["set_aside"] += 1
+        self.log.error("record_set_aside", line=line, error=error)
+        self._invalid.append((self.file, line, error, raw))
+
+    def commit(self, name: str, state: dict | None) -> None:
+        """Write the collected rows and ``state`` of source ``name`` in one transaction, then start afresh."""
+        add_stats(self.stats, self.ledger.commit(name, state, self._rows, self._invalid))
+        self._rows, self._invalid = [], []
+
+
+# ------------------------------------------------------------------------------------------------ export files
+
+
+def ingest_export_file(path: Path, ledger: Ledger, labels: Collection[str], data_dir: Path, blob_dir: Path) -> dict:
+    """Read the new complete lines of one ``db-out`` file into ``ledger``; returns counts (never raises on I/O).
+
+    Stats: ``lines`` read, ``accept``/``reject``/``ignore`` among them, ``set_aside`` bad lines, the ledger's
+    ``inserted``/``updated``/``unchanged``/``stale``/``invalid`` (newly set aside), and ``rewritten``.
+    """
+    path = Path(path)
+    name = str(path.absolute())
+    batch = RecordBatch(ledger, labels, data_dir, blob_dir, str(path))
+    stats = batch.stats
+    stats["rewritten"] = False
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        log.warning("export_missing", file=str(path))
+        return stats
+    except OSError as error:
+        log.error("export_unreadable", file=str(path), error=str(error))
+        return stats
+    with handle:
+        try:
+            _read_export(handle, name, batch, ledger.source_state(name) or {})
+        except OSError as error:  # what was committed stays; the rest is read on the next call
+            log.error("export_unreadable", file=str(path), error=str(error))
+    return stats
+
+
+def _read_export(handle, name: str, batch: RecordBatch, state: dict) -> None:
+    fd = handle.fileno()
+    st = os.fstat(fd)
+    offset, line = int(state.get("offset", 0)), int(state.get("line", 0))
+    if state and _rewritten(fd, st, state):
+        batch.log.info("export_rewritten", previous_offset=offset, size=st.st_size)
+        batch.stats["rewritten"] = True
+        offset, line = 0, 0
+    handle.seek(offset)
+    while True:
+        raw = handle.readline()
+        if not raw.endswith(b"\n"):  # end of file, or a partial last line still being written
+            break
+        line += 1
+        offset += len(raw)
+        if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if raw.strip():
+            batch.add_line(raw.rstrip(b"\r\n"), line)
+        if len(batch) >= CHUNK_LINES:
+            batch.commit(name, _state(fd, st, offset, line))
+    new_state = _state(fd, st, offset, line)
+    if len(batch) or new_state != state:
+        batch.commit(name, new_state)
+
+
+def _state(fd: int, st: os.stat_result, offset: int, line: int) -> dict:
+    head_len = min(offset, HEAD_BYTES)
+    return {"dev": st.st_dev, "inode": st.st_ino, "offset": offset, "line": line, "head_len": head_len,
+            "head_sha256": hashlib.sha256(os.pread(fd, head_len, 0)).hexdigest()}
+
+
+def _rewritten(fd: int, st: os.stat_result, state: dict) -> bool:
+    if (st.st_dev, st.st_ino) != (state.get("dev"), state.get("inode")):
+        return True
+    if st.st_size < int(state.get("offset", 0)):
+        return True
+    head_len = int(state.get("head_len", 0))
+    return hashlib.sha256(os.pread(fd, head_len, 0)).hexdigest() != state.get("head_sha256")
+
+
+def ingest_export_dir(folder: Path, ledger: Ledger, labels: Collection[str], data_dir: Path,
+                      blob_dir: Path) -> dict:
+    """:func:`ingest_export_file` for every ``*.jsonl`` and ``*.json`` lines file in ``folder`` (sorted by name).
+
+    Returns the summed stats plus ``files`` (how many were read).  A ``*.json`` file holding a JSON array rather
+    than lines is skipped with an error.
+    """
+    folder = Path(folder)
+    total = new_stats()
+    total.update(files=0, rewritten=0)
+    try:
+        paths = sorted(p for p in folder.iterdir()
+                       if p.suffix in (".jsonl", ".json") and not p.name.startswith(".") and p.is_file())
+    except OSError as error:
+        log.error("export_dir_unreadable", dir=str(folder), error=str(error))
+        return total
+    for path in paths:
+        if path.suffix == ".json" and _is_json_array(path):
+            log.error("export_not_jsonl", file=str(path), error="a JSON array, not one JSON object per line")
+            continue
+        stats = ingest_export_file(path, ledger, labels, data_dir, blob_dir)
+        add_stats(total, stats)
+        total["files"] += 1
+        total["rewritten"] += int(stats["rewritten"])
+    return total
+
+
+def _is_json_array(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+    except OSError:
+        return False

@@ -1,0 +1,124 @@
+"""Read a Prodigy SQLite database's new examples of one dataset into the ledger, read-only.
+
+Prodigy's schema (v1.6+, peewee): ``dataset(id, name UNIQUE, created, meta, session)``,
+``example(id, input_hash, task_hash, content)`` with the whole task as JSON in ``content``, and
+``link(id, example_id, dataset_id)``.  It is not a public contract, so :func:`check_schema` verifies it.  New
+rows are those with ``example.id`` above the last one read, linked to the named dataset; their content goes through
+the same code path as an export line.  A locked database is not an error: the daemon retries on the next change.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection
+from pathlib import Path
+from urllib.parse import quote
+
+import structlog
+
+from odal.daemon.errors import SchemaError
+from odal.daemon.handlers.ingest import CHUNK_LINES, RecordBatch
+from odal.daemon.ledger import Ledger
+
+log = structlog.get_logger("odal.ingest")
+
+SCHEMA = {
+    "dataset": ("id", "name", "created", "meta", "session"),
+    "example": ("id", "input_hash", "task_hash", "content"),
+    "link": ("id", "example_id", "dataset_id"),
+}
+
+_NEW_ROWS = """
+SELECT example.id, example.content FROM example
+JOIN link ON link.example_id = example.id
+JOIN dataset ON dataset.id = link.dataset_id
+WHERE dataset.name = ? AND example.id > ?
+ORDER BY example.id LIMIT ?
+"""
+
+
+def connect_readonly(db_path: Path, timeout: float = 1.0) -> sqlite3.Connection:
+    """A read-only connection (``mode=ro`` URI): odal never writes to Prodigy's database."""
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        raise SchemaError(f"Prodigy database {db_path} does not exist")
+    uri = f"file:{quote(str(db_path.absolute()))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+
+
+def check_schema(db_path: Path) -> None:
+    """Raise :class:`SchemaError` naming each missing table or column of the schema odal reads.
+
+    Extra tables and columns are fine.  A locked database raises ``sqlite3.OperationalError`` (try again).
+    """
+    conn = connect_readonly(db_path)
+    try:
+        _check(conn, db_path)
+    finally:
+        conn.close()
+
+
+def _check(conn: sqlite3.Connection, db_path: Path) -> None:
+    problems = []
+    try:
+        for table, columns in SCHEMA.items():
+            found = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if not found:
+                problems.append(f"table {table} is missing")
+                continue
+            missing = [c for c in columns if c not in found]
+            if missing:
+                problems.append(f"table {table} lacks column(s) {', '.join(missing)} (has {', '.join(sorted(found))})")
+    except sqlite3.OperationalError:
+        raise  # locked: the caller decides
+    except sqlite3.DatabaseError as error:
+        raise SchemaError(f"Prodigy database {db_path} cannot be read: {error}") from error
+    if problems:
+        raise SchemaError(f"Prodigy database {db_path} does not have the schema odal reads: {'; '.join(problems)}")
+
+
+def source_name(db_path: Path, dataset: str) -> str:
+    return f"prodigy-db:{Path(db_path).absolute()}#{dataset}"
+
+
+def ingest_prodigy_db(db_path: Path, dataset: str, ledger: Ledger, labels: Collection[str], data_dir: Path,
+                      blob_dir: Path, timeout: float = 1.0) -> dict:
+    """Read the examples of ``dataset`` added since the last call; returns the same stats as an export file.
+
+    Extra stats: ``locked`` (the database was busy; nothing more was read, retry later), ``restarted`` (ids went
+    backwards, e.g. the dataset was dropped and recreated: read again from the start), ``error`` (another
+    ``sqlite3.OperationalError``, logged).  Raises :class:`SchemaError` if the database is missing, is not a
+    database, or its schema differs.
+    """
+    db_path = Path(db_path)
+    name = source_name(db_path, dataset)
+    batch = RecordBatch(ledger, labels, data_dir, blob_dir, f"{db_path}#{dataset}", dataset=dataset)
+    stats = batch.stats
+    stats.update(locked=False, restarted=False)
+    conn = connect_readonly(db_path, timeout)
+    try:
+        _check(conn, db_path)
+        last_id = int((ledger.source_state(name) or {}).get("last_id", 0))
+        newest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM example").fetchone()[0]
+        if newest < last_id:
+            batch.log.info("prodigy_db_restarted", last_id=last_id, newest=newest)
+            stats["restarted"] = True
+            last_id = 0
+        while True:
+            rows = conn.execute(_NEW_ROWS, (dataset, last_id, CHUNK_LINES)).fetchall()
+            if not rows:
+                break
+            for example_id, content in rows:
+                batch.add_line(content if isinstance(content, (bytes, str)) else str(content), example_id)
+                last_id = example_id
+            batch.commit(name, {"last_id": last_id})
+    except sqlite3.OperationalError as error:  # rows not committed yet are read again next time
+        if "locked" in str(error) or "busy" in str(error):
+            log.warning("prodigy_db_locked", file=str(db_path), dataset=dataset, error=str(error))
+            stats["locked"] = True
+        else:
+            log.error("prodigy_db_unreadable", file=str(db_path), dataset=dataset, error=str(error))
+            stats["error"] = str(error)
+    finally:
+        conn.close()
+    return stats
