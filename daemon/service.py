@@ -105,14 +105,12 @@ def install_service(unit_dir: Path, env_dir: Path, venv: Path, config: Path, use
     env_text = render_env(config)
     _write(env_file, env_text, 0o644)
     _write(unit_file, unit_text, 0o644)
-    written = [unit_file, env_file]
-    for path in written:
-        print(f"wrote {path}", file=out)
+    written = [unit_file, env_file]  # the caller reports them (the CLI prints "wrote <path>")
     try:
         pwd.getpwnam(user)
     except KeyError:
         print(f"user {user!r} does not exist; create it first:\n"
-              f"  useradd --system --home-dir {_WORKSPACE} --shell /usr/sbin/nologin {user}", file=out)
+              f"  useradd --system --user-group --home-dir {_WORKSPACE} --shell /usr/sbin/nologin {user}", file=out)
     if run_systemctl:
         for command in _SYSTEMCTL:
             print(f"running: {command}", file=out)
