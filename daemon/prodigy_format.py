@@ -29,7 +29,7 @@ from odal.daemon.errors import ConfigError, InvalidRecord
 
 ANSWERS = ("accept", "reject", "ignore")
 MAX_PIXELS = 100_000_000
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _DATA_URI = re.compile(r"^data:image/([a-zA-Z0-9.+-]+)((?:;[^,;]*)*?);base64,", re.IGNORECASE)
 _EXTENSIONS = {"jpeg": "jpg", "jpg": "jpg", "pjpeg": "jpg", "png": "png", "gif": "gif", "bmp": "bmp",
                "webp": "webp", "tiff": "tif", "x-ms-bmp": "bmp"}
@@ -200,7 +200,7 @@ def open_image(ann: Annotation, data_dir: Path, blob_dir: Path) -> ImageFile:
     scheme = _SCHEME.match(ref)
     if ref[:5].lower() == "data:":
         return _store_data_uri(ref, Path(blob_dir))
-    if scheme and len(scheme.group(1)) > 1:  # a one-letter "scheme" is a Windows drive, handled as a path
+    if scheme:
         if scheme.group(1).lower() in ("http", "https"):
             raise InvalidRecord(f"URL images cannot be fetched: {ref[:200]}")
         raise InvalidRecord(f"unsupported image reference: {ref[:200]}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -314,6 +316,38 @@ def test_a_file_with_more_lines_than_one_chunk_is_read_completely(ws):
     stats = ws.ingest()
     assert stats["inserted"] == len(lines) and ws.ledger.counts()["accepted"] == len(lines)
     assert ws.ledger.source_state(str(ws.export.absolute()))["offset"] == ws.export.stat().st_size
+
+
+def test_a_reader_killed_mid_file_loses_nothing_and_counts_nothing_twice(ws):
+    """SIGKILL a real ingesting process part-way; reading again yields every record exactly once."""
+    lines = [ws.record(i % 4, _input_hash=i, timestamp=1000) for i in range(CHUNK_LINES * 6)]
+    ws.append(*lines)
+    ws.ledger.close()
+    code = ("import sys; from pathlib import Path; from odal.daemon.ledger import Ledger; "
+            "from odal.daemon.handlers.ingest import ingest_export_file; "
+            "ingest_export_file(Path(sys.argv[1]), Ledger(Path(sys.argv[2])), sys.argv[3].split(','), "
+            "Path(sys.argv[4]), Path(sys.argv[5]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ws.export), str(ws.ledger_path), ",".join(LABELS),
+                             str(ws.data), str(ws.blobs)])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with sqlite3.connect(ws.ledger_path, timeout=5) as probe:
+                    if probe.execute("SELECT COUNT(*) FROM sources").fetchone()[0]:
+                        break  # at least one chunk is committed
+            except sqlite3.OperationalError:
+                pass
+            time.sleep(0.01)
+        proc.kill()
+    finally:
+        proc.wait()
+    ws.ledger = Ledger(ws.ledger_path)
+    committed = ws.ledger.counts()["accepted"]
+    assert committed % CHUNK_LINES == 0  # whole chunks only, each with its read position
+    stats = ws.ingest()
+    assert stats["inserted"] == len(lines) - committed
+    assert ws.ledger.counts()["accepted"] == len(lines) == ws.ledger.max_seq()
 
 
 def test_a_missing_export_file_is_a_warning_not_a_crash(ws):

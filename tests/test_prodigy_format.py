@@ -265,3 +265,10 @@ def test_bad_label_maps_raise_config_error_naming_the_file(tmp_path, text, messa
 def test_missing_label_map_raises_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot be read"):
         load_label_map(tmp_path / "nope.pbtxt")
+
+
+def test_a_file_name_with_a_colon_is_a_path_but_other_uri_schemes_are_refused(tmp_path):
+    image = save_image(tmp_path / "photo:1.png")
+    assert resolve_image(annotation("photo:1.png"), tmp_path, tmp_path / "blobs") == image.resolve()
+    with pytest.raises(InvalidRecord, match="unsupported image reference"):
+        resolve_image(annotation("ftp://example.com/a.png"), tmp_path, tmp_path / "blobs")

@@ -121,9 +121,9 @@ def ingest_export_file(path: Path, ledger: Ledger, labels: Collection[str], data
     Stats: ``lines`` read, ``accept``/``reject``/``ignore`` among them, ``set_aside`` bad lines, the ledger's
     ``inserted``/``updated``/``unchanged``/``stale``/``invalid`` (newly set aside), and ``rewritten``.
     """
-    path = Path(path)
-    name = str(path.absolute())
-    batch = RecordBatch(ledger, labels, data_dir, blob_dir, str(path))
+    path = Path(path).absolute()
+    name = str(path)
+    batch = RecordBatch(ledger, labels, data_dir, blob_dir, name)
     stats = batch.stats
     stats["rewritten"] = False
     try:
