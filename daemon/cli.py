@@ -1,0 +1,164 @@
+"""Command line: ``odal-daemon --config FILE`` and ``odal {daemon,status,demo,serve,init,install-service}``.
+
+Exit codes come only from here: 0 ok, 1 error, 2 configuration, 3 workspace locked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from odal.daemon import config as config_module
+from odal.daemon import log as logs
+from odal.daemon.errors import OdalError
+
+
+def _run_daemon(config_path: str) -> int:
+    cfg = config_module.load(config_path)
+    logs.configure(cfg.log_level, cfg.log_file)
+    from odal.daemon.main import Daemon
+
+    daemon = Daemon(cfg)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def status_data(workspace: Path) -> dict:
+    """Everything ``odal status`` shows, read without taking the workspace lock (read-only)."""
+    from odal.daemon.history import History
+    from odal.daemon.ledger import Ledger
+    from odal.daemon.lock import read_owner
+
+    cfg = config_module.load(config_module.workspace_config(workspace))
+    out: dict = {"workspace": str(Path(workspace).resolve()), "daemon": read_owner(cfg.work_dir),
+                 "annotations": {"accepted": 0, "rejected": 0, "ignored": 0, "invalid": 0},
+                 "set_aside": [], "rounds": [], "versions": []}
+    if not cfg.ledger_path.exists():
+        return out
+    ledger = Ledger(cfg.ledger_path)
+    history = History(cfg.ledger_path)
+    try:
+        out["annotations"] = ledger.counts()
+        out["set_aside"] = ledger.invalid_items(20)
+        out["rounds"] = history.rounds(20)
+        out["versions"] = [
+            {"version": v["version"], "path": v["path"], "state": v["state"], "round": v["round_id"],
+             "metrics": v["metrics"] or {}, "note": v["note"]}
+            for v in history.versions() if v["state"] != "deleted"
+        ]
+    finally:
+        ledger.close()
+        history.close()
+    return out
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def rounds_table(rounds: list[dict]) -> str:
+    header = ("round", "state", "accepted", "train", "eval", "steps", "mAP", "mAP@0.5", "version", "records s",
+              "train s", "eval s", "export s", "publish s", "total s")
+    rows = [header]
+    for r in rounds:
+        m, t = r.get("metrics") or {}, r.get("timings") or {}
+        rows.append((r["id"], r["state"], r.get("accepted"), r.get("n_train"), r.get("n_eval"), r.get("steps"),
+                     m.get("mAP"), m.get("mAP@0.5"), r.get("version"), *(t.get(k) for k in (
+                         "records", "train", "evaluate", "export", "publish", "total"))))
+    cells = [[_fmt(c, 1) if isinstance(c, float) and i >= 9 else _fmt(c) for i, c in enumerate(row)] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+
+
+def _print_status(data: dict) -> None:
+    owner = data["daemon"]
+    print(f"workspace  {data['workspace']}")
+    print(f"daemon     {'running, pid ' + str(owner['pid']) if owner else 'not running'}")
+    a = data["annotations"]
+    print(f"annotations  accepted {a['accepted']}  rejected {a['rejected']}  ignored {a['ignored']}  "
+          f"set aside {a['invalid']}")
+    if data["rounds"]:
+        print("\nrounds\n" + rounds_table(data["rounds"]))
+    if data["versions"]:
+        print("\nversions")
+        for v in data["versions"]:
+            m = v["metrics"]
+            print(f"  {v['version']:>4}  {v['state']:<12} mAP {_fmt(m.get('mAP'))}  mAP@0.5 {_fmt(m.get('mAP@0.5'))}"
+                  f"  {v['path']}")
+    if data["set_aside"]:
+        print("\nset aside (newest first)")
+        for item in data["set_aside"]:
+            print(f"  {item.get('source')}:{item.get('line')}  {item.get('error')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        from odal.serving.server import main as serve_main
+
+        return serve_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="odal", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("daemon", help="run the daemon in the foreground (same as odal-daemon)")
+    p.add_argument("--config", required=True)
+    p = sub.add_parser("status", help="annotations, rounds and served versions of a workspace")
+    p.add_argument("--workspace", default=".")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("demo", help="the whole loop on generated (or VOC) data with a simulated annotator")
+    p.add_argument("--workspace", default="demo-workspace")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--images", help="a PASCAL VOC folder (images/ + annotations/) instead of generated shapes")
+    p.add_argument("--per-round", type=int, default=None, help="annotations the annotator adds per round")
+    p.add_argument("--steps", type=int, default=None, help="train steps per round")
+    p.add_argument("--no-serve", action="store_true", help="do not start the embedded TF-Serving server")
+    sub.add_parser("serve", help="the embedded TF-Serving-compatible server (TF Serving's flags)")
+    p = sub.add_parser("install-service", help="write the systemd unit and environment file")
+    p.add_argument("--config", required=True)
+    p.add_argument("--user", default="odal")
+    p.add_argument("--unit-dir", default="/etc/systemd/system")
+    p.add_argument("--env-dir", default="/etc/odal")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "daemon":
+            return _run_daemon(args.config)
+        if args.command == "status":
+            data = status_data(Path(args.workspace))
+            if args.json:
+                print(json.dumps(data, indent=2, default=str))
+            else:
+                _print_status(data)
+            return 0
+        if args.command == "demo":
+            from odal.daemon.demo import run_demo
+
+            logs.configure("warning")
+            return run_demo(Path(args.workspace), args.rounds, Path(args.images) if args.images else None,
+                            per_round=args.per_round, steps=args.steps, serve=not args.no_serve)
+        if args.command == "install-service":
+            from odal.daemon.service import install_service
+
+            for path in install_service(Path(args.unit_dir), Path(args.env_dir), Path(sys.prefix),
+                                        Path(args.config).resolve(), args.user):
+                print(f"wrote {path}")
+            return 0
+    except OdalError as error:
+        print(f"odal: {error}", file=sys.stderr)
+        return error.exit_code
+    return 1
+
+
+def daemon_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="odal-daemon", description="odal's daemon, in the foreground until "
+                                     "SIGTERM/SIGINT; SIGHUP reloads the configuration")
+    parser.add_argument("--config", required=True, help="the workspace's odal.toml")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run_daemon(args.config)
+    except OdalError as error:
+        logs.get("odal.daemon").error("daemon_error", error=str(error))
+        print(f"odal-daemon: {error}", file=sys.stderr)
+        return error.exit_code

@@ -1,0 +1,192 @@
+"""``odal demo``: the whole loop for real on this machine, with a simulated annotator in place of Prodigy.
+
+1. A workspace: ``odal.toml``, the tiny SSD ``pipeline.config``, a label map, and images (generated shapes, or a
+   PASCAL VOC folder such as ``../shared/datasets/raccoon`` used in place).
+2. The embedded TF-Serving-compatible server (``odal serve``) on loopback, watching the model base path.
+3. The real daemon (``odal-daemon``) as a child process.
+4. The annotator appends a batch of ``prodigy db-out`` records to ``exports/annotations.jsonl`` (mostly accepts,
+   one reject and one ignore per batch), waits for the daemon to publish the next version, and repeats.
+5. The table of rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from odal.daemon import datasets
+from odal.daemon.atomic import atomic_write_text
+from odal.daemon.cli import rounds_table
+from odal.daemon.history import History
+
+ASSETS = Path(__file__).parent / "assets"
+MARKER = ".odal-demo"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_workspace(workspace: Path, data_dir: Path, labels: list[str], steps: int, per_round: int,
+                    serving_address: str = "") -> Path:
+    """A complete workspace folder; returns its ``odal.toml``."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    (workspace / "exports").mkdir(exist_ok=True)
+    shutil.copyfile(ASSETS / "ssd_mobilenet_v2_tiny.config", workspace / "pipeline.config")
+    datasets.write_label_map(workspace / "label_map.pbtxt", labels)
+    config = workspace / "odal.toml"
+    atomic_write_text(config, f"""# odal workspace (written by `odal demo`)
+[prodigy]
+export_dir = "exports"
+
+[paths]
+data_dir = "{data_dir}"
+work_dir = "work"
+
+[model]
+name = "odal"
+pipeline_config = "pipeline.config"
+label_map = "label_map.pbtxt"
+base_path = "models/odal"
+
+[training]
+steps_per_round = {steps}
+min_new_annotations = {per_round}
+debounce_seconds = 1.0
+eval_fraction = 0.2
+
+[retention]
+versions = 3
+checkpoints = 2
+
+[serving]
+address = "{serving_address}"
+confirm_timeout_seconds = 120
+
+[log]
+file = "work/logs/daemon.jsonl"
+""")
+    return config
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    """What an annotation session adds to a db-out file: whole lines, one write, fsynced."""
+    with open(path, "a", encoding="utf-8") as out:
+        out.write("".join(json.dumps(record) + "\n" for record in records))
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _wait_for_round(ledger_path: Path, done_before: int, timeout: float, daemon: subprocess.Popen) -> dict | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {daemon.returncode}")
+        if ledger_path.exists():
+            history = History(ledger_path, readonly=True)
+            try:
+                finished = [r for r in history.rounds(100) if r["state"] in ("published", "failed", "skipped")]
+            except Exception:  # noqa: BLE001 - tables not created yet
+                finished = []
+            finally:
+                history.close()
+            if len(finished) > done_before:
+                return finished[-1]
+        time.sleep(0.5)
+    return None
+
+
+def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: int | None = None,
+             steps: int | None = None, serve: bool = True) -> int:
+    workspace = workspace.resolve()
+    if workspace.exists():
+        if not (workspace / MARKER).exists():
+            print(f"odal demo: {workspace} exists and is not a demo workspace; choose another --workspace",
+                  file=sys.stderr)
+            return 2
+        shutil.rmtree(workspace)
+    workspace.mkdir(parents=True)
+    (workspace / MARKER).touch()
+
+    if voc is not None:
+        items = datasets.read_voc(voc.resolve())
+        data_dir = (voc / "images").resolve()
+        per_round = per_round or 24
+        steps = steps or 200
+    else:
+        per_round = per_round or 16
+        steps = steps or 150
+        items = datasets.generate_shapes(workspace / "images", per_round * rounds + 2 * rounds, seed=1)
+        data_dir = workspace / "images"
+    labels = datasets.labels_of(items)
+
+    server = None
+    address = ""
+    if serve:
+        grpc_port, rest_port = free_port(), free_port()
+        address = f"127.0.0.1:{grpc_port}"
+        (workspace / "models" / "odal").mkdir(parents=True, exist_ok=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "odal.serving", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+             "--model_name=odal", f"--model_base_path={workspace / 'models' / 'odal'}"],
+            stdout=open(workspace / "serve.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        print(f"embedded TF-Serving-compatible server: gRPC {address}, REST 127.0.0.1:{rest_port}")
+    config = write_workspace(workspace, data_dir, labels, steps, per_round, address)
+    print(f"workspace {workspace}: {len(items)} images, labels {labels}, {per_round} annotations and "
+          f"{steps} steps per round")
+
+    daemon = subprocess.Popen([sys.executable, "-m", "odal.daemon", "--config", str(config)],
+                              stdout=subprocess.DEVNULL, stderr=open(workspace / "daemon.log", "ab"),
+                              start_new_session=True)
+    export = workspace / "exports" / "annotations.jsonl"
+    started = time.monotonic()
+    try:
+        cursor = 0
+        for number in range(1, rounds + 1):
+            batch = items[cursor: cursor + per_round]
+            extra = items[cursor + per_round: cursor + per_round + 2] if voc is None else []
+            cursor += per_round + len(extra)
+            if not batch:
+                print(f"no more images after round {number - 1}")
+                break
+            records = [datasets.prodigy_record(item, str(item.image.relative_to(data_dir))) for item in batch]
+            records += [datasets.prodigy_record(item, str(item.image.relative_to(data_dir)), answer)
+                        for item, answer in zip(extra, ("reject", "ignore"))]
+            _append(export, records)
+            print(f"annotator: +{len(batch)} accepted" + (f", +{len(extra)} reject/ignore" if extra else "")
+                  + f" -> {export.name}; waiting for round {number} ...", flush=True)
+            result = _wait_for_round(config.parent / "work" / "ledger.sqlite", number - 1, 1200, daemon)
+            if result is None:
+                print("timed out waiting for the round", file=sys.stderr)
+                return 1
+            metrics = result.get("metrics") or {}
+            print(f"  round {result['id']} {result['state']}: version {result.get('version')}, "
+                  f"mAP {metrics.get('mAP')}, {round((result.get('timings') or {}).get('total', 0), 1)} s",
+                  flush=True)
+            if result["state"] != "published":
+                print(f"round failed: {result.get('error')}; see {workspace / 'daemon.log'}", file=sys.stderr)
+                return 1
+    finally:
+        for proc in (daemon, server):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+    history = History(config.parent / "work" / "ledger.sqlite", readonly=True)
+    print("\n" + rounds_table(history.rounds(100)))
+    history.close()
+    print(f"\ndemo finished in {time.monotonic() - started:.0f} s; versions in {workspace / 'models' / 'odal'}; "
+          f"`odal status --workspace {workspace}` shows more.")
+    return 0

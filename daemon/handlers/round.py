@@ -1,0 +1,232 @@
+"""Run one training round: snapshot the ledger, hand the job to the worker child, publish what it exported.
+
+The daemon process never imports TensorFlow.  :class:`Worker` owns one long-lived child process
+(``python -m odal.daemon.worker``) that keeps TF and the traced model between rounds; if it dies, the round fails
+cleanly and the next round starts a new child.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from odal.daemon import log as logs
+from odal.daemon.atomic import atomic_write, remove_tree
+from odal.daemon.config import Config
+from odal.daemon.errors import RoundFailed
+from odal.daemon.handlers import publish
+from odal.daemon.history import History
+
+log = logs.get("odal.round")
+
+
+class Abandoned(Exception):
+    """The round was stopped on purpose (daemon shutting down)."""
+
+
+class Worker:
+    """The TensorFlow child process: started on first use, reused across rounds, stopped politely."""
+
+    def __init__(self, log_path: Path):
+        self._log_path = log_path
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc and self._proc.poll() is None else None
+
+    def _start(self) -> subprocess.Popen:
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        stderr = open(self._log_path, "ab")  # noqa: SIM115 - handed to the child
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "odal.daemon.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=stderr, env=env, text=True, bufsize=1, start_new_session=True,
+        )
+        stderr.close()
+        ready = proc.stdout.readline()
+        if '"ready"' not in ready:
+            proc.kill()
+            proc.wait()
+            raise RoundFailed(f"the worker did not start; see {self._log_path}")
+        log.info("worker_started", pid=proc.pid)
+        return proc
+
+    def run(self, job: dict, on_progress: Callable[[dict], None]) -> dict:
+        """Send one job; relay progress; return the result (raises RoundFailed / Abandoned)."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = self._start()
+            proc = self._proc
+        proc.stdin.write(json.dumps(job) + "\n")
+        proc.stdin.flush()
+        for line in proc.stdout:
+            message = json.loads(line)
+            if message["type"] == "progress":
+                on_progress(message)
+            elif message["type"] == "result":
+                if not message["ok"]:
+                    raise RoundFailed(message["error"])
+                return message
+        code = proc.wait()
+        self._proc = None
+        if code in (-signal.SIGTERM, -signal.SIGKILL) and getattr(self, "_stopping", False):
+            raise Abandoned("worker stopped")
+        raise RoundFailed(f"the worker exited with {code} during the round; see {self._log_path}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the child's session, SIGKILL after ``timeout``."""
+        self._stopping = True
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            proc.stdin.close()
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except (ProcessLookupError, BrokenPipeError, OSError):
+            pass
+        log.info("worker_stopped", pid=proc.pid)
+
+
+@dataclass
+class RoundOutcome:
+    round_id: int
+    state: str
+    version: int | None = None
+    metrics: dict | None = None
+    timings: dict | None = None
+    error: str | None = None
+
+
+def split_of(input_hash: str, eval_fraction: float) -> str:
+    """A stable train/eval split: the same annotation is always on the same side."""
+    bucket = int.from_bytes(hashlib.sha256(str(input_hash).encode()).digest()[:4], "big") / 2**32
+    return "eval" if bucket < eval_fraction else "train"
+
+
+def write_annotations(path: Path, accepted: list[dict], labels: list[str], eval_fraction: float) -> dict:
+    """The round's input list: every accepted annotation with its split and label ids (one JSON a line)."""
+    splits = {str(a["input_hash"]): split_of(a["input_hash"], eval_fraction) for a in accepted}
+    if eval_fraction > 0 and len(accepted) >= 2:
+        # Small data: keep at least one image on each side so both training and COCO eval have data.
+        if "eval" not in splits.values():
+            splits[min(splits, key=lambda h: hashlib.sha256(h.encode()).digest())] = "eval"
+        if "train" not in splits.values():
+            splits[max(splits, key=lambda h: hashlib.sha256(h.encode()).digest())] = "train"
+    counts = {"train": 0, "eval": 0}
+    with atomic_write(path, "w") as out:
+        for annotation in accepted:
+            split = splits[str(annotation["input_hash"])]
+            boxes = [dict(box, label_id=labels.index(box["label"]) + 1) for box in annotation["boxes"]]
+            out.write(json.dumps({"input_hash": str(annotation["input_hash"]), "image_path": annotation["image_path"],
+                                  "boxes": boxes, "split": split}) + "\n")
+            counts[split] += 1
+    return counts
+
+
+def _metrics(raw: dict | None) -> dict | None:
+    if not raw:
+        return None
+    return {"mAP": raw.get("DetectionBoxes_Precision/mAP"), "mAP@0.5": raw.get("DetectionBoxes_Precision/mAP@.50IOU"),
+            "mAP@0.75": raw.get("DetectionBoxes_Precision/mAP@.75IOU"), "AR@100": raw.get("DetectionBoxes_Recall/AR@100"),
+            "loss": raw.get("Loss/total_loss")}
+
+
+def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, labels: list[str], worker: Worker,
+              status: Callable[[str], None] = lambda text: None, confirm=None) -> RoundOutcome:
+    """One round from the ledger snapshot ``accepted`` (taken at change counter ``seq``) to a published version."""
+    round_id = history.start_round(seq)
+    bound = log.bind(round=round_id)
+    round_dir = cfg.work_dir / "rounds" / str(round_id)
+    round_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        counts = write_annotations(round_dir / "annotations.jsonl", accepted, labels, cfg.eval_fraction)
+        history.update_round(round_id, accepted=len(accepted), n_train=counts["train"], n_eval=counts["eval"],
+                             steps=cfg.steps_per_round)
+        if counts["train"] == 0:
+            history.finish_round(round_id, "skipped", error="no training images")
+            bound.warning("round_skipped", reason="no training images", accepted=len(accepted))
+            return RoundOutcome(round_id, "skipped", error="no training images")
+        bound.info("round_started", accepted=len(accepted), train=counts["train"], eval=counts["eval"],
+                   steps=cfg.steps_per_round)
+
+        previous = next(((rid, ckpt) for rid, ckpt in history.checkpoints() if Path(ckpt + ".index").is_file()), None)
+        fine_tune = None
+        if previous is None and cfg.fine_tune_checkpoint:
+            fine_tune = {"path": cfg.fine_tune_checkpoint, "type": cfg.fine_tune_checkpoint_type}
+        staging = publish.staging_dir(cfg.base_path, round_id)
+        cfg.base_path.mkdir(parents=True, exist_ok=True)
+        job = {
+            "round_dir": str(round_dir), "pipeline_config": str(cfg.pipeline_config), "label_map": str(cfg.label_map),
+            "num_classes": len(labels), "steps": cfg.steps_per_round,
+            "init_checkpoint": previous[1] if previous else None, "fine_tune": fine_tune,
+            "checkpoint_dir": str(cfg.work_dir / "checkpoints" / f"round-{round_id}"),
+            "export_dir": str(staging), "tensorboard_dir": str(cfg.work_dir / "tensorboard"),
+        }
+
+        def on_progress(message: dict) -> None:
+            if "step" in message:
+                status(f"round {round_id}: training {message['step']}/{message['of']}")
+                bound.debug("train_progress", step=message["step"], of=message["of"], loss=message["loss"])
+            else:
+                status(f"round {round_id}: {message['stage']}")
+                bound.info("stage_started", stage=message["stage"])
+
+        result = worker.run(job, on_progress)
+        metrics = _metrics(result["metrics"])
+        timings = dict(result["timings"])
+        history.update_round(round_id, checkpoint=result["checkpoint"], global_step=result["train"]["global_step"],
+                             metrics=metrics, timings=timings)
+        bound.info("round_trained", global_step=result["train"]["global_step"], loss=result["train"]["loss"],
+                   session_reused=result["session_reused"], metrics=metrics, timings=timings)
+
+        status(f"round {round_id}: publishing")
+        publish_started = time.monotonic()
+        version, path = publish.publish(staging, cfg.base_path, history, round_id, metrics)
+        timings["publish"] = time.monotonic() - publish_started
+        if confirm is not None:
+            confirm_started = time.monotonic()
+            confirm(version, path)
+            timings["confirm"] = time.monotonic() - confirm_started
+        timings["total"] = time.monotonic() - started
+        history.finish_round(round_id, "published", version=version, timings=timings)
+        bound.info("round_published", version=version, seconds=round(timings["total"], 2), metrics=metrics)
+        _retain(cfg, history)
+        return RoundOutcome(round_id, "published", version, metrics, timings)
+    except Abandoned:
+        history.finish_round(round_id, "abandoned", error="daemon stopping")
+        bound.warning("round_abandoned")
+        raise
+    except Exception as error:  # noqa: BLE001 - a failed round is recorded; the previous version keeps serving
+        message = f"{type(error).__name__}: {error}"
+        history.finish_round(round_id, "failed", error=message)
+        bound.error("round_failed", error=message)
+        remove_tree(publish.staging_dir(cfg.base_path, round_id))
+        return RoundOutcome(round_id, "failed", error=message)
+
+
+def _retain(cfg: Config, history: History) -> None:
+    """Keep the newest K versions, checkpoints and round folders (TFRecords); delete older ones."""
+    publish.prune_versions(cfg.base_path, history, cfg.keep_versions)
+    keep = {Path(ckpt).parent for _, ckpt in history.checkpoints()[: cfg.keep_checkpoints]}
+    for folder in sorted((cfg.work_dir / "checkpoints").glob("round-*")):
+        if folder not in keep:
+            remove_tree(folder)
+    rounds = sorted((cfg.work_dir / "rounds").iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
+    for folder in rounds[: -cfg.keep_checkpoints]:
+        remove_tree(folder)

@@ -1,0 +1,210 @@
+"""The daemon: watchers queue events; this loop ingests them and decides when a round runs.
+
+Follow one annotation: a line appended to ``exports/x.jsonl`` -> ``watchers/export_dir.py`` queues
+``ExportChanged`` -> :meth:`Daemon._handle` -> ``handlers/ingest.py`` writes it to the ledger -> enough new
+accepted annotations and a quiet ``debounce_seconds`` -> ``handlers/round.py`` runs a round in the worker child
+(``worker/rounds.py``: records, train, evaluate, export) -> ``handlers/publish.py`` renames the export into
+``<base_path>/<version>`` -> TF Serving loads it (``handlers/confirm.py`` checks it answers).
+
+Threads: the watchdog observer (queues events), this main loop (ingest, triggers, sd_notify), and at most one
+round thread.  SIGTERM/SIGINT: stop watching, abandon the round (the worker child is stopped politely), exit 0.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+
+from odal.daemon import log as logs
+from odal.daemon import watchers
+from odal.daemon.config import Config
+from odal.daemon.handlers import ingest, ingest_db, publish
+from odal.daemon.handlers.round import Abandoned, Worker, run_round
+from odal.daemon.history import History
+from odal.daemon.ledger import Ledger
+from odal.daemon.lock import WorkspaceLock
+from odal.daemon.prodigy_format import load_label_map
+from odal.daemon.sdnotify import Notifier, watchdog_interval
+from odal.daemon.watchers.events import ExportChanged, ImageChanged, ProdigyDbChanged
+
+log = logs.get("odal.daemon")
+
+_TICK = 0.25  # how often the loop wakes without events (debounce resolution, watchdog pings)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, notifier: Notifier | None = None):
+        self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.events: queue.Queue = queue.Queue()
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.labels = load_label_map(cfg.label_map)
+        self.worker = Worker(cfg.work_dir / "logs" / "worker.log")
+        self._round_thread: threading.Thread | None = None
+        self._last_event = 0.0
+        self._status = "idle"
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        cfg = self.cfg
+        cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        with WorkspaceLock(cfg.work_dir):
+            self.ledger = Ledger(cfg.ledger_path)
+            self.history = History(cfg.ledger_path)
+            publish.recover(cfg.base_path, self.history)
+            abandoned = self.history.abandon_running()
+            if cfg.prodigy_db is not None:
+                ingest_db.check_schema(cfg.prodigy_db)
+            observer = watchers.start(cfg, self.events)
+            log.info("daemon_started", config=str(cfg.path), export_dir=str(cfg.export_dir or ""),
+                     prodigy_db=str(cfg.prodigy_db or ""), data_dir=str(cfg.data_dir), base_path=str(cfg.base_path),
+                     labels=self.labels, abandoned_rounds=abandoned)
+            try:
+                self._ingest_all()
+                self.notifier.ready()
+                self._set_status("idle")
+                self._loop()
+            finally:
+                self.notifier.stopping()
+                observer.stop()
+                self.worker.stop()
+                if self._round_thread is not None:
+                    self._round_thread.join(timeout=60)
+                observer.join(timeout=10)
+                self.ledger.close()
+                self.history.close()
+                log.info("daemon_stopped")
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum, _frame):
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            self.stop_requested.set()
+            self.events.put(None)  # wake the loop
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, lambda *_: (self.reload_requested.set(), self.events.put(None)))
+
+    def _loop(self) -> None:
+        ping_every = watchdog_interval() or 10.0
+        last_ping = 0.0
+        while not self.stop_requested.is_set():
+            try:
+                event = self.events.get(timeout=_TICK)
+            except queue.Empty:
+                event = None
+            pending = {event} if event is not None else set()
+            while True:  # coalesce a burst of events: each source is read once
+                try:
+                    pending.add(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            pending.discard(None)
+            for item in pending:
+                self._handle(item)
+            if self.reload_requested.is_set():
+                self._reload()
+            self._maybe_start_round()
+            now = time.monotonic()
+            if now - last_ping >= ping_every:
+                self.notifier.watchdog()
+                last_ping = now
+
+    # -- events --------------------------------------------------------------------------------------------------------
+    def _handle(self, event) -> None:
+        self._last_event = time.monotonic()
+        try:
+            if isinstance(event, ExportChanged):
+                stats = ingest.ingest_export_file(Path(event.path), self.ledger, self.labels, self.cfg.data_dir,
+                                                  self._blob_dir)
+                self._log_ingest(event.path, stats)
+            elif isinstance(event, ProdigyDbChanged):
+                stats = ingest_db.ingest_prodigy_db(Path(event.path), self.cfg.prodigy_dataset, self.ledger,
+                                                    self.labels, self.cfg.data_dir, self._blob_dir)
+                self._log_ingest(event.path, stats)
+            elif isinstance(event, ImageChanged):
+                log.debug("image_changed", path=event.path, deleted=event.deleted)
+        except Exception as error:  # noqa: BLE001 - one bad source never stops the daemon
+            log.exception("event_failed", event=repr(event), error=str(error))
+
+    @property
+    def _blob_dir(self) -> Path:
+        return self.cfg.work_dir / "images"
+
+    def _ingest_all(self) -> None:
+        """At start: read everything new since the last run (the ledger knows where each source stopped)."""
+        if self.cfg.export_dir is not None and self.cfg.export_dir.is_dir():
+            for path in sorted(self.cfg.export_dir.iterdir()):
+                if path.suffix in (".jsonl", ".json") and not path.name.startswith("."):
+                    self._handle(ExportChanged(str(path)))
+        if self.cfg.prodigy_db is not None:
+            self._handle(ProdigyDbChanged(str(self.cfg.prodigy_db)))
+
+    def _log_ingest(self, source: str, stats: dict) -> None:
+        if any(stats.get(k) for k in ("lines", "set_aside", "inserted", "updated")):
+            log.info("ingested", source=source, **{k: v for k, v in stats.items() if v})
+
+    # -- rounds --------------------------------------------------------------------------------------------------------
+    def _maybe_start_round(self) -> None:
+        if self._round_thread is not None and self._round_thread.is_alive():
+            return
+        if time.monotonic() - self._last_event < self.cfg.debounce_seconds:
+            return
+        new = self.ledger.accepted_changes_since(self.history.last_trained_seq())
+        if new < self.cfg.min_new_annotations:
+            return
+        if getattr(self, "_failed_at_seq", None) == self.ledger.max_seq():
+            return  # the last round failed on exactly this data; wait for new annotations before retrying
+        seq = self.ledger.max_seq()
+        accepted = self.ledger.accepted()
+        self._round_thread = threading.Thread(target=self._round, args=(accepted, seq), name="odal-round",
+                                              daemon=True)
+        self._round_thread.start()
+
+    def _round(self, accepted: list[dict], seq: int) -> None:
+        history = History(self.cfg.ledger_path)
+        try:
+            outcome = run_round(self.cfg, history, accepted, seq, self.labels, self.worker, self._set_status,
+                                confirm=self._confirmer())
+            if outcome.state == "failed":
+                self._failed_at_seq = seq
+        except Abandoned:
+            pass
+        finally:
+            history.close()
+            self._set_status("idle")
+
+    def _confirmer(self):
+        """The post-publish check against the serving endpoint, or None when no server is configured."""
+        if not self.cfg.serving_address:
+            return None
+        from odal.daemon.handlers import confirm
+
+        return confirm.Confirmer(self.cfg, self.history_path)
+
+    @property
+    def history_path(self) -> Path:
+        return self.cfg.ledger_path
+
+    def _set_status(self, text: str) -> None:
+        self._status = text
+        self.notifier.status(text)
+
+    def _reload(self) -> None:
+        from odal.daemon import config as config_module
+
+        self.reload_requested.clear()
+        self.notifier.reloading()
+        try:
+            new = config_module.load(self.cfg.path)
+            self.cfg = new
+            self.labels = load_label_map(new.label_map)
+            log.info("config_reloaded", config=str(new.path))
+        except Exception as error:  # noqa: BLE001 - a bad edit keeps the running configuration
+            log.error("config_reload_failed", error=str(error))
+        self.notifier.ready()
