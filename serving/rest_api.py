@@ -1,0 +1,159 @@
+"""TF Serving's REST API (``/v1/models/...``) on the standard library's threading HTTP server.
+
+Routes, as TF Serving parses them (case-insensitive, model name and label URL-decoded):
+
+    GET  /v1/models/{name}[/versions/{v}|/labels/{l}]             model status
+    GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata    model metadata
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict     predict (row or columnar JSON)
+
+Any other ``/v1/`` request is ``Malformed request`` (400); a path outside ``/v1/`` is a bare 404.  Every error
+body is ``{"error": "<message>"}`` with the HTTP status TF Serving maps the error code to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from google.protobuf import json_format
+
+from odal.serving import grpc_api, predict, rest_json
+from odal.serving.errors import ServingError, invalid_argument
+from odal.serving.registry import Registry
+
+log = logging.getLogger(__name__)
+
+_V1 = re.compile(r"(?i)/v1/.*")
+_PREDICT = re.compile(r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
+_STATUS = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
+_INT64_MAX = 2**63 - 1
+
+
+def _target(name: str, version: str | None, label: str | None) -> predict.Target:
+    name = urllib.parse.unquote(name or "")
+    number = None
+    if version:
+        number = int(version)
+        if number > _INT64_MAX:
+            raise invalid_argument(f"Failed to convert version: {version} to numeric.")
+    return predict.Target(name, number, urllib.parse.unquote(label) if label else None)
+
+
+class RestApi:
+    """The request logic, independent of the HTTP server: (method, path, body) -> (HTTP status, JSON text)."""
+
+    def __init__(self, registry: Registry):
+        self._registry = registry
+
+    def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
+        try:
+            return 200, self._dispatch(method, path, body)
+        except ServingError as exc:
+            return exc.http_status, json.dumps({"error": exc.message})
+        except Exception as exc:  # noqa: BLE001 - an answer, never a dropped connection
+            log.exception("REST %s %s failed", method, path)
+            return 500, json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+
+    def _dispatch(self, method: str, path: str, body: bytes) -> str:
+        malformed = invalid_argument(f"Malformed request: {method} {path}")
+        if method == "POST":
+            match = _PREDICT.fullmatch(path)
+            if not match:
+                raise malformed
+            if match.group(4).lower() != "predict":
+                raise ServingError("UNIMPLEMENTED", f"{match.group(4)} is not supported by odal serve; use predict")
+            return self._predict(_target(*match.group(1, 2, 3)), body)
+        if method == "GET":
+            match = _STATUS.fullmatch(path)
+            if not match:
+                raise malformed
+            target = _target(*match.group(1, 2, 3))
+            if not target.name:
+                raise invalid_argument("Missing model name in request.")
+            if match.group(4):
+                return _metadata_json(grpc_api.metadata_response(self._registry, target,
+                                                                 [grpc_api.SIGNATURE_DEF_FIELD]))
+            return json_format.MessageToJson(grpc_api.status_response(self._registry, target), indent=1,
+                                             always_print_fields_with_no_presence=True)
+        raise malformed
+
+    def _predict(self, target: predict.Target, body: bytes) -> str:
+        doc = rest_json.parse_body(body)
+        signature_name = rest_json.signature_name(doc)
+        _version, servable = self._registry.servable(target.name, target.version, target.label)
+        name = signature_name or predict.DEFAULT_SIGNATURE
+        signature = servable.signature_defs.get(name)
+        if signature is None:
+            raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
+        dtypes = {alias: info.dtype for alias, info in signature.inputs.items()}
+        fmt, inputs = rest_json.request_tensors(doc, dtypes, signature_name)
+        result = predict.run(self._registry, target, signature_name, inputs)
+        return rest_json.response_json(result.outputs, fmt)
+
+
+def _metadata_json(response) -> str:
+    """TF Serving prints model_spec and the unpacked SignatureDefMap separately, with proto field names."""
+    from odal.serving._protos import get_model_metadata_pb2
+
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata[grpc_api.SIGNATURE_DEF_FIELD].Unpack(signatures)
+    options = dict(preserving_proto_field_name=True, always_print_fields_with_no_presence=True, indent=1)
+    spec = json_format.MessageToJson(response.model_spec, **options)
+    signature_def = json_format.MessageToJson(signatures, **options)
+    return '{\n"model_spec":' + spec + ',\n"metadata": {"signature_def": ' + signature_def + "}\n}\n"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "odal-serve"
+    api: RestApi  # set on the subclass made per server
+
+    def _serve(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        if not _V1.fullmatch(path):
+            self._reply(404, b"")
+            return
+        status, text = self.api.handle(self.command, path, body)
+        self._reply(status, text.encode("utf-8"), "application/json")
+
+    def _reply(self, status: int, payload: bytes, content_type: str | None = None) -> None:
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the stdlib's signature
+        log.debug("rest %s", format % args)
+
+
+class RestServer:
+    """A ThreadingHTTPServer for the REST API, run on its own thread; ``close()`` stops and joins it."""
+
+    def __init__(self, registry: Registry, host: str, port: int):
+        handler = type("Handler", (_Handler,), {"api": RestApi(registry)})
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._httpd = ThreadingHTTPServer((host, port), handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="odal-rest", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(10)
+
+
+__all__ = ["RestApi", "RestServer"]

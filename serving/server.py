@@ -1,0 +1,144 @@
+"""``odal serve``: a TF Serving-compatible model server in one Python process (gRPC + REST).
+
+Flags carry TF Serving's names, so the same command line (and the same model base path or ``models.config``)
+works with ``tensorflow_model_server``.  Differences, on purpose: everything binds to ``--host`` (127.0.0.1
+unless told otherwise); ``--rest_api_port`` defaults to 8501 (0 disables REST); the servers start at once rather
+than after the first models have loaded (clients wait with ``ServingClient.wait_until_available``).
+
+Run as ``python -m odal.serving.server --model_name=detector --model_base_path=/var/lib/odal/models/detector``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from odal.serving import discovery
+from odal.serving.errors import ServingError
+
+log = logging.getLogger("odal.serving")
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="odal serve", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
+    add = parser.add_argument
+    add("--port", type=int, default=8500, help="gRPC port (TF Serving's --port)")
+    add("--rest_api_port", type=int, default=8501, help="REST port; 0 disables the REST API")
+    add("--host", default="127.0.0.1", help="address both servers bind to (default loopback only)")
+    add("--grpc_host", default=None, help="address of the gRPC server alone (overrides --host)")
+    add("--rest_api_host", default=None, help="address of the REST server alone (overrides --host)")
+    add("--model_name", default="default", help="model name when --model_base_path is used")
+    add("--model_base_path", default="", help="folder whose integer-named subfolders are the model's versions")
+    add("--model_config_file", default="", help="a ModelServerConfig text proto (model_config_list)")
+    add("--model_config_file_poll_wait_seconds", type=int, default=0,
+        help="re-read --model_config_file this often; 0 reads it once")
+    add("--file_system_poll_wait_seconds", type=int, default=1,
+        help="look for new versions this often; 0 looks once")
+    add("--max_num_load_retries", type=int, default=5, help="retries of a failed version load (TF Serving: 5)")
+    add("--load_retry_interval_micros", type=int, default=60_000_000, help="wait between load retries")
+    add("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True, default=False,
+        help="let a label name a version that is not loaded yet")
+    add("--grpc_max_threads", type=int, default=16, help="gRPC worker threads")
+    add("--rest_api_num_threads", type=int, default=0, help="accepted for TF Serving compatibility; unused")
+    add("--log_level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def _initial_config(args) -> discovery.ModelServerConfig:
+    if args.model_config_file:
+        return discovery.read_config_file(args.model_config_file)
+    if args.model_base_path:
+        return discovery.single_model_config(args.model_name, args.model_base_path)
+    raise ServingError("INVALID_ARGUMENT", "Both server_model_config_file and model_base_path are empty!")
+
+
+def _watch_config_file(registry, path: str, every: int, stop: threading.Event) -> None:
+    current = None
+    while not stop.wait(every):
+        try:
+            config = discovery.read_config_file(path)
+            text = config.SerializeToString(deterministic=True)
+            if text != current:
+                registry.reload(config)
+                current = text
+        except ServingError as exc:
+            log.error("model config file %s not reloaded: %s", path, exc)
+
+
+def main(argv: list[str]) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _serve(args, stop)
+    except ServingError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(args, stop: threading.Event) -> int:
+    from odal.daemon.sdnotify import Notifier
+    from odal.serving import grpc_api, loader, rest_api
+    from odal.serving.registry import Registry
+
+    config = _initial_config(args)
+    registry = Registry(loader.Servable, poll_seconds=args.file_system_poll_wait_seconds,
+                        max_load_retries=args.max_num_load_retries,
+                        retry_interval=args.load_retry_interval_micros / 1e6,
+                        allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models)
+    registry.reload(config)
+    notifier = Notifier()
+    grpc_server = rest_server = None
+    registry.start()
+    try:
+        grpc_host = args.grpc_host or args.host
+        grpc_server, grpc_port = grpc_api.make_server(registry, f"{grpc_host}:{args.port}", args.grpc_max_threads)
+        grpc_server.start()
+        log.info("Running gRPC ModelServer at %s:%d ...", grpc_host, grpc_port)
+        if args.rest_api_port:
+            rest_host = args.rest_api_host or args.host
+            rest_server = rest_api.RestServer(registry, rest_host, args.rest_api_port)
+            rest_server.start()
+            log.info("Exporting HTTP/REST API at:%s:%d ...", rest_host, rest_server.port)
+        if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
+            threading.Thread(target=_watch_config_file, daemon=True, name="odal-config-watch",
+                             args=(registry, args.model_config_file, args.model_config_file_poll_wait_seconds,
+                                   stop)).start()
+        notifier.ready()
+        notifier.status(f"serving {', '.join(registry.model_names())} on gRPC {grpc_host}:{grpc_port}")
+        stop.wait()
+        notifier.stopping()
+        log.info("shutting down")
+        return 0
+    finally:
+        stop.set()
+        if rest_server is not None:
+            rest_server.close()
+        if grpc_server is not None:
+            grpc_server.stop(grace=5).wait(10)
+        registry.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
