@@ -1,4 +1,4 @@
-"""Command line: ``odal-daemon --config FILE`` and ``odal {daemon,status,demo,serve,init,install-service}``.
+"""Command line: ``odal-daemon --config FILE`` and ``odal {daemon,status,logs,rollback,demo,serve,install-service}``.
 
 Exit codes come only from here: 0 ok, 1 error, 2 configuration, 3 workspace locked.
 """
@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 from odal.daemon import config as config_module
@@ -30,9 +32,11 @@ def status_data(workspace: Path) -> dict:
     from odal.daemon.history import History
     from odal.daemon.ledger import Ledger
     from odal.daemon.lock import read_owner
+    from odal.daemon.statusfile import read as read_now
 
     cfg = config_module.load(config_module.workspace_config(workspace))
     out: dict = {"workspace": str(Path(workspace).resolve()), "daemon": read_owner(cfg.work_dir),
+                 "now": read_now(cfg.work_dir),
                  "annotations": {"accepted": 0, "rejected": 0, "ignored": 0, "invalid": 0},
                  "set_aside": [], "rounds": [], "versions": []}
     if not cfg.ledger_path.exists():
@@ -78,6 +82,9 @@ def _print_status(data: dict) -> None:
     owner = data["daemon"]
     print(f"workspace  {data['workspace']}")
     print(f"daemon     {'running, pid ' + str(owner['pid']) if owner else 'not running'}")
+    now = data.get("now")
+    if owner and now and now.get("running"):
+        print(f"now        {now['text']} (since {time.strftime('%H:%M:%S', time.localtime(now['since']))})")
     a = data["annotations"]
     print(f"annotations  accepted {a['accepted']}  rejected {a['rejected']}  ignored {a['ignored']}  "
           f"set aside {a['invalid']}")
@@ -108,6 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("status", help="annotations, rounds and served versions of a workspace")
     p.add_argument("--workspace", default=".")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("logs", help="the daemon's JSON log, one readable line per event (or piped: "
+                       "journalctl -u odal-daemon -o cat | odal logs)")
+    p.add_argument("--workspace", default=".")
+    p.add_argument("-f", "--follow", action="store_true", help="keep reading as the daemon writes")
+    p.add_argument("--raw", action="store_true", help="the JSON lines as they are")
+    p = sub.add_parser("rollback", help="take the newest (or given) version out of serving; TF Serving falls "
+                       "back to the previous one")
+    p.add_argument("--workspace", default=".")
+    p.add_argument("version", nargs="?", type=int, help="the version number (default: the newest)")
+    p.add_argument("--force", action="store_true", help="also when it is the last remaining version")
     p = sub.add_parser("demo", help="the whole loop on generated (or VOC) data with a simulated annotator")
     p.add_argument("--workspace", default="demo-workspace")
     p.add_argument("--rounds", type=int, default=3)
@@ -131,6 +148,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(data, indent=2, default=str))
             else:
                 _print_status(data)
+            return 0
+        if args.command == "logs":
+            from odal.daemon import logview
+
+            piped = logview.stdin_is_piped()
+            log_file = None if piped else config_module.load(config_module.workspace_config(args.workspace)).log_file
+            return logview.run(log_file, args.follow, args.raw, sys.stdin if piped else None)
+        if args.command == "rollback":
+            from odal.daemon.handlers.rollback import rollback
+
+            cfg = config_module.load(config_module.workspace_config(args.workspace))
+            logs.configure("info", cfg.log_file, stream=open(os.devnull, "w"))  # recorded in the daemon's log
+            done = rollback(cfg, args.version, args.force)
+            serving = done["serving"] if done["serving"] is not None else "nothing"
+            print(f"version {done['version']} moved to {done['moved_to']}; TF Serving now serves {serving}")
             return 0
         if args.command == "demo":
             from odal.daemon.demo import run_demo

@@ -50,6 +50,9 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "file": (str, ""),
         "level": (str, "info"),
     },
+    "metrics": {
+        "address": (str, ""),  # Prometheus endpoint, e.g. "127.0.0.1:9464"; empty = off
+    },
 }
 
 
@@ -77,6 +80,7 @@ class Config:
     confirm_timeout_seconds: float
     log_file: Path | None
     log_level: str
+    metrics_address: str = ""
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -147,6 +151,10 @@ def parse(data: dict, path: Path) -> Config:
     for section, key, ok, message in checks:
         if not ok(values[section, key]):
             raise ConfigError(f"{section}.{key}: {message}, got {values[section, key]!r}")
+    metrics_address = values["metrics", "address"]
+    host, _, port = metrics_address.rpartition(":")
+    if metrics_address and not (host and port.isdigit() and int(port) <= 65535):
+        raise ConfigError(f"metrics.address: HOST:PORT (e.g. 127.0.0.1:9464), got {metrics_address!r}")
 
     return Config(
         path=path,
@@ -171,6 +179,7 @@ def parse(data: dict, path: Path) -> Config:
         confirm_timeout_seconds=values["serving", "confirm_timeout_seconds"],
         log_file=resolve("log", "file"),
         log_level=values["log", "level"],
+        metrics_address=metrics_address,
         raw=data,
     )
 
