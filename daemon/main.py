@@ -26,8 +26,10 @@ from odal.daemon.handlers.round import Abandoned, Worker, run_round
 from odal.daemon.history import History
 from odal.daemon.ledger import Ledger
 from odal.daemon.lock import WorkspaceLock
+from odal.daemon.metrics import Metrics
 from odal.daemon.prodigy_format import load_label_map
 from odal.daemon.sdnotify import Notifier, watchdog_interval
+from odal.daemon.statusfile import StatusFile
 from odal.daemon.watchers.events import ExportChanged, ImageChanged, ProdigyDbChanged
 
 log = logs.get("odal.daemon")
@@ -47,6 +49,8 @@ class Daemon:
         self._round_thread: threading.Thread | None = None
         self._last_event = 0.0
         self._status = "idle"
+        self.metrics = Metrics()
+        self.status_file = StatusFile(cfg.work_dir)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -60,6 +64,7 @@ class Daemon:
             if cfg.prodigy_db is not None:
                 ingest_db.check_schema(cfg.prodigy_db)
             observer = watchers.start(cfg, self.events)
+            metrics_server = self._serve_metrics()
             log.info("daemon_started", config=str(cfg.path), export_dir=str(cfg.export_dir or ""),
                      prodigy_db=str(cfg.prodigy_db or ""), data_dir=str(cfg.data_dir), base_path=str(cfg.base_path),
                      labels=self.labels, abandoned_rounds=abandoned)
@@ -71,6 +76,8 @@ class Daemon:
             finally:
                 self.notifier.stopping()
                 observer.stop()
+                if metrics_server is not None:
+                    metrics_server.close()
                 self.worker.stop()
                 if self._round_thread is not None:
                     self._round_thread.join(timeout=60)
@@ -110,6 +117,7 @@ class Daemon:
             if self.reload_requested.is_set():
                 self._reload()
             self._maybe_start_round()
+            self.status_file.flush()
             now = time.monotonic()
             if now - last_ping >= ping_every:
                 self.notifier.watchdog()
@@ -131,6 +139,7 @@ class Daemon:
                 log.debug("image_changed", path=event.path, deleted=event.deleted)
         except Exception as error:  # noqa: BLE001 - one bad source never stops the daemon
             log.exception("event_failed", event=repr(event), error=str(error))
+            self.metrics.error("event")
 
     @property
     def _blob_dir(self) -> Path:
@@ -148,6 +157,7 @@ class Daemon:
     def _log_ingest(self, source: str, stats: dict) -> None:
         if any(stats.get(k) for k in ("lines", "set_aside", "inserted", "updated")):
             log.info("ingested", source=source, **{k: v for k, v in stats.items() if v})
+            self.metrics.ingested(stats, self.ledger.counts()["invalid"])
 
     # -- rounds --------------------------------------------------------------------------------------------------------
     def _maybe_start_round(self) -> None:
@@ -168,13 +178,15 @@ class Daemon:
 
     def _round(self, accepted: list[dict], seq: int) -> None:
         history = History(self.cfg.ledger_path)
+        self.metrics.round_started()
         try:
             outcome = run_round(self.cfg, history, accepted, seq, self.labels, self.worker, self._set_status,
                                 confirm=self._confirmer())
+            self.metrics.round_finished(outcome.state, outcome.timings, outcome.metrics, outcome.version)
             if outcome.state == "failed":
                 self._failed_at_seq = seq
         except Abandoned:
-            pass
+            self.metrics.round_finished("abandoned")
         finally:
             history.close()
             self._set_status("idle")
@@ -194,6 +206,18 @@ class Daemon:
     def _set_status(self, text: str) -> None:
         self._status = text
         self.notifier.status(text)
+        self.status_file.set(text)
+
+    def _serve_metrics(self):
+        """The Prometheus endpoint when ``[metrics] address`` is set (loopback is the intended use)."""
+        if not self.cfg.metrics_address:
+            return None
+        from odal.daemon.metrics import parse_address, serve
+
+        host, port = parse_address(self.cfg.metrics_address)
+        server = serve(host, port, self.metrics)
+        log.info("metrics_serving", address=f"{server.host}:{server.port}")
+        return server
 
     def _reload(self) -> None:
         from odal.daemon import config as config_module
