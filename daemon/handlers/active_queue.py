@@ -1,0 +1,292 @@
+"""The active-learning queue: every image of the data dir not yet annotated, scored by the served model.
+
+Rows live in the workspace ledger file (table ``active_queue``, created here ``IF NOT EXISTS``), keyed by the
+image's resolved path; ``digest`` (SHA-256 of the bytes) and ``input_hash`` (odal's content hash, see
+``odal.recipe.tasks.content_hash``) say which content was scored.  A changed file (other size or mtime) loses its
+score; a deleted one loses its row.  ``uncertainty`` is ``odal.recipe.detections.uncertainty`` (the least confident
+detection above a floor) and ``scored_version`` the model version that answered.  :meth:`ActiveQueue.rescore_all`
+records a newer target version: rows scored by an older one keep their score for ordering until re-scored.
+
+The daemon calls everything from its loop thread; each call is bounded (``score_pending`` scores at most
+``limit`` images and stops at the first unreachable-server error).  The recipe, another process, opens the same
+file read-only (:meth:`ActiveQueue.reader`) and asks :meth:`ActiveQueue.next_images` for the most uncertain
+unanswered images.  No TensorFlow here: images are decoded with Pillow, the model is asked through
+``odal.serving.client``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterable
+
+import structlog
+
+from odal.daemon.watchers.image_dir import IMAGE_SUFFIXES
+from odal.recipe.detections import uncertainty
+
+log = structlog.get_logger("odal.active_queue")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS active_queue (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    digest TEXT,
+    input_hash TEXT,
+    uncertainty REAL,
+    scored_version INTEGER,
+    scored_at REAL,
+    error TEXT,
+    added_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS active_queue_uncertainty ON active_queue (uncertainty);
+CREATE TABLE IF NOT EXISTS active_queue_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class ActiveQueue:
+    """The queue in the ledger file ``db_path`` for the images below ``data_dir``; thread-safe (one lock)."""
+
+    def __init__(self, db_path: Path, data_dir: Path | None, *, readonly: bool = False) -> None:
+        self.db_path = Path(db_path)
+        self.readonly = readonly
+        self._lock = threading.Lock()
+        if readonly:
+            uri = f"file:{self.db_path.resolve()}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10)
+        else:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.row_factory = sqlite3.Row
+        if readonly:
+            stored = self._meta("data_dir")
+            self.data_dir = Path(data_dir or stored) if (data_dir or stored) else None
+            return
+        self.data_dir = Path(data_dir).resolve()
+        with self._write() as conn:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO active_queue_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            conn.execute("INSERT INTO active_queue_meta VALUES ('data_dir', ?) ON CONFLICT (key) DO UPDATE "
+                         "SET value = excluded.value", (str(self.data_dir),))
+
+    @classmethod
+    def reader(cls, workspace: Path) -> "ActiveQueue":
+        """The queue of a daemon workspace (its work dir, or the ledger file itself), opened read-only."""
+        path = Path(workspace)
+        return cls(path / "ledger.sqlite" if path.is_dir() else path, None, readonly=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "ActiveQueue":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------- image events
+
+    def image_changed(self, path: str | Path, deleted: bool = False) -> None:
+        """An :class:`ImageChanged` event: add or refresh the image, or drop it when deleted (or gone)."""
+        resolved = self._inside(path)
+        if resolved is None:
+            return
+        try:
+            st = os.stat(resolved)
+        except OSError:
+            deleted = True
+        with self._write() as conn:
+            if deleted:
+                conn.execute("DELETE FROM active_queue WHERE path = ?", (str(resolved),))
+            else:
+                self._upsert(conn, resolved, st)
+
+    def scan(self) -> dict:
+        """At start: add every image below the data dir, refresh changed ones, drop rows of vanished files."""
+        found: dict[str, os.stat_result] = {}
+        for dirpath, dirnames, filenames in os.walk(self.data_dir):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                    full = os.path.join(dirpath, name)
+                    try:
+                        found[str(Path(full).resolve())] = os.stat(full)
+                    except OSError:
+                        continue
+        with self._write() as conn:
+            known = {r["path"] for r in conn.execute("SELECT path FROM active_queue")}
+            gone = known - set(found)
+            conn.executemany("DELETE FROM active_queue WHERE path = ?", [(p,) for p in gone])
+            for path, st in found.items():
+                self._upsert(conn, Path(path), st)
+        stats = {"images": len(found), "added": len(set(found) - known), "removed": len(gone)}
+        log.info("active_queue_scanned", **stats)
+        return stats
+
+    def _upsert(self, conn: sqlite3.Connection, path: Path, st: os.stat_result) -> None:
+        """Insert the image, or reset its score when its size or mtime changed (new content)."""
+        conn.execute(
+            "INSERT INTO active_queue (path, size, mtime_ns, added_at) VALUES (?,?,?,?) ON CONFLICT (path) DO UPDATE "
+            "SET size = excluded.size, mtime_ns = excluded.mtime_ns, digest = NULL, input_hash = NULL, "
+            "uncertainty = NULL, scored_version = NULL, scored_at = NULL, error = NULL "
+            "WHERE size != excluded.size OR mtime_ns != excluded.mtime_ns",
+            (str(path), st.st_size, st.st_mtime_ns, time.time()))
+
+    def _inside(self, path: str | Path) -> Path | None:
+        candidate = Path(path)
+        if candidate.suffix.lower() not in IMAGE_SUFFIXES or candidate.name.startswith("."):
+            return None
+        resolved = (candidate if candidate.is_absolute() else self.data_dir / candidate).resolve()
+        return resolved if resolved.is_relative_to(self.data_dir) else None
+
+    # ---------------------------------------------------------------------------------------------- scoring
+
+    def rescore_all(self, version: int) -> None:
+        """A new model version was confirmed: every row scored by an older version is pending again."""
+        with self._write() as conn:
+            conn.execute("INSERT INTO active_queue_meta VALUES ('target_version', ?) ON CONFLICT (key) DO UPDATE "
+                         "SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                         (str(int(version)),))
+
+    def pending(self, limit: int) -> list[Path]:
+        """Unanswered images to score next: never scored first, then those scored by an older version."""
+        target = int(self._meta("target_version") or 0)
+        rows = self._read(
+            "SELECT path, input_hash FROM active_queue WHERE error IS NULL AND "
+            "(uncertainty IS NULL OR scored_version < ?) ORDER BY uncertainty IS NOT NULL, added_at, path", (target,))
+        return [Path(r["path"]) for r in self._unanswered(rows, (), limit)]
+
+    def score_pending(self, client, model_name: str, limit: int = 16, concurrency: int = 4) -> int:
+        """Score at most ``limit`` pending images with the served model; returns how many were scored.
+
+        ``client`` is an ``odal.serving.client.ServingClient``.  Network I/O, bounded: one pipelined
+        ``predict_many`` of at most ``limit`` images (each request under the client's deadline); a serving error
+        (server down, no version yet) scores nothing and the next call tries again.  An unreadable image is
+        marked with its error and not retried until the file changes.
+        """
+        from odal.recipe.tasks import content_hash, read_image
+        from odal.serving.errors import ServingError
+
+        images = []
+        for path in self.pending(limit):
+            try:
+                images.append(read_image(path))
+            except (OSError, ValueError) as error:
+                self._set(path, error=f"{type(error).__name__}: {error}")
+                log.warning("active_queue_image_unreadable", path=str(path), error=str(error))
+        if not images:
+            return 0
+        try:
+            found = client.predict_many(model_name, [image.pixels for image in images], concurrency=concurrency)
+        except ServingError as error:
+            log.info("active_queue_scoring_paused", error=str(error), pending=len(images))
+            return 0
+        now = time.time()
+        with self._write() as conn:
+            for image, detections in zip(images, found):
+                conn.execute(
+                    "UPDATE active_queue SET digest = ?, input_hash = ?, uncertainty = ?, scored_version = ?, "
+                    "scored_at = ? WHERE path = ?",
+                    (hashlib.sha256(image.data).hexdigest(), str(content_hash(image.data)),
+                     uncertainty(detections.scores), int(detections.model_version), now, str(image.path)))
+        return len(images)
+
+    def _set(self, path: Path, **values) -> None:
+        columns = ", ".join(f"{key} = ?" for key in values)
+        with self._write() as conn:
+            conn.execute(f"UPDATE active_queue SET {columns} WHERE path = ?", (*values.values(), str(path)))
+
+    # ---------------------------------------------------------------------------------------------- reading
+
+    def next_images(self, n: int, exclude_hashes: Iterable[str | int] = ()) -> list[dict]:
+        """The ``n`` most uncertain unanswered images: scored ones by uncertainty (highest first), then unscored.
+
+        Answered means: its path is in the ledger's annotations, or its input hash is in the ledger or in
+        ``exclude_hashes``.  Each item: ``path``, ``uncertainty``, ``scored_version``, ``input_hash``, ``digest``.
+        """
+        rows = self._read(
+            "SELECT path, uncertainty, scored_version, input_hash, digest FROM active_queue WHERE error IS NULL "
+            "ORDER BY uncertainty IS NULL, uncertainty DESC, path", ())
+        return [dict(r) for r in self._unanswered(rows, exclude_hashes, n)]
+
+    def status(self) -> dict:
+        """``images``, ``scored``, ``pending``, ``target_version``, ``scored_version`` (newest used), ``data_dir``."""
+        target = int(self._meta("target_version") or 0)
+        row = self._read(
+            "SELECT COUNT(*) AS images, COUNT(uncertainty) AS scored, MAX(scored_version) AS newest, "
+            "SUM(uncertainty IS NULL OR scored_version < ?) AS pending FROM active_queue WHERE error IS NULL",
+            (target,))[0]
+        return {"images": row["images"], "scored": row["scored"], "pending": row["pending"] or 0,
+                "target_version": target or None, "scored_version": row["newest"],
+                "data_dir": str(self.data_dir) if self.data_dir else None}
+
+    def answered(self) -> tuple[set[str], set[str]]:
+        """The ledger's answered input hashes and image paths (both empty when the ledger has no table yet)."""
+        hashes: set[str] = set()
+        paths: set[str] = set()
+        if self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'annotations'", ()):
+            for row in self._read("SELECT input_hash, image_path FROM annotations", ()):
+                hashes.add(row["input_hash"])
+                if row["image_path"]:
+                    paths.add(row["image_path"])
+        return hashes, paths
+
+    def _unanswered(self, rows: list[sqlite3.Row], exclude_hashes: Iterable[str | int], limit: int) -> list:
+        """The first ``limit`` rows whose image has no answer in the ledger (by path or input hash)."""
+        hashes, paths = self.answered()
+        hashes.update(str(h) for h in exclude_hashes)
+        out = []
+        for row in rows:
+            if row["path"] in paths or (row["input_hash"] is not None and row["input_hash"] in hashes):
+                continue
+            out.append(row)
+            if len(out) >= limit:
+                break
+        return out
+
+    def _meta(self, key: str) -> str | None:
+        try:
+            rows = self._read("SELECT value FROM active_queue_meta WHERE key = ?", (key,))
+        except sqlite3.OperationalError:  # a workspace whose daemon never made a queue
+            return None
+        return rows[0]["value"] if rows else None
+
+    # --------------------------------------------------------------------------------------------- plumbing
+
+    def _read(self, sql: str, params: tuple) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def _write(self):
+        if self.readonly:
+            raise PermissionError(f"the active queue in {self.db_path} is open read-only")
+        return _Transaction(self._conn, self._lock)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
+        self.conn, self.lock = conn, lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self.lock.release()
