@@ -232,8 +232,8 @@ def _inside(root: Path, ref: str) -> Path:
     candidate = candidate if candidate.is_absolute() else root / candidate
     try:
         resolved = candidate.resolve()
-    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python 3.11)
-        raise InvalidRecord(f"image path {ref} cannot be resolved: {error}") from error
+    except (OSError, RuntimeError, ValueError) as error:  # RuntimeError: a symlink loop; ValueError: a NUL byte
+        raise InvalidRecord(f"image path {ref!r} cannot be resolved: {error}") from error
     if not resolved.is_relative_to(root):
         raise InvalidRecord(f"image path {ref} is outside data_dir {root}; refused")
     return resolved
@@ -258,7 +258,7 @@ def _store_data_uri(uri: str, blob_dir: Path) -> ImageFile:
 
 
 def _check_image(path: Path, data: bytes | None) -> ImageFile:
-    """Open ``data`` (or the file) with Pillow and ``verify()`` it; refuse empty and gigantic images."""
+    """Open ``data`` (or the file) with Pillow, ``verify()`` and decode it; refuse empty and gigantic images."""
     from PIL import Image
 
     if data is not None and not data:
@@ -273,6 +273,9 @@ def _check_image(path: Path, data: bytes | None) -> ImageFile:
                 if width * height > MAX_PIXELS:
                     raise InvalidRecord(f"image is too large ({width}x{height} > {MAX_PIXELS} pixels): {path}")
                 image.verify()
+            # verify() checks structure only: a JPEG cut short passes it, then breaks every later round.
+            with Image.open(io.BytesIO(data) if data is not None else path) as image:
+                image.load()
     except InvalidRecord:
         raise
     except Image.DecompressionBombError as error:
