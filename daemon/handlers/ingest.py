@@ -72,6 +72,9 @@ class RecordBatch:
         except json.JSONDecodeError as error:
             self.set_aside(raw, line, f"malformed JSON: {error}")
             return
+        except RecursionError:  # e.g. [[[[...]]]] nested deeper than Python's stack
+            self.set_aside(raw, line, "malformed JSON: nested too deeply")
+            return
         try:
             self._add_object(obj, line)
         except InvalidRecord as error:
