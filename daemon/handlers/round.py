@@ -65,11 +65,19 @@ class Worker:
     def run(self, job: dict, on_progress: Callable[[dict], None]) -> dict:
         """Send one job; relay progress; return the result (raises RoundFailed / Abandoned)."""
         with self._lock:
+            if getattr(self, "_stopping", False):
+                raise Abandoned("worker stopping")
             if self._proc is None or self._proc.poll() is not None:
                 self._proc = self._start()
             proc = self._proc
-        proc.stdin.write(json.dumps(job) + "\n")
-        proc.stdin.flush()
+        if getattr(self, "_stopping", False):  # stop() ran while the child was starting: it never saw it
+            self.stop()
+            raise Abandoned("worker stopped")
+        try:
+            proc.stdin.write(json.dumps(job) + "\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the child is gone; its exit status (below) says why
         for line in proc.stdout:
             message = json.loads(line)
             if message["type"] == "progress":
@@ -87,7 +95,8 @@ class Worker:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the child's session, SIGKILL after ``timeout``."""
         self._stopping = True
-        proc = self._proc
+        with self._lock:  # waits for a child being started (run() then sees _stopping and stops it)
+            proc = self._proc
         if proc is None or proc.poll() is not None:
             return
         try:
