@@ -74,6 +74,11 @@ def recover(base_path: Path, history: History) -> None:
     for leftover in list(base_path.glob(".staging-round-*")) + list(base_path.glob(".deleting-*")):
         shutil.rmtree(leftover, ignore_errors=True)  # neither name is a version TF Serving would look at
         log.warning("leftover_removed", path=str(leftover))
+    on_disk = version_dirs(base_path)
+    for row in history.versions():  # deleted by retention, killed before the history said so
+        if row["state"] == "published" and row["version"] not in on_disk:
+            history.set_version_state(row["version"], "deleted", "missing from the base path at start")
+            log.warning("version_missing", version=row["version"], path=row["path"])
     known = {row["version"] for row in history.versions()}
     for version, path in sorted(version_dirs(base_path).items()):
         if version in known:
