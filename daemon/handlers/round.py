@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,6 +237,10 @@ def _retain(cfg: Config, history: History) -> None:
     for folder in sorted((cfg.work_dir / "checkpoints").glob("round-*")):
         if folder not in keep:
             remove_tree(folder)
-    rounds = sorted((cfg.work_dir / "rounds").iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
+    rounds = sorted((p for p in (cfg.work_dir / "rounds").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     for folder in rounds[: -cfg.keep_checkpoints]:
         remove_tree(folder)
+    # What killed rounds left: half-saved checkpoints and half-deleted folders (no round runs now).
+    for leftover in [*(cfg.work_dir / "checkpoints").glob(".*.partial"), *(cfg.work_dir / "checkpoints").glob(
+            ".deleting-*"), *(cfg.work_dir / "rounds").glob(".deleting-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
