@@ -26,6 +26,8 @@ class StatusFile:
         self._lock = threading.Lock()
         self._written_at = 0.0
         self._pending: dict | None = None
+        for stale in self.path.parent.glob(f".{FILE_NAME}.*.tmp"):  # a write cut short by a crash
+            stale.unlink(missing_ok=True)
 
     def set(self, text: str) -> None:
         """Record ``text`` as the current status; writes now unless the last write was under a second ago."""
