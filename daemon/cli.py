@@ -156,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             log_file = None if piped else config_module.load(config_module.workspace_config(args.workspace)).log_file
             return logview.run(log_file, args.follow, args.raw, sys.stdin if piped else None)
         if args.command == "rollback":
-            from odal.daemon.handlers.rollback import rollback
-
             cfg = config_module.load(config_module.workspace_config(args.workspace))
             logs.configure("info", cfg.log_file, stream=open(os.devnull, "w"))  # recorded in the daemon's log
+            from odal.daemon.handlers.rollback import rollback  # after configure: loggers bind at import
+
             done = rollback(cfg, args.version, args.force)
             serving = done["serving"] if done["serving"] is not None else "nothing"
             print(f"version {done['version']} moved to {done['moved_to']}; TF Serving now serves {serving}")
