@@ -187,6 +187,10 @@ class Daemon:
                 self._failed_at_seq = seq
         except Abandoned:
             self.metrics.round_finished("abandoned")
+        except Exception as error:  # noqa: BLE001 - else the thread dies and the same round restarts every tick
+            log.exception("round_crashed", error=f"{type(error).__name__}: {error}")
+            self._failed_at_seq = seq
+            self.metrics.round_finished("failed")
         finally:
             history.close()
             self._set_status("idle")
