@@ -87,7 +87,7 @@ class DaemonProcess:
         stderr = open(self.workspace / "daemon.stderr", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "odal.daemon", "--config", str(self.config)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=self.workspace)
         stderr.close()
         return self
 
@@ -197,6 +197,21 @@ def _wait_gone(pid: int, timeout: float = 10) -> None:
                 pass
             return
         time.sleep(0.02)
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Pids of every process whose working directory is ``folder`` (the daemon and the worker it started)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/cwd") == str(folder):
+                    state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                    if state not in ("Z", "X"):
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
 
 
 def query(db: Path, sql: str, params: tuple = ()) -> list[sqlite3.Row]:

@@ -249,3 +249,26 @@ def test_the_daemon_killed_at_random_moments_loses_nothing_and_finishes_the_work
 
 def _round_running(db: Path) -> bool:
     return bool(query(db, "SELECT id FROM rounds WHERE state = 'running'"))
+
+
+@pytest.mark.parametrize("moment", ["worker_started", "round_started"])
+def test_sigterm_during_a_round_exits_0_and_leaves_no_worker_running(tmp_path, moment):
+    """Polite stop at the worst moments: while the worker child starts, and just after it did."""
+    from daemon_harness import processes_in
+
+    items = datasets.generate_shapes(tmp_path / "images", 4, seed=2)
+    config = make_workspace(tmp_path / "ws", items, min_new=2)
+    append_records(config.parent / "exports" / "annotations.jsonl",
+                   [datasets.prodigy_record(i, i.image.name) for i in items])
+    daemon = DaemonProcess(config).start()
+    try:
+        assert daemon.wait_event(moment, 120) is not None
+        assert daemon.terminate(90) == 0
+        deadline = time.monotonic() + 15
+        while processes_in(config.parent) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert processes_in(config.parent) == []
+        rounds = query(config.parent / "work" / "ledger.sqlite", "SELECT state FROM rounds")
+        assert [r["state"] for r in rounds] == ["abandoned"]
+    finally:
+        daemon.stop()
