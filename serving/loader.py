@@ -89,7 +89,9 @@ class Servable:
         for index, (name, value) in enumerate(sorted(inputs.items())):
             expected = signature.inputs[name].dtype
             if expected == types_pb2.DT_STRING:
-                feed[name] = tf.constant(np.asarray(value, dtype=object).astype(bytes), dtype=tf.string)
+                values = np.asarray(value, dtype=object)
+                flat = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values.reshape(-1).tolist()]
+                feed[name] = tf.reshape(tf.constant(flat, dtype=tf.string, shape=[len(flat)]), values.shape)
                 continue
             want = tensors.numpy_dtype(expected)
             if value.dtype != want:

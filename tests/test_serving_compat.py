@@ -241,7 +241,7 @@ def test_rest_predict_row_and_columnar_formats_match_the_in_process_call(backend
 def test_binary_values_travel_as_b64_over_rest_and_as_strings_over_grpc(backend, echo_model):
     backend.set_models(echo=_model_config("echo", backend.base_path("echo", echo_model)))
     try:
-        blob = b"\x00\xff\xd8binary"
+        blob = b"\x00\xff\xd8binary\x00"
         encoded = base64.b64encode(blob).decode()
         status, row = backend.rest("POST", "/v1/models/echo:predict", {"instances": [{"b64": encoded}]})
         assert status == 200 and row == {"predictions": [{"echo_bytes": {"b64": encoded}, "length": len(blob)}]}

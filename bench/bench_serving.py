@@ -1,0 +1,206 @@
+"""Predict latency and throughput: ``odal serve`` over gRPC and over REST versus an in-process call.
+
+    python bench/bench_serving.py --saved-model PATH/TO/EXPORT/VERSION [--requests 60] [--rest-requests 12]
+
+One 640x480 RGB image; concurrency 1, 4 and 16 (threads sharing one gRPC channel, or one keep-alive HTTP
+connection each); bounded loops after a warm-up; loopback only.  The in-process baseline is the same SavedModel
+loaded here with ``tf.saved_model.load`` and called the way the server calls it (all outputs to numpy).  Prints
+a markdown table and writes it to bench/results/serving.md.  Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "serving.md"
+CONCURRENCY = (1, 4, 16)
+
+
+def _image(seed: int = 0) -> np.ndarray:
+    """A 640x480 test picture: smooth gradients with a few solid shapes (compresses and detects like a photo)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:480, 0:640]
+    image = np.stack([x * 255 // 639, y * 255 // 479, (x + y) * 255 // 1118], axis=-1).astype(np.uint8)
+    for _ in range(6):
+        x0, y0 = rng.integers(0, 560), rng.integers(0, 400)
+        image[y0:y0 + rng.integers(30, 80), x0:x0 + rng.integers(30, 80)] = rng.integers(0, 255, 3)
+    return image
+
+
+def _measure(call, concurrency: int, requests: int, warmup: int) -> dict:
+    """Run ``call`` ``requests`` times from ``concurrency`` threads; latency percentiles and throughput."""
+    for _ in range(warmup):
+        call()
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    return
+            started = time.perf_counter()
+            try:
+                call()
+            except BaseException as exc:  # noqa: BLE001 - reported, not hidden
+                errors.append(exc)
+                return
+            elapsed = time.perf_counter() - started
+            with lock:
+                latencies.append(elapsed)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    latencies.sort()
+    return {"p50": statistics.median(latencies) * 1000,
+            "p99": latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))] * 1000,
+            "rps": len(latencies) / wall, "n": len(latencies)}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_server(saved_model: Path, workdir: Path):
+    base = workdir / "models" / "bench"
+    base.mkdir(parents=True)
+    os.symlink(saved_model.resolve(), base / "1")
+    grpc_port, rest_port = _free_port(), _free_port()
+    log = open(workdir / "serve.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "odal.serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+         "--model_name=bench", f"--model_base_path={base}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return process, log, grpc_port, rest_port
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--saved-model", type=Path, required=True, help="an exported OD API SavedModel folder")
+    parser.add_argument("--requests", type=int, default=60, help="measured requests per gRPC/in-process row")
+    parser.add_argument("--rest-requests", type=int, default=12, help="measured requests per REST row")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    image = _image()
+    batch = image[np.newaxis]
+    rows: list[tuple[str, int, dict]] = []
+
+    workdir = Path(tempfile.mkdtemp(prefix="odal-bench-"))
+    process, log, grpc_port, rest_port = _start_server(args.saved_model, workdir)
+    try:
+        from odal.serving.client import ServingClient
+        client = ServingClient(f"127.0.0.1:{grpc_port}", timeout=120)
+        client.wait_until_available("bench", timeout=300)
+
+        def grpc_call() -> None:
+            client.predict_tensors("bench", {"input_tensor": batch})
+
+        for concurrency in CONCURRENCY:
+            rows.append(("odal serve, gRPC", concurrency, _measure(grpc_call, concurrency, args.requests,
+                                                                   args.warmup)))
+            print(rows[-1], flush=True)
+
+        body = json.dumps({"instances": batch.tolist()}).encode()
+        local = threading.local()
+
+        def rest_call() -> None:
+            if getattr(local, "conn", None) is None:
+                local.conn = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=120)
+            local.conn.request("POST", "/v1/models/bench:predict", body, {"Content-Type": "application/json"})
+            answer = local.conn.getresponse()
+            payload = answer.read()
+            if answer.status != 200:
+                raise RuntimeError(payload[:200])
+            json.loads(payload)
+
+        for concurrency in CONCURRENCY:
+            rows.append(("odal serve, REST", concurrency, _measure(rest_call, concurrency, args.rest_requests,
+                                                                   min(args.warmup, 2))))
+            print(rows[-1], flush=True)
+        client.close()
+    finally:
+        _stop(process)
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    import tensorflow as tf
+    model = tf.saved_model.load(str(args.saved_model))
+    function = model.signatures["serving_default"]
+
+    def in_process() -> None:
+        outputs = function(input_tensor=tf.constant(batch))
+        {key: value.numpy() for key, value in outputs.items()}
+
+    for concurrency in CONCURRENCY:
+        rows.append(("in-process tf.saved_model.load", concurrency, _measure(in_process, concurrency, args.requests,
+                                                                             args.warmup)))
+        print(rows[-1], flush=True)
+
+    baseline = {c: r["p50"] for name, c, r in rows if name.startswith("in-process")}
+    lines = [
+        "# Serving benchmark: predict on one 640x480 image",
+        "",
+        f"Model: `{args.saved_model.name}` of an OD API SSD export (input uint8 [1,H,W,3]); all outputs returned. "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, TF {tf.__version__}. "
+        f"Loopback; server and client on the same machine. {args.requests} requests per gRPC/in-process row, "
+        f"{args.rest_requests} per REST row, after {args.warmup} warm-up calls.",
+        "",
+        "| path | concurrency | p50 ms | p99 ms | throughput req/s | p50 / in-process p50 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, concurrency, r in rows:
+        ratio = r["p50"] / baseline[concurrency]
+        lines.append(f"| {name} | {concurrency} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rps']:.1f} | {ratio:.2f}x |")
+    grpc1 = next(r for name, c, r in rows if name == "odal serve, gRPC" and c == 1)
+    verdict = grpc1["p50"] / baseline[1]
+    lines += ["", f"Goal: gRPC p50 overhead at concurrency 1 <= 1.2x the in-process call: "
+                  f"**{verdict:.2f}x ({'met' if verdict <= 1.2 else 'not met'})**.", ""]
+    table = "\n".join(lines)
+    print(table)
+    from odal.daemon.atomic import atomic_write_text
+    atomic_write_text(args.output, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
