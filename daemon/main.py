@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -62,7 +63,10 @@ class Daemon:
             publish.recover(cfg.base_path, self.history)
             abandoned = self.history.abandon_running()
             if cfg.prodigy_db is not None:
-                ingest_db.check_schema(cfg.prodigy_db)
+                try:
+                    ingest_db.check_schema(cfg.prodigy_db)
+                except sqlite3.OperationalError as error:  # Prodigy is writing: checked again on each read
+                    log.warning("prodigy_db_locked", file=str(cfg.prodigy_db), error=str(error))
             observer = watchers.start(cfg, self.events)
             metrics_server = self._serve_metrics()
             log.info("daemon_started", config=str(cfg.path), export_dir=str(cfg.export_dir or ""),
