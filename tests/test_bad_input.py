@@ -368,3 +368,31 @@ def test_a_bad_pipeline_config_and_a_full_disk_fail_the_round_clearly_and_the_pr
     finally:
         if mounted:
             subprocess.run(["umount", str(base)], check=False)
+
+
+def test_a_prodigy_database_locked_while_the_daemon_starts_is_read_once_it_is_free(tmp_path):
+    workspace = Workspace(tmp_path)
+    workspace.ledger.close()
+    db = tmp_path / "prodigy.db"
+    _prodigy_db(db, [workspace.line(0), "{not json", workspace.line(2)])
+    text = workspace.config.read_text().replace('export_dir = "exports"',
+                                                f'database = "{db}"\ndataset = "shapes"')
+    workspace.config.write_text(text.replace("min_new_annotations = 2", "min_new_annotations = 1000"))
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    daemon = DaemonProcess(workspace.config).start()
+    try:
+        assert daemon.wait_event("prodigy_db_locked", 60) is not None
+        time.sleep(1.5)
+        assert daemon.alive(), (workspace.config.parent / "daemon.stderr").read_text()[-2000:]
+        holder.execute("INSERT INTO example VALUES (4, 0, 0, ?)", (workspace.line(3),))
+        holder.execute("INSERT INTO link VALUES (4, 4, 1)")
+        holder.execute("COMMIT")
+        event = daemon.wait_event("record_set_aside", 30)
+        assert event is not None and event["file"] == f"{db}#shapes" and event["line"] == 2
+        assert daemon.wait_for(lambda e: e.get("event") == "ingested" and e.get("accept") == 3, 30)
+        assert status_data(workspace.config.parent)["annotations"]["accepted"] == 3
+        assert daemon.terminate() == 0
+    finally:
+        holder.close()
+        daemon.stop()
