@@ -55,10 +55,14 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
     counts = write_records(round_dir / "annotations.jsonl", round_dir)
     timings["records"] = time.monotonic() - started
 
-    configs = sessions.load_configs(
-        Path(job["pipeline_config"]), Path(job["label_map"]), job["num_classes"],
-        round_dir / "train.record", round_dir / "eval.record",
-    )
+    try:
+        configs = sessions.load_configs(
+            Path(job["pipeline_config"]), Path(job["label_map"]), job["num_classes"],
+            round_dir / "train.record", round_dir / "eval.record",
+        )
+    except Exception as error:  # text_format.ParseError and friends do not name the file
+        raise ValueError(f"{job['pipeline_config']} is not a usable pipeline config: "
+                         f"{type(error).__name__}: {error}") from error
     sessions.write_pipeline(configs, round_dir / "pipeline.config")
 
     started = stage("train")
