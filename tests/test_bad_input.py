@@ -349,7 +349,8 @@ def test_a_bad_pipeline_config_and_a_full_disk_fail_the_round_clearly_and_the_pr
         daemon = DaemonProcess(config).start()
         try:
             failed = daemon.wait_event("round_failed", 300)
-            assert failed is not None and "ParseError" in failed["error"], failed
+            assert failed is not None, daemon.events[-5:]
+            assert f"{pipeline} is not a usable pipeline config: ParseError" in failed["error"]
             assert daemon.alive() and _serving(base) == [1]
             tf.saved_model.load(str(base / "1"))
             if not mounted:
