@@ -11,7 +11,6 @@ the daemon keeps running).
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import shutil
@@ -25,7 +24,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from structlog.testing import capture_logs
 
 from daemon_harness import DaemonProcess, append_records, make_workspace
