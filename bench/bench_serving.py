@@ -77,7 +77,12 @@ def _measure(call, concurrency: int, requests: int, warmup: int) -> dict:
     wall = time.perf_counter() - started
     if errors:
         raise errors[0]
-    latencies.sort()
+    return {"latencies": latencies, "wall": wall}
+
+
+def _summary(runs: list[dict]) -> dict:
+    latencies = sorted(x for run in runs for x in run["latencies"])
+    wall = sum(run["wall"] for run in runs)
     return {"p50": statistics.median(latencies) * 1000,
             "p99": latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))] * 1000,
             "rps": len(latencies) / wall, "n": len(latencies)}
@@ -116,7 +121,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--saved-model", type=Path, required=True, help="an exported OD API SavedModel folder")
     parser.add_argument("--requests", type=int, default=60, help="measured requests per gRPC/in-process row")
-    parser.add_argument("--rest-requests", type=int, default=12, help="measured requests per REST row")
+    parser.add_argument("--rest-requests", type=int, default=8, help="measured requests per REST row")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -124,6 +129,14 @@ def main(argv: list[str]) -> int:
     image = _image()
     batch = image[np.newaxis]
     rows: list[tuple[str, int, dict]] = []
+
+    import tensorflow as tf
+    model = tf.saved_model.load(str(args.saved_model))
+    function = model.signatures["serving_default"]
+
+    def in_process() -> None:
+        outputs = function(input_tensor=tf.constant(batch))
+        {key: value.numpy() for key, value in outputs.items()}
 
     workdir = Path(tempfile.mkdtemp(prefix="odal-bench-"))
     process, log, grpc_port, rest_port = _start_server(args.saved_model, workdir)
@@ -135,10 +148,16 @@ def main(argv: list[str]) -> int:
         def grpc_call() -> None:
             client.predict_tensors("bench", {"input_tensor": batch})
 
+        # In-process and gRPC alternate in short rounds, so that both see the same background load.
+        rounds = 3
         for concurrency in CONCURRENCY:
-            rows.append(("odal serve, gRPC", concurrency, _measure(grpc_call, concurrency, args.requests,
-                                                                   args.warmup)))
-            print(rows[-1], flush=True)
+            local_runs, grpc_runs = [], []
+            for _ in range(rounds):
+                local_runs.append(_measure(in_process, concurrency, args.requests // rounds, args.warmup))
+                grpc_runs.append(_measure(grpc_call, concurrency, args.requests // rounds, args.warmup))
+            rows.append(("in-process tf.saved_model.load", concurrency, _summary(local_runs)))
+            rows.append(("odal serve, gRPC", concurrency, _summary(grpc_runs)))
+            print(rows[-2], rows[-1], flush=True)
 
         body = json.dumps({"instances": batch.tolist()}).encode()
         local = threading.local()
@@ -154,8 +173,8 @@ def main(argv: list[str]) -> int:
             json.loads(payload)
 
         for concurrency in CONCURRENCY:
-            rows.append(("odal serve, REST", concurrency, _measure(rest_call, concurrency, args.rest_requests,
-                                                                   min(args.warmup, 2))))
+            rows.append(("odal serve, REST (JSON pixels)", concurrency,
+                         _summary([_measure(rest_call, concurrency, args.rest_requests, min(args.warmup, 1))])))
             print(rows[-1], flush=True)
         client.close()
     finally:
@@ -163,27 +182,16 @@ def main(argv: list[str]) -> int:
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    import tensorflow as tf
-    model = tf.saved_model.load(str(args.saved_model))
-    function = model.signatures["serving_default"]
-
-    def in_process() -> None:
-        outputs = function(input_tensor=tf.constant(batch))
-        {key: value.numpy() for key, value in outputs.items()}
-
-    for concurrency in CONCURRENCY:
-        rows.append(("in-process tf.saved_model.load", concurrency, _measure(in_process, concurrency, args.requests,
-                                                                             args.warmup)))
-        print(rows[-1], flush=True)
-
     baseline = {c: r["p50"] for name, c, r in rows if name.startswith("in-process")}
     lines = [
         "# Serving benchmark: predict on one 640x480 image",
         "",
         f"Model: `{args.saved_model.name}` of an OD API SSD export (input uint8 [1,H,W,3]); all outputs returned. "
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, TF {tf.__version__}. "
-        f"Loopback; server and client on the same machine. {args.requests} requests per gRPC/in-process row, "
-        f"{args.rest_requests} per REST row, after {args.warmup} warm-up calls.",
+        f"Loopback; server and client on the same machine (so the server's and the client's work share the CPUs). "
+        f"{args.requests} requests per gRPC/in-process row, measured in 3 alternating rounds of each so both see "
+        f"the same background load; {args.rest_requests} per REST row. The REST body is the image as JSON "
+        f"numbers (4.8 MB); its cost is JSON parsing and encoding, the way TF Serving's REST API is specified.",
         "",
         "| path | concurrency | p50 ms | p99 ms | throughput req/s | p50 / in-process p50 |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",

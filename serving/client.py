@@ -48,8 +48,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 0),
 ]
 
-Image = "np.ndarray | bytes | str | os.PathLike"
-
 
 @dataclass(frozen=True)
 class Detections:

@@ -19,7 +19,6 @@ from odal.serving._protos import meta_graph_pb2, saved_model_pb2, types_pb2
 from odal.serving.errors import ServingError, invalid_argument
 
 SERVE_TAG = "serve"
-PREDICT_METHODS = ("tensorflow/serving/predict", "tensorflow/serving/classify", "tensorflow/serving/regress")
 
 
 def read_meta_graph(export_dir: str) -> meta_graph_pb2.MetaGraphDef:
