@@ -75,14 +75,16 @@ def test_appended_annotations_become_served_versions_across_a_restart(tmp_path):
 def test_raccoon_annotations_train_and_publish_a_raccoon_detector(tmp_path, raccoon):
     """The real raccoon data set (VOC boxes turned into Prodigy records) goes through the loop to a served version."""
     items = datasets.read_voc(raccoon)[:24]
+    distinct = len({datasets.input_hash(item.image) for item in items})  # the set has byte-identical images
     data_dir = raccoon / "images"
-    config = make_workspace(tmp_path / "ws", data_dir, ["raccoon"], steps=20, per_round=24)
+    config = make_workspace(tmp_path / "ws", data_dir, ["raccoon"], steps=20, per_round=distinct)
     with DaemonProcess(config) as daemon:
         append_records(config.parent / "exports" / "raccoon.jsonl", records_for(items, data_dir))
         event = daemon.wait_for_event("round_published", timeout=600)
         assert event["version"] == 1
         round_ = daemon.rounds()[0]
-        assert round_["accepted"] == 24 and round_["n_train"] + round_["n_eval"] == 24 and round_["n_eval"] >= 1
+        assert round_["accepted"] == distinct and round_["n_train"] + round_["n_eval"] == distinct
+        assert round_["n_eval"] >= 1
         assert 0.0 <= round_["metrics"]["mAP"] <= 1.0
     result = _detect(config.parent / "models" / "odal" / "1", items[0].image)
     assert set(np.unique(result["detection_classes"].numpy())) <= {1.0}, "one class: raccoon"
