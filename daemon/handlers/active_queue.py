@@ -12,6 +12,10 @@ The daemon calls everything from its loop thread; each call is bounded (``score_
 file read-only (:meth:`ActiveQueue.reader`) and asks :meth:`ActiveQueue.next_images` for the most uncertain
 unanswered images.  No TensorFlow here: images are decoded with Pillow, the model is asked through
 ``odal.serving.client``.
+
+Wiring in the daemon (after the ledger is open): ``ActiveQueue(cfg.ledger_path, cfg.data_dir)`` then ``scan()``;
+on ``ImageChanged`` call ``image_changed(event.path, event.deleted)``; each idle loop tick
+``score_pending(client, cfg.model_name, limit=8)``; when a published version is confirmed ``rescore_all(version)``.
 """
 
 from __future__ import annotations
