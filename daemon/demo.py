@@ -136,7 +136,7 @@ def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: i
         address = f"127.0.0.1:{grpc_port}"
         (workspace / "models" / "odal").mkdir(parents=True, exist_ok=True)
         server = subprocess.Popen(
-            [sys.executable, "-m", "odal.serving", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+            [sys.executable, "-m", "odal.serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
              "--model_name=odal", f"--model_base_path={workspace / 'models' / 'odal'}"],
             stdout=open(workspace / "serve.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )

@@ -205,11 +205,7 @@ class Daemon:
             return None
         from odal.daemon.handlers import confirm
 
-        return confirm.Confirmer(self.cfg, self.history_path)
-
-    @property
-    def history_path(self) -> Path:
-        return self.cfg.ledger_path
+        return confirm.Confirmer(self.cfg)
 
     def _set_status(self, text: str) -> None:
         self._status = text

@@ -9,12 +9,13 @@ N greater than any version ever published.  A crash at any point leaves either n
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 from odal.daemon import log as logs
-from odal.daemon.atomic import atomic_write_text, publish_dir, remove_tree
+from odal.daemon.atomic import atomic_write_text, fsync_dir, publish_dir, remove_tree
 from odal.daemon.errors import PublishError
 from odal.daemon.history import History
 
@@ -54,6 +55,22 @@ def publish(staging: Path, base_path: Path, history: History, round_id: int, met
     history.record_version(version, round_id, target, metrics, "published")
     log.info("version_published", round=round_id, version=version, path=str(target))
     return version, target
+
+
+def quarantine(base_path: Path, version: int, history: History, reason: str) -> Path:
+    """Move a version out of the numbered namespace (one rename, same filesystem) so the server drops it.
+
+    The folder goes to ``<base_path>/.quarantine/<version>-<unix time>``: not an integer name, so TF Serving
+    ignores it, and still on the same filesystem as the versions.
+    """
+    source = base_path / str(version)
+    target = base_path / ".quarantine" / f"{version}-{int(time.time())}"
+    target.parent.mkdir(exist_ok=True)
+    os.rename(source, target)
+    fsync_dir(base_path)
+    fsync_dir(target.parent)
+    history.set_version_state(version, "quarantined", reason)
+    return target
 
 
 def prune_versions(base_path: Path, history: History, keep: int) -> list[int]:

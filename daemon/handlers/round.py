@@ -210,9 +210,14 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
         version, path = publish.publish(staging, cfg.base_path, history, round_id, metrics)
         timings["publish"] = time.monotonic() - publish_started
         if confirm is not None:
+            status(f"round {round_id}: confirming version {version}")
             confirm_started = time.monotonic()
-            confirm(version, path)
+            sample = next((a["image_path"] for a in accepted if a.get("image_path")), None)
+            confirm(version, path, history, sample)
             timings["confirm"] = time.monotonic() - confirm_started
+        else:
+            history.set_version_state(version, "unconfirmed", "no serving.address configured")
+            bound.info("version_unconfirmed", version=version, reason="no serving.address configured")
         timings["total"] = time.monotonic() - started
         history.finish_round(round_id, "published", version=version, timings=timings)
         bound.info("round_published", version=version, seconds=round(timings["total"], 2), metrics=metrics)
