@@ -56,3 +56,25 @@ def test_addresses_parse_and_empty_means_off():
     assert parse_address("") is None
     with pytest.raises(ValueError):
         parse_address("localhost")
+
+
+def test_the_real_daemon_serves_its_ingest_counts_on_the_configured_address(tmp_path):
+    from daemon_harness import DaemonProcess, append_records, make_workspace
+    from odal.daemon import datasets
+    from odal.daemon.demo import free_port
+
+    items = datasets.generate_shapes(tmp_path / "images", 2)
+    config = make_workspace(tmp_path / "ws", items, min_new=1000)
+    port = free_port()
+    config.write_text(config.read_text() + f'\n[metrics]\naddress = "127.0.0.1:{port}"\n')
+    append_records(config.parent / "exports" / "annotations.jsonl",
+                   [datasets.prodigy_record(i, i.image.name) for i in items] + ["{broken"])
+    daemon = DaemonProcess(config).start()
+    try:
+        assert daemon.wait_event("metrics_serving", 60) and daemon.wait_event("ingested", 60)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'odal_annotations_ingested_total{answer="accept"} 2' in text
+        assert "odal_set_aside_total 1" in text and "odal_set_aside_items 1" in text
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop()
