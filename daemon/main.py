@@ -23,6 +23,7 @@ from odal.daemon import log as logs
 from odal.daemon import watchers
 from odal.daemon.config import Config
 from odal.daemon.handlers import ingest, ingest_db, publish
+from odal.daemon.handlers.active_queue import ActiveQueue
 from odal.daemon.handlers.round import Abandoned, Worker, run_round
 from odal.daemon.history import History
 from odal.daemon.ledger import Ledger
@@ -32,6 +33,7 @@ from odal.daemon.prodigy_format import load_label_map
 from odal.daemon.sdnotify import Notifier, watchdog_interval
 from odal.daemon.statusfile import StatusFile
 from odal.daemon.watchers.events import ExportChanged, ImageChanged, ProdigyDbChanged
+from odal.serving.client import ServingClient
 
 log = logs.get("odal.daemon")
 
@@ -49,6 +51,8 @@ class Daemon:
         self.worker = Worker(cfg.work_dir / "logs" / "worker.log")
         self._round_thread: threading.Thread | None = None
         self._last_event = 0.0
+        self._next_scoring = 0.0
+        self.scorer = None
         self._status = "idle"
         self.metrics = Metrics()
         self.status_file = StatusFile(cfg.work_dir)
@@ -60,6 +64,9 @@ class Daemon:
         with WorkspaceLock(cfg.work_dir):
             self.ledger = Ledger(cfg.ledger_path)
             self.history = History(cfg.ledger_path)
+            self.queue = ActiveQueue(cfg.ledger_path, cfg.data_dir)
+            self.queue.scan()
+            self.scorer = ServingClient(cfg.serving_address, timeout=5, retries=1) if cfg.serving_address else None
             publish.recover(cfg.base_path, self.history)
             abandoned = self.history.abandon_running()
             if cfg.prodigy_db is not None:
@@ -86,6 +93,9 @@ class Daemon:
                 if self._round_thread is not None:
                     self._round_thread.join(timeout=60)
                 observer.join(timeout=10)
+                if self.scorer is not None:
+                    self.scorer.close()
+                self.queue.close()
                 self.ledger.close()
                 self.history.close()
                 log.info("daemon_stopped")
@@ -140,7 +150,7 @@ class Daemon:
                                                     self.labels, self.cfg.data_dir, self._blob_dir)
                 self._log_ingest(event.path, stats)
             elif isinstance(event, ImageChanged):
-                log.debug("image_changed", path=event.path, deleted=event.deleted)
+                self.queue.image_changed(event.path, event.deleted)
         except Exception as error:  # noqa: BLE001 - one bad source never stops the daemon
             log.exception("event_failed", event=repr(event), error=str(error))
             self.metrics.error("event")
@@ -180,6 +190,16 @@ class Daemon:
                                               daemon=True)
         self._round_thread.start()
 
+    def _score_some(self) -> None:
+        """Score a few unannotated images for the active-learning queue while no round runs (bounded work)."""
+        if self.scorer is None or (self._round_thread is not None and self._round_thread.is_alive()):
+            return
+        if time.monotonic() < self._next_scoring:
+            return
+        scored = self.queue.score_pending(self.scorer, self.cfg.model_name, limit=8)
+        if scored == 0:  # nothing pending, or no model served yet: look again later
+            self._next_scoring = time.monotonic() + 10.0
+
     def _round(self, accepted: list[dict], seq: int) -> None:
         history = History(self.cfg.ledger_path)
         self.metrics.round_started()
@@ -189,6 +209,9 @@ class Daemon:
             self.metrics.round_finished(outcome.state, outcome.timings, outcome.metrics, outcome.version)
             if outcome.state == "failed":
                 self._failed_at_seq = seq
+            elif outcome.state == "published" and self.scorer is not None:
+                self.queue.rescore_all(outcome.version)  # the new model decides what is uncertain now
+                self._next_scoring = 0.0
         except Abandoned:
             self.metrics.round_finished("abandoned")
         except Exception as error:  # noqa: BLE001 - else the thread dies and the same round restarts every tick
