@@ -325,42 +325,56 @@ def _serving(base: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_bad_pipeline_config_and_a_full_disk_fail_the_round_clearly_and_the_previous_version_keeps_serving(
+def test_a_bad_pipeline_config_a_serving_endpoint_down_and_a_full_disk_fail_rounds_clearly_and_v1_keeps_serving(
         tmp_path, tiny_models):
-    """One real daemon: round 1 meets a broken pipeline.config, round 2 a disk that fills up while exporting."""
+    """One real daemon, three rounds: a broken pipeline.config, no server answering the serving check (the new
+    version is quarantined), and a disk that fills up while exporting (a tmpfs just large enough)."""
     import tensorflow as tf
+
+    from odal.daemon.demo import free_port
 
     base = tmp_path / "base"
     base.mkdir()
-    size = sum(f.stat().st_size for f in tiny_models["versions"][0].rglob("*") if f.is_file())
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size + 1_500_000}", "tmpfs", str(base)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(base)],
                              capture_output=True).returncode == 0
     try:
         shutil.copytree(tiny_models["versions"][0], base / "1")
-        items = datasets.generate_shapes(tmp_path / "images", 12, seed=9)
-        config = make_workspace(tmp_path / "ws", items, steps=5, min_new=4, base_path=base)
+        items = datasets.generate_shapes(tmp_path / "images", 18, seed=9)
+        config = make_workspace(tmp_path / "ws", items, steps=5, min_new=4, base_path=base,
+                                serving_address=f"127.0.0.1:{free_port()}")  # nothing listens there
+        config.write_text(config.read_text().replace("confirm_timeout_seconds = 120", "confirm_timeout_seconds = 3"))
         pipeline = config.parent / "pipeline.config"
         good = pipeline.read_text()
         pipeline.write_text("model { ssd { num_classes: 2 \n this is not a pipeline config")
         export = config.parent / "exports" / "annotations.jsonl"
-        append_records(export, [datasets.prodigy_record(i, i.image.name) for i in items[:6]])
-        daemon = DaemonProcess(config).start()
-        try:
-            failed = daemon.wait_event("round_failed", 300)
+
+        def round_fails(number: int, batch: list) -> dict:
+            append_records(export, [datasets.prodigy_record(i, i.image.name) for i in batch])
+            failed = daemon.wait_for(lambda e: e.get("event") == "round_failed" and e.get("round") == number, 900)
             assert failed is not None, daemon.events[-5:]
-            assert f"{pipeline} is not a usable pipeline config: ParseError" in failed["error"]
-            assert daemon.alive() and _serving(base) == [1]
-            tf.saved_model.load(str(base / "1"))
-            if not mounted:
-                pytest.skip("cannot mount a small tmpfs here (not root?): the full-disk half did not run")
-            pipeline.write_text(good)
-            append_records(export, [datasets.prodigy_record(i, i.image.name) for i in items[6:]])
-            failed = daemon.wait_for(lambda e: e.get("event") == "round_failed" and e.get("round") == 2, 900)
-            assert failed is not None and "No space left on device" in failed["error"], failed
             assert daemon.alive() and _serving(base) == [1] and not list(base.glob(".staging-*"))
             tf.saved_model.load(str(base / "1"))
-            status = status_data(config.parent)
-            assert [r["state"] for r in status["rounds"]] == ["failed", "failed"]
+            return failed
+
+        daemon = DaemonProcess(config).start()
+        try:
+            failed = round_fails(1, items[:6])
+            assert f"{pipeline} is not a usable pipeline config: ParseError" in failed["error"]
+
+            pipeline.write_text(good)
+            failed = round_fails(2, items[6:12])
+            assert "version 2 did not serve" in failed["error"] and "quarantined" in failed["error"]
+            assert daemon.wait_event("version_quarantined", 5)["version"] == 2
+
+            if not mounted:
+                pytest.skip("cannot mount a tmpfs here (not root?): the full-disk round did not run")
+            used = shutil.disk_usage(base).used
+            subprocess.run(["mount", "-o", f"remount,size={used + 1_500_000}", str(base)], check=True)
+            failed = round_fails(3, items[12:])
+            assert "No space left on device" in failed["error"]
+
+            rounds = status_data(config.parent)["rounds"]
+            assert [r["state"] for r in rounds] == ["failed", "failed", "failed"]
             assert daemon.terminate() == 0
         finally:
             daemon.stop()
