@@ -93,7 +93,7 @@ def recover(base_path: Path, history: History) -> None:
         log.warning("leftover_removed", path=str(leftover))
     on_disk = version_dirs(base_path)
     for row in history.versions():  # deleted by retention, killed before the history said so
-        if row["state"] == "published" and row["version"] not in on_disk:
+        if row["state"] in ("published", "unconfirmed", "confirmed") and row["version"] not in on_disk:
             history.set_version_state(row["version"], "deleted", "missing from the base path at start")
             log.warning("version_missing", version=row["version"], path=row["path"])
     known = {row["version"] for row in history.versions()}
