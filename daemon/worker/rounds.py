@@ -27,11 +27,15 @@ from odal.daemon.worker.tfrecords import write_records
 _SESSION: sessions.ModelSession | None = None
 
 
-def _session(configs: dict) -> tuple[sessions.ModelSession, bool]:
-    """The cached session when the model is unchanged, else a new one; and whether it was reused."""
+def _session(configs: dict, init_checkpoint: str | None) -> tuple[sessions.ModelSession, bool]:
+    """The cached session when the model is unchanged, else a new one; and whether it was reused.
+
+    A job with no checkpoint to continue (first round, or every checkpoint deleted) starts from fresh weights, so
+    a session that has already trained is not reused for it.
+    """
     global _SESSION
     key = sessions.session_key(configs)
-    if _SESSION is not None and _SESSION.key == key:
+    if _SESSION is not None and _SESSION.key == key and (init_checkpoint is not None or not _SESSION.trained):
         return _SESSION, True
     _SESSION = sessions.ModelSession(configs)
     return _SESSION, False
@@ -66,14 +70,8 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
     sessions.write_pipeline(configs, round_dir / "pipeline.config")
 
     started = stage("train")
-    session, reused = _session(configs)
     init = job.get("init_checkpoint")
-    if not reused and init is None and session.weights_from is None and job.get("fine_tune") is None:
-        pass  # from scratch
-    if reused and init is None and session.weights_from is not None:
-        # A rebuilt history (e.g. all checkpoints deleted) must not silently continue old weights.
-        session, reused = sessions.ModelSession(configs), False
-        globals()["_SESSION"] = session
+    session, reused = _session(configs, init)
 
     def progress(done: int, total: int, loss: float) -> None:
         send({"type": "progress", "stage": "train", "step": done, "of": total, "loss": loss})

@@ -61,7 +61,8 @@ class ModelSession:
         self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="global_step")
         self.optimizer, _ = optimizer_builder.build(train_config.optimizer, global_step=self.global_step)
         self.checkpoint = tf.train.Checkpoint(step=self.global_step, model=self.model, optimizer=self.optimizer)
-        self.weights_from: str | None = None  # the checkpoint whose weights the live model holds
+        self.weights_from: str | None = None  # the checkpoint the live weights equal, None if none (or unknown)
+        self.trained = False  # whether the live weights have moved from their starting point
         self._train_step = None
         self._inference = None
 
@@ -75,14 +76,13 @@ class ModelSession:
                 self.checkpoint.restore(checkpoint_prefix)
                 self.weights_from = checkpoint_prefix
             return
-        if self.weights_from is not None:
+        if self.trained:
             raise RuntimeError("a session that has trained cannot start from scratch again; use a new session")
         if fine_tune:
             model_lib_v2.load_fine_tune_checkpoint(
                 self.model, fine_tune["path"], fine_tune["type"], self.train_config.fine_tune_checkpoint_version,
                 True, dataset, self.train_config.unpad_groundtruth_tensors,
             )
-        self.weights_from = ""
 
     def save(self, checkpoint_dir: Path) -> str:
         """Write the live weights, step and optimiser state into ``checkpoint_dir`` (the caller publishes it)."""
@@ -124,6 +124,7 @@ class ModelSession:
         started = time.monotonic()
         first_step_seconds = None
         loss = float("nan")
+        self.weights_from, self.trained = None, True  # from the first step on, no checkpoint equals the weights
         with writer.as_default():
             for done in range(1, steps + 1):
                 loss = float(self._train_step(iterator))
@@ -133,7 +134,6 @@ class ModelSession:
                     tf.summary.scalar("loss/total", loss, step=self.global_step)
                     progress(done, steps, loss)
         writer.flush()
-        self.weights_from = None  # the live weights are now newer than any checkpoint
         return {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss,
                 "first_step_seconds": first_step_seconds, "seconds": time.monotonic() - started}
 
