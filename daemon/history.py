@@ -11,6 +11,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from odal.daemon import store
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (
     id INTEGER PRIMARY KEY,
@@ -45,15 +47,9 @@ _JSON_COLUMNS = ("metrics", "timings")
 
 class History:
     def __init__(self, path: Path, readonly: bool = False):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if readonly:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        else:
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+        self._db = store.connect(path, readonly=readonly, timeout=10 if readonly else 30)
+        if not readonly:
             self._db.executescript(_SCHEMA)
-        self._db.row_factory = sqlite3.Row
 
     def close(self) -> None:
         self._db.close()

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from odal.daemon import store
 from odal.daemon.prodigy_format import Annotation
 
 SCHEMA_VERSION = 1
@@ -69,10 +70,7 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn = store.connect(self.path)
         with self._transaction():
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._conn.execute(statement)
@@ -96,7 +94,7 @@ class Ledger:
         self.close()
 
     def _transaction(self):
-        return _Transaction(self._conn, self._lock)
+        return store.Transaction(self._conn, self._lock)
 
     # ------------------------------------------------------------------------------------------------- writing
 
@@ -196,28 +194,3 @@ class Ledger:
     def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` and re-raise; holds the ledger's thread lock."""
-
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
-        self.conn, self.lock = conn, lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.lock.acquire()
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self.lock.release()
-            raise
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                self.conn.execute("COMMIT")
-            else:
-                self.conn.execute("ROLLBACK")
-        finally:
-            self.lock.release()

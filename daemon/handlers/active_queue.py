@@ -30,6 +30,7 @@ from typing import Iterable
 
 import structlog
 
+from odal.daemon import store
 from odal.daemon.watchers.image_dir import IMAGE_SUFFIXES
 from odal.recipe.detections import uncertainty
 
@@ -61,14 +62,7 @@ class ActiveQueue:
         self.db_path = Path(db_path)
         self.readonly = readonly
         self._lock = threading.Lock()
-        if readonly:
-            uri = f"file:{self.db_path.resolve()}?mode=ro"
-            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10)
-        else:
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.row_factory = sqlite3.Row
+        self._conn = store.connect(self.db_path, readonly=readonly, timeout=10 if readonly else 30)
         if readonly:
             stored = self._meta("data_dir")
             self.data_dir = Path(data_dir or stored) if (data_dir or stored) else None
@@ -273,24 +267,4 @@ class ActiveQueue:
     def _write(self):
         if self.readonly:
             raise PermissionError(f"the active queue in {self.db_path} is open read-only")
-        return _Transaction(self._conn, self._lock)
-
-
-class _Transaction:
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
-        self.conn, self.lock = conn, lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.lock.acquire()
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self.lock.release()
-            raise
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-        finally:
-            self.lock.release()
+        return store.Transaction(self._conn, self._lock)
