@@ -1,0 +1,86 @@
+"""Configuration: validated once at start; every problem is one message naming the key, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from odal.daemon import config
+from odal.daemon.errors import ConfigError
+
+BASE = """
+[prodigy]
+export_dir = "exports"
+[paths]
+data_dir = "images"
+[model]
+pipeline_config = "pipeline.config"
+label_map = "label_map.pbtxt"
+base_path = "models/odal"
+"""
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "pipeline.config").write_text("model {}")
+    (tmp_path / "label_map.pbtxt").write_text("item { id: 1 name: 'a' }")
+    return tmp_path
+
+
+def _load(workspace: Path, text: str):
+    (workspace / "odal.toml").write_text(text)
+    return config.load(workspace / "odal.toml")
+
+
+def test_a_minimal_config_gets_defaults_and_paths_relative_to_the_file(workspace):
+    cfg = _load(workspace, BASE)
+    assert cfg.export_dir == workspace / "exports" and cfg.base_path == workspace / "models" / "odal"
+    assert (cfg.steps_per_round, cfg.min_new_annotations, cfg.keep_versions) == (200, 10, 3)
+    assert cfg.model_name == "odal" and cfg.serving_address == ""
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("[training]\nsteps = 5\n", "training.steps: unknown key"),
+    ("[trainig]\n", "trainig: unknown section"),
+    ("[training]\nsteps_per_round = 0\n", "training.steps_per_round: must be >= 1"),
+    ("[training]\nsteps_per_round = '100'\n", "training.steps_per_round: expected int"),
+    ("[training]\neval_fraction = 1.5\n", "training.eval_fraction: must be in [0, 1)"),
+    ("[retention]\nversions = 0\n", "retention.versions: must be >= 1"),
+    ("[log]\nlevel = 'loud'\n", "log.level"),
+    ("[model]\nname = 'a b'\n", "model.name"),
+])
+def test_a_bad_value_or_unknown_key_is_one_message_naming_the_key(workspace, extra, message):
+    text = BASE + extra
+    if extra.startswith("[model]"):
+        text = text.replace('[model]\n', '[model]\nname = "a b"\n', 1).replace(extra, "")
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        _load(workspace, text)
+
+
+def test_missing_files_and_sources_are_named(workspace):
+    with pytest.raises(ConfigError, match="model.label_map: no such file"):
+        _load(workspace, BASE.replace("label_map.pbtxt", "nope.pbtxt"))
+    with pytest.raises(ConfigError, match="paths.data_dir: no such directory"):
+        _load(workspace, BASE.replace('"images"', '"missing"'))
+    with pytest.raises(ConfigError, match="prodigy: set export_dir"):
+        _load(workspace, BASE.replace('export_dir = "exports"', ""))
+    with pytest.raises(ConfigError, match="prodigy.dataset: required"):
+        (workspace / "prodigy.db").write_bytes(b"")
+        _load(workspace, BASE.replace('export_dir = "exports"', 'database = "prodigy.db"'))
+    with pytest.raises(ConfigError, match="model.pipeline_config: required"):
+        _load(workspace, BASE.replace('pipeline_config = "pipeline.config"', ""))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        _load(workspace, BASE + "[[[")
+
+
+def test_the_daemon_reports_a_config_error_in_one_line_and_exit_code_2(workspace):
+    (workspace / "odal.toml").write_text(BASE + "[training]\nsteps_per_round = -1\n")
+    proc = subprocess.run([sys.executable, "-m", "odal.daemon", "--config", str(workspace / "odal.toml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "training.steps_per_round: must be >= 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
