@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from odal.daemon.handlers.ingest import ingest_export_file
 from odal.daemon.ledger import Ledger
 from odal.serving.client import ServingClient
 
-from test_recipe import GREYS, brightness_model, by_uncertainty, collect, free_port, grey_images, serve
+from test_recipe import brightness_model, by_uncertainty, collect, free_port, grey_images, serve
 
 LABELS = ("square", "disc")
 
