@@ -29,8 +29,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
 
+# Benchmarks (minutes; results in bench/results/). bench_serving needs a model: it uses the demo's newest version.
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_round.py
+	$(BIN)/python bench/bench_idle.py
+	$(BIN)/python bench/bench_recipe.py
+	test -d demo-workspace/models/odal || $(MAKE) demo
+	$(BIN)/python bench/bench_serving.py --saved-model "$$(ls -d demo-workspace/models/odal/[0-9]* | sort -t/ -k4 -n | tail -1)"
 
 # Regenerate requirements.lock from a fresh venv (review the diff before committing).
 lock:
