@@ -66,13 +66,13 @@ def _fmt(value, digits: int = 3) -> str:
 
 def rounds_table(rounds: list[dict]) -> str:
     header = ("round", "state", "accepted", "train", "eval", "steps", "mAP", "mAP@0.5", "version", "records s",
-              "train s", "eval s", "export s", "publish s", "total s")
+              "train s", "eval s", "export s", "publish s", "confirm s", "total s")
     rows = [header]
     for r in rounds:
         m, t = r.get("metrics") or {}, r.get("timings") or {}
         rows.append((r["id"], r["state"], r.get("accepted"), r.get("n_train"), r.get("n_eval"), r.get("steps"),
                      m.get("mAP"), m.get("mAP@0.5"), r.get("version"), *(t.get(k) for k in (
-                         "records", "train", "evaluate", "export", "publish", "total"))))
+                         "records", "train", "evaluate", "export", "publish", "confirm", "total"))))
     cells = [[_fmt(c, 1) if isinstance(c, float) and i >= 9 else _fmt(c) for i, c in enumerate(row)] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)

@@ -18,14 +18,17 @@ from pathlib import Path
 
 from odal.daemon import datasets
 from odal.daemon.demo import write_workspace
+from odal.daemon.history import History
 
 
 def make_workspace(root: Path, items: list, steps: int = 10, min_new: int = 2, debounce: float = 0.2,
                    eval_fraction: float = 0.0, versions: int = 3, checkpoints: int = 2,
-                   serving_address: str = "", base_path: Path | None = None) -> Path:
+                   serving_address: str = "", base_path: Path | None = None,
+                   labels: list[str] | None = None) -> Path:
     """A workspace whose data dir holds ``items``' images; returns its ``odal.toml``."""
     data_dir = items[0].image.parent if items else root / "images"
-    config = write_workspace(root, data_dir, list(datasets.SHAPE_LABELS), steps, min_new, serving_address)
+    config = write_workspace(root, data_dir, labels or list(datasets.SHAPE_LABELS), steps, min_new,
+                             serving_address)
     text = config.read_text()
     text = re.sub(r"debounce_seconds = .*", f"debounce_seconds = {debounce}", text)
     text = re.sub(r"eval_fraction = .*", f"eval_fraction = {eval_fraction}", text)
@@ -43,6 +46,11 @@ def append_records(path: Path, records: list[dict]) -> None:
         out.write("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
         out.flush()
         os.fsync(out.fileno())
+
+
+def records_for(items: list, answer: str = "accept") -> list[dict]:
+    """``db-out`` records of ``items`` answered ``answer``, image paths relative to their folder (the data dir)."""
+    return [datasets.prodigy_record(item, item.image.name, answer) for item in items]
 
 
 def children(pid: int) -> list[int]:
@@ -90,6 +98,24 @@ class DaemonProcess:
                                      start_new_session=True, cwd=self.workspace)
         stderr.close()
         return self
+
+    def __enter__(self) -> "DaemonProcess":
+        self.start()
+        if self.wait_event("daemon_started", 60) is None:
+            self.stop()
+            raise AssertionError("the daemon did not start:\n" + (self.workspace / "daemon.stderr").read_text()[-4000:])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def rounds(self) -> list[dict]:
+        """The history's rounds, oldest first (metrics and timings decoded)."""
+        history = History(self.workspace / "work" / "ledger.sqlite", readonly=True)
+        try:
+            return history.rounds(1000)
+        finally:
+            history.close()
 
     @property
     def pid(self) -> int:

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from daemon_process import DaemonProcess, append_records, make_workspace, records_for
+from daemon_harness import DaemonProcess, append_records, make_workspace, records_for
 from odal.daemon import datasets
 from odal.daemon.ledger import Ledger
 
@@ -25,6 +25,12 @@ def _detect(version_dir, image_path):
     return model.signatures["serving_default"](input_tensor=tf.constant(image))
 
 
+def _published(daemon) -> dict:
+    event = daemon.wait_event("round_published", 900)
+    assert event is not None, daemon.events[-10:]
+    return event
+
+
 def _versions(base):
     return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) if base.is_dir() else []
 
@@ -32,15 +38,15 @@ def _versions(base):
 def test_appended_annotations_become_served_versions_across_a_restart(tmp_path):
     """Records appended to a db-out file -> version 1 that detects; restart; more records -> version 2; K=1 kept."""
     items = datasets.generate_shapes(tmp_path / "images", 20, seed=3)
-    config = make_workspace(tmp_path / "ws", tmp_path / "images", list(datasets.SHAPE_LABELS), steps=15,
-                            per_round=8, keep_versions=1)
+    config = make_workspace(tmp_path / "ws", items, steps=15, min_new=8, debounce=1.0, eval_fraction=0.2,
+                            versions=1)
     workspace = config.parent
     export = workspace / "exports" / "annotations.jsonl"
     base = workspace / "models" / "odal"
 
     with DaemonProcess(config) as daemon:
-        append_records(export, records_for(items[:8], tmp_path / "images"))
-        daemon.wait_for_event("round_published", timeout=600)
+        append_records(export, records_for(items[:8]))
+        _published(daemon)
         assert _versions(base) == [1]
         result = _detect(base / "1", items[0].image)
         assert result["detection_boxes"].shape[-1] == 4 and int(result["num_detections"][0]) > 0
@@ -48,10 +54,9 @@ def test_appended_annotations_become_served_versions_across_a_restart(tmp_path):
 
     # A restart must not ingest anything twice: the same file is read on from where it stopped.
     with DaemonProcess(config) as daemon:
-        append_records(export, records_for(items[8:16], tmp_path / "images")
-                       + records_for(items[16:17], tmp_path / "images", "reject")
-                       + records_for(items[17:18], tmp_path / "images", "ignore"))
-        daemon.wait_for_event("round_published", timeout=600)
+        append_records(export, records_for(items[8:16]) + records_for(items[16:17], "reject")
+                       + records_for(items[17:18], "ignore"))
+        _published(daemon)
         assert _versions(base) == [2], "version 2 published and version 1 deleted by retention (K=1)"
         rounds = daemon.rounds()
         assert [r["state"] for r in rounds] == ["published", "published"]
@@ -76,11 +81,11 @@ def test_raccoon_annotations_train_and_publish_a_raccoon_detector(tmp_path, racc
     """The real raccoon data set (VOC boxes turned into Prodigy records) goes through the loop to a served version."""
     items = datasets.read_voc(raccoon)[:24]
     distinct = len({datasets.input_hash(item.image) for item in items})  # the set has byte-identical images
-    data_dir = raccoon / "images"
-    config = make_workspace(tmp_path / "ws", data_dir, ["raccoon"], steps=20, per_round=distinct)
+    config = make_workspace(tmp_path / "ws", items, steps=20, min_new=distinct, debounce=1.0, eval_fraction=0.2,
+                            labels=["raccoon"])
     with DaemonProcess(config) as daemon:
-        append_records(config.parent / "exports" / "raccoon.jsonl", records_for(items, data_dir))
-        event = daemon.wait_for_event("round_published", timeout=600)
+        append_records(config.parent / "exports" / "raccoon.jsonl", records_for(items))
+        event = _published(daemon)
         assert event["version"] == 1
         round_ = daemon.rounds()[0]
         assert round_["accepted"] == distinct and round_["n_train"] + round_["n_eval"] == distinct
