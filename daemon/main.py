@@ -43,7 +43,7 @@ _TICK = 0.25  # how often the loop wakes without events (debounce resolution, wa
 class Daemon:
     def __init__(self, cfg: Config, notifier: Notifier | None = None):
         self.cfg = cfg
-        self.notifier = notifier or Notifier()
+        self.notifier = notifier or Notifier(unset_environment=True)  # the worker child must not notify
         self.events: queue.Queue = queue.Queue()
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
@@ -131,6 +131,7 @@ class Daemon:
             if self.reload_requested.is_set():
                 self._reload()
             self._maybe_start_round()
+            self._score_some()
             self.status_file.flush()
             now = time.monotonic()
             if now - last_ping >= ping_every:

@@ -173,3 +173,27 @@ def test_a_workspace_without_a_queue_reads_as_empty(tmp_path):
         assert reader.data_dir is None
         with pytest.raises(sqlite3.OperationalError):
             reader.next_images(5)
+
+
+def test_the_running_daemon_scores_new_images_with_the_served_model(tmp_path):
+    """A real daemon watching a data folder, with a real `odal serve`: images dropped in get an uncertainty score."""
+    from daemon_harness import DaemonProcess, make_workspace
+
+    from odal.daemon import datasets
+
+    items = datasets.generate_shapes(tmp_path / "data", 3, seed=31)
+    with serve(tmp_path / "serve", {"odal": brightness_model(tmp_path / "bright")}) as address:
+        config = make_workspace(tmp_path / "ws", items, min_new=100, serving_address=address)
+        with DaemonProcess(config):
+            grey_images(tmp_path / "data", (40, 200))  # two more images arrive while the daemon runs
+            queue = ActiveQueue.reader(config.parent / "work")
+            try:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and queue.status()["scored"] < 5:
+                    time.sleep(0.3)
+                status = queue.status()
+                ranked = queue.next_images(5)
+            finally:
+                queue.close()
+    assert status["images"] == 5 and status["scored"] == 5, status
+    assert len(ranked) == 5
