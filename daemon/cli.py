@@ -38,7 +38,7 @@ def status_data(workspace: Path) -> dict:
     out: dict = {"workspace": str(Path(workspace).resolve()), "daemon": read_owner(cfg.work_dir),
                  "now": read_now(cfg.work_dir),
                  "annotations": {"accepted": 0, "rejected": 0, "ignored": 0, "invalid": 0},
-                 "set_aside": [], "rounds": [], "versions": []}
+                 "queue": None, "set_aside": [], "rounds": [], "versions": []}
     if not cfg.ledger_path.exists():
         return out
     ledger = Ledger(cfg.ledger_path)
@@ -52,10 +52,24 @@ def status_data(workspace: Path) -> dict:
              "metrics": v["metrics"] or {}, "note": v["note"]}
             for v in history.versions() if v["state"] != "deleted"
         ]
+        out["queue"] = _queue_status(cfg.ledger_path)
     finally:
         ledger.close()
         history.close()
     return out
+
+
+def _queue_status(ledger_path: Path) -> dict | None:
+    """The active-learning queue's counts, or None before the daemon created it."""
+    import sqlite3
+
+    from odal.daemon.handlers.active_queue import ActiveQueue
+
+    try:
+        with ActiveQueue.reader(ledger_path) as queue:
+            return queue.status()
+    except sqlite3.OperationalError:  # no such table yet
+        return None
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -88,6 +102,10 @@ def _print_status(data: dict) -> None:
     a = data["annotations"]
     print(f"annotations  accepted {a['accepted']}  rejected {a['rejected']}  ignored {a['ignored']}  "
           f"set aside {a['invalid']}")
+    q = data.get("queue")
+    if q:
+        print(f"queue        {q['images']} images, {q['scored']} scored (newest by version {q['scored_version']}), "
+              f"{q['pending']} to score")
     if data["rounds"]:
         print("\nrounds\n" + rounds_table(data["rounds"]))
     if data["versions"]:
