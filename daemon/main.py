@@ -52,6 +52,7 @@ class Daemon:
         self._round_thread: threading.Thread | None = None
         self._last_event = 0.0
         self._next_scoring = 0.0
+        self._failed_at_seq: int | None = None  # ledger change counter a round last failed on
         self.scorer = None
         self._status = "idle"
         self.metrics = Metrics()
@@ -183,9 +184,9 @@ class Daemon:
         new = self.ledger.accepted_changes_since(self.history.last_trained_seq())
         if new < self.cfg.min_new_annotations:
             return
-        if getattr(self, "_failed_at_seq", None) == self.ledger.max_seq():
-            return  # the last round failed on exactly this data; wait for new annotations before retrying
         seq = self.ledger.max_seq()
+        if self._failed_at_seq == seq:
+            return  # the last round failed on exactly this data; wait for new annotations before retrying
         accepted = self.ledger.accepted()
         self._round_thread = threading.Thread(target=self._round, args=(accepted, seq), name="odal-round",
                                               daemon=True)

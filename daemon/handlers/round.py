@@ -41,6 +41,7 @@ class Worker:
         self._log_path = log_path
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
+        self._stopping = False  # set by stop(): a child ending now was stopped on purpose
 
     @property
     def pid(self) -> int | None:
@@ -66,12 +67,12 @@ class Worker:
     def run(self, job: dict, on_progress: Callable[[dict], None]) -> dict:
         """Send one job; relay progress; return the result (raises RoundFailed / Abandoned)."""
         with self._lock:
-            if getattr(self, "_stopping", False):
+            if self._stopping:
                 raise Abandoned("worker stopping")
             if self._proc is None or self._proc.poll() is not None:
                 self._proc = self._start()
             proc = self._proc
-        if getattr(self, "_stopping", False):  # stop() ran while the child was starting: it never saw it
+        if self._stopping:  # stop() ran while the child was starting: it never saw it
             self.stop()
             raise Abandoned("worker stopped")
         try:
@@ -89,7 +90,7 @@ class Worker:
                 return message
         code = proc.wait()
         self._proc = None
-        if code in (-signal.SIGTERM, -signal.SIGKILL) and getattr(self, "_stopping", False):
+        if code in (-signal.SIGTERM, -signal.SIGKILL) and self._stopping:
             raise Abandoned("worker stopped")
         raise RoundFailed(f"the worker exited with {code} during the round; see {self._log_path}")
 

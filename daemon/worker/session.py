@@ -11,7 +11,6 @@ Stages take explicit inputs and write only where they are told to.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,7 +22,7 @@ from object_detection import exporter_lib_v2, inputs, model_lib_v2
 from object_detection.builders import model_builder, optimizer_builder
 from object_detection.utils import config_util
 
-from odal.daemon.atomic import atomic_write_text, fsync_tree
+from odal.daemon.atomic import atomic_write_text
 
 Progress = Callable[[int, int, float], None]
 
@@ -86,9 +85,7 @@ class ModelSession:
 
     def save(self, checkpoint_dir: Path) -> str:
         """Write the live weights, step and optimiser state into ``checkpoint_dir`` (the caller publishes it)."""
-        prefix = self.checkpoint.write(str(checkpoint_dir / "ckpt"))
-        fsync_tree(checkpoint_dir)
-        return prefix
+        return self.checkpoint.write(str(checkpoint_dir / "ckpt"))  # durable when the caller publishes it
 
     # -- train -------------------------------------------------------------------------------------------------------
     def _make_train_step(self):
@@ -162,8 +159,7 @@ class ModelSession:
             self._inference = (model, module, concrete)
         model, module, concrete = self._inference
         tf.train.Checkpoint(model=model).restore(checkpoint_prefix).expect_partial().assert_nontrivial_match()
-        tf.saved_model.save(module, str(out_dir), signatures=concrete)
-        fsync_tree(out_dir)
+        tf.saved_model.save(module, str(out_dir), signatures=concrete)  # publish_dir fsyncs it before the rename
 
 
 def write_pipeline(configs: dict, path: Path) -> None:
@@ -172,9 +168,3 @@ def write_pipeline(configs: dict, path: Path) -> None:
 
     atomic_write_text(path, text_format.MessageToString(config_util.create_pipeline_proto_from_configs(configs)))
 
-
-def cpu_threads() -> None:
-    """Share the machine's cores between TF's pools; 2 cores is our floor."""
-    cores = os.cpu_count() or 2
-    tf.config.threading.set_intra_op_parallelism_threads(cores)
-    tf.config.threading.set_inter_op_parallelism_threads(max(2, cores // 2))
