@@ -1,4 +1,4 @@
-"""Command line: ``odal-daemon --config FILE`` and ``odal {daemon,status,logs,rollback,demo,serve,install-service}``.
+"""Command line: ``odal-daemon --config FILE`` and ``odal {daemon,status,logs,rollback,retry,demo,serve,install-service}``.
 
 Exit codes come only from here: 0 ok, 1 error, 2 configuration, 3 workspace locked.
 """
@@ -115,9 +115,11 @@ def _print_status(data: dict) -> None:
             print(f"  {v['version']:>4}  {v['state']:<12} mAP {_fmt(m.get('mAP'))}  mAP@0.5 {_fmt(m.get('mAP@0.5'))}"
                   f"  {v['path']}")
     if data["set_aside"]:
-        print("\nset aside (newest first)")
+        print("\nset aside (newest first; fix the source and run `odal retry`; a line waiting for its image is "
+              "tried again when the image appears)")
         for item in data["set_aside"]:
-            print(f"  {item.get('source')}:{item.get('line')}  {item.get('error')}")
+            waits = "  [waiting for the image]" if item.get("image") else ""
+            print(f"  {item.get('source')}:{item.get('line')}  {item.get('error')}{waits}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workspace", default=".")
     p.add_argument("version", nargs="?", type=int, help="the version number (default: the newest)")
     p.add_argument("--force", action="store_true", help="also when it is the last remaining version")
+    p = sub.add_parser("retry", help="read every annotation source again from its start: lines fixed since they "
+                       "were set aside are ingested, the rest stay set aside")
+    p.add_argument("--workspace", default=".")
     p = sub.add_parser("demo", help="the whole loop on generated (or VOC) data with a simulated annotator")
     p.add_argument("--workspace", default="demo-workspace")
     p.add_argument("--rounds", type=int, default=3)
@@ -181,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             done = rollback(cfg, args.version, args.force)
             serving = done["serving"] if done["serving"] is not None else "nothing"
             print(f"version {done['version']} moved to {done['moved_to']}; TF Serving now serves {serving}")
+            return 0
+        if args.command == "retry":
+            from odal.daemon.handlers.retry import retry
+
+            print(retry(config_module.load(config_module.workspace_config(args.workspace))))
             return 0
         if args.command == "demo":
             from odal.daemon.demo import run_demo

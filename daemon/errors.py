@@ -22,7 +22,15 @@ class WorkspaceLocked(OdalError):
 
 
 class InvalidRecord(OdalError):
-    """One annotation record cannot be used; it is set aside, everything else goes on."""
+    """One annotation record cannot be used; it is set aside, everything else goes on.
+
+    ``image`` is set when the record itself is fine but its image file is missing, empty or cannot be decoded
+    (yet): the resolved path the record waits for.  When that file appears or changes, the line is tried again.
+    """
+
+    def __init__(self, message: str, image: str | None = None) -> None:
+        super().__init__(message)
+        self.image = image
 
 
 class SchemaError(OdalError):

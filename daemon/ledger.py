@@ -8,6 +8,11 @@ it covers, so a crash never loses a record nor counts one twice (re-reading is h
 ``seq`` is a change counter: every inserted or changed annotation row gets the next value, so "what changed since
 the last round" is a range query.  Other modules keep their own tables in the same file; this module creates only
 its own (``IF NOT EXISTS``) and versions them in ``ledger_meta``.
+
+A set-aside line is not final: a line whose only problem is its image (missing, empty, not decodable yet) keeps
+the full line and the image path it waits for, and :meth:`Ledger.commit` can replace such rows when the line is
+tried again; a source read again from its start drops its old set-aside rows (each line still bad is set aside
+again), so the list always describes the sources as they are now.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from typing import Iterable
 from odal.daemon import store
 from odal.daemon.prodigy_format import Annotation
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EXCERPT_CHARS = 300
+WAITING_LINE_BYTES = 1 << 20  # longer lines waiting for an image are kept as excerpts only
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,15 +58,20 @@ CREATE TABLE IF NOT EXISTS invalid (
     error TEXT NOT NULL,
     excerpt TEXT NOT NULL,
     at REAL NOT NULL,
+    image TEXT,
+    raw BLOB,
     UNIQUE (source, line, digest)
 );
+CREATE INDEX IF NOT EXISTS invalid_image ON invalid (image) WHERE image IS NOT NULL;
 CREATE TABLE IF NOT EXISTS sources (name TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL);
 """
 
 # (annotation, image_path, width, height, source, line)
 AnnotationRow = tuple[Annotation, "str | Path | None", "int | None", "int | None", str, int]
-# (source, line, error, raw line)
-InvalidRow = tuple[str, int, str, "str | bytes"]
+# (source, line, error, raw line, image the line waits for or None)
+InvalidRow = tuple[str, int, str, "str | bytes", "str | None"]
+# schema version -> statements that bring the previous version's tables to it
+_MIGRATIONS = {2: ("ALTER TABLE invalid ADD COLUMN image TEXT", "ALTER TABLE invalid ADD COLUMN raw BLOB")}
 
 
 class Ledger:
@@ -71,15 +82,21 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._conn = store.connect(self.path)
-        with self._transaction():
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                self._conn.execute(statement)
-            row = self._conn.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                self._conn.execute("INSERT INTO ledger_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row["value"]) > SCHEMA_VERSION:
-                raise RuntimeError(f"ledger {self.path} has schema {row['value']}, newer than this odal's "
+        with self._transaction() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone()
+            found = int(row["value"]) if row else None
+            if found is not None and found > SCHEMA_VERSION:
+                raise RuntimeError(f"ledger {self.path} has schema {found}, newer than this odal's "
                                    f"{SCHEMA_VERSION}")
+            if found is not None:
+                for version in range(found + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[version]:
+                        conn.execute(statement)
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute("INSERT INTO ledger_meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE "
+                         "SET value = excluded.value", (str(SCHEMA_VERSION),))
 
     # ------------------------------------------------------------------------------------------------ plumbing
 
@@ -99,16 +116,24 @@ class Ledger:
     # ------------------------------------------------------------------------------------------------- writing
 
     def commit(self, name: str, state: dict | None, annotations: Iterable[AnnotationRow] = (),
-               invalid: Iterable[InvalidRow] = ()) -> dict:
+               invalid: Iterable[InvalidRow] = (), *, clear_invalid: str | None = None,
+               replace_invalid: Iterable[int] = ()) -> dict:
         """Write rows, set-aside lines and the state of source ``name`` in ONE transaction; returns counts.
 
         An annotation replaces the stored one of the same input only if its ``_timestamp`` is >= the stored one
-        (ties: the one read later wins); an identical re-read changes nothing.  Stats: ``inserted``, ``updated``,
-        ``unchanged``, ``stale`` (older than the stored answer), ``invalid`` (newly set aside).
+        (ties: the one read later wins); an identical re-read changes nothing.  Before anything is written, the
+        set-aside rows of source ``clear_invalid`` (a source read again from its start) and the rows with the ids
+        ``replace_invalid`` (lines being tried again) are dropped.  Stats: ``inserted``, ``updated``,
+        ``unchanged``, ``stale`` (older than the stored answer), ``invalid`` (newly set aside), ``cleared``
+        (set-aside rows dropped).
         """
-        stats = {"inserted": 0, "updated": 0, "unchanged": 0, "stale": 0, "invalid": 0}
+        stats = {"inserted": 0, "updated": 0, "unchanged": 0, "stale": 0, "invalid": 0, "cleared": 0}
         now = time.time()
         with self._transaction() as conn:
+            if clear_invalid is not None:
+                stats["cleared"] += conn.execute("DELETE FROM invalid WHERE source = ?", (clear_invalid,)).rowcount
+            for row_id in replace_invalid:
+                stats["cleared"] += conn.execute("DELETE FROM invalid WHERE id = ?", (row_id,)).rowcount
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM annotations").fetchone()[0]
             for ann, image_path, width, height, source, line in annotations:
                 values = (ann.task_hash, ann.timestamp, ann.answer, None if image_path is None else str(image_path),
@@ -132,12 +157,15 @@ class Ledger:
                         "boxes=?, source=?, line=?, seq=?, ingested_at=?, prev_answer=? WHERE input_hash=?",
                         (*values, source, line, seq, now, old["answer"], ann.input_hash))
                     stats["updated"] += 1
-            for source, line, error, raw in invalid:
+            for source, line, error, raw, image in invalid:
                 raw_bytes = raw.encode("utf-8", "replace") if isinstance(raw, str) else bytes(raw)
+                keep = raw_bytes if image is not None and len(raw_bytes) <= WAITING_LINE_BYTES else None
                 cursor = conn.execute(
-                    "INSERT OR IGNORE INTO invalid (source, line, digest, error, excerpt, at) VALUES (?,?,?,?,?,?)",
+                    "INSERT OR IGNORE INTO invalid (source, line, digest, error, excerpt, at, image, raw) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
                     (source, line, hashlib.sha256(raw_bytes).hexdigest(), error,
-                     raw_bytes[:EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS], now))
+                     raw_bytes[:EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS], now,
+                     image if keep is not None else None, keep))
                 stats["invalid"] += cursor.rowcount
             if state is not None:
                 conn.execute("INSERT INTO sources VALUES (?,?,?) ON CONFLICT (name) DO UPDATE "
@@ -149,6 +177,13 @@ class Ledger:
         """Drop the read position of ``name`` so that it is read again from the start (harmless: dedup)."""
         with self._transaction() as conn:
             conn.execute("DELETE FROM sources WHERE name = ?", (name,))
+
+    def forget_all_sources(self) -> list[str]:
+        """Drop every read position (``odal retry``): each source is read again from its start; returns their names."""
+        with self._transaction() as conn:
+            names = [r["name"] for r in conn.execute("SELECT name FROM sources ORDER BY name")]
+            conn.execute("DELETE FROM sources")
+        return names
 
     # ------------------------------------------------------------------------------------------------- reading
 
@@ -183,9 +218,15 @@ class Ledger:
         ]
 
     def invalid_items(self, limit: int = 20) -> list[dict]:
-        """The most recently set-aside lines first: source, line, error, excerpt, at."""
+        """The most recently set-aside lines first: source, line, error, excerpt, at, image (None or waited for)."""
         return [dict(r) for r in self._query(
-            "SELECT source, line, error, excerpt, at FROM invalid ORDER BY at DESC, id DESC LIMIT ?", (limit,))]
+            "SELECT source, line, error, excerpt, at, image FROM invalid ORDER BY at DESC, id DESC LIMIT ?",
+            (limit,))]
+
+    def waiting_for(self, image: str) -> list[dict]:
+        """Set-aside lines that only wait for the image file ``image`` (resolved path): id, source, line, raw."""
+        return [dict(r) for r in self._query(
+            "SELECT id, source, line, raw FROM invalid WHERE image = ? ORDER BY source, line", (image,))]
 
     def answered_hashes(self) -> set[str]:
         """Input hashes answered in any way (accept, reject or ignore)."""

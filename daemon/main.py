@@ -8,6 +8,8 @@ accepted annotations and a quiet ``debounce_seconds`` -> ``handlers/round.py`` r
 
 Threads: the watchdog observer (queues events), this main loop (ingest, triggers, sd_notify), and at most one
 round thread.  SIGTERM/SIGINT: stop watching, abandon the round (the worker child is stopped politely), exit 0.
+SIGHUP: reload the configuration (a changed label map reads every source again).  SIGUSR1 (``odal retry``): read
+every source again from its start, so lines fixed since they were set aside are ingested.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Daemon:
         self.events: queue.Queue = queue.Queue()
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
+        self.retry_requested = threading.Event()
         self.labels = load_label_map(cfg.label_map)
         self.worker = Worker(cfg.work_dir / "logs" / "worker.log")
         self._round_thread: threading.Thread | None = None
@@ -111,6 +114,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, lambda *_: (self.reload_requested.set(), self.events.put(None)))
+        signal.signal(signal.SIGUSR1, lambda *_: (self.retry_requested.set(), self.events.put(None)))
 
     def _loop(self) -> None:
         ping_every = watchdog_interval() or 10.0
@@ -131,6 +135,8 @@ class Daemon:
                 self._handle(item)
             if self.reload_requested.is_set():
                 self._reload()
+            if self.retry_requested.is_set():
+                self._retry()
             self._maybe_start_round()
             self._score_some()
             self.status_file.flush()
@@ -153,6 +159,11 @@ class Daemon:
                 self._log_ingest(event.path, stats)
             elif isinstance(event, ImageChanged):
                 self.queue.image_changed(event.path, event.deleted)
+                if not event.deleted:  # lines set aside until this image appeared (or finished copying)
+                    stats = ingest.retry_waiting(Path(event.path), self.ledger, self.labels, self.cfg.data_dir,
+                                                 self._blob_dir)
+                    if stats["retried"]:
+                        self._log_ingest(event.path, stats)
         except Exception as error:  # noqa: BLE001 - one bad source never stops the daemon
             log.exception("event_failed", event=repr(event), error=str(error))
             self.metrics.error("event")
@@ -255,9 +266,21 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = config_module.load(self.cfg.path)
-            self.cfg = new
-            self.labels = load_label_map(new.label_map)
-            log.info("config_reloaded", config=str(new.path))
+            labels = load_label_map(new.label_map)
+            changed = labels != self.labels
+            self.cfg, self.labels = new, labels
+            log.info("config_reloaded", config=str(new.path), labels_changed=changed)
+            if changed:  # lines set aside for a label that is known now get their chance
+                self.retry_requested.set()
+            else:
+                self._ingest_all()
         except Exception as error:  # noqa: BLE001 - a bad edit keeps the running configuration
             log.error("config_reload_failed", error=str(error))
         self.notifier.ready()
+
+    def _retry(self) -> None:
+        """Read every source again from its start (deduplicated): fixed lines come in, still-bad ones stay aside."""
+        self.retry_requested.clear()
+        sources = self.ledger.forget_all_sources()
+        log.info("sources_reread", sources=len(sources), set_aside_before=self.ledger.counts()["invalid"])
+        self._ingest_all()

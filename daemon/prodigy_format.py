@@ -211,11 +211,11 @@ def open_image(ann: Annotation, data_dir: Path, blob_dir: Path) -> ImageFile:
         if fallback.exists():
             path = fallback
     if not path.exists():
-        raise InvalidRecord(f"image file not found: {ref} (looked in {root})")
+        raise InvalidRecord(f"image file not found: {ref} (looked in {root})", image=str(path))
     if not path.is_file():
         raise InvalidRecord(f"image is not a file: {path}")
     if path.stat().st_size == 0:
-        raise InvalidRecord(f"image is empty (0 bytes): {path}")
+        raise InvalidRecord(f"image is empty (0 bytes): {path}", image=str(path))
     return _check_image(path, None)
 
 
@@ -261,6 +261,7 @@ def _check_image(path: Path, data: bytes | None) -> ImageFile:
     """Open ``data`` (or the file) with Pillow, ``verify()`` and decode it; refuse empty and gigantic images."""
     from PIL import Image
 
+    waits = str(path) if data is None else None  # a file may still be being copied; a data URI will not change
     if data is not None and not data:
         raise InvalidRecord(f"image is empty (0 bytes): {path}")
     try:
@@ -269,7 +270,7 @@ def _check_image(path: Path, data: bytes | None) -> ImageFile:
             with Image.open(io.BytesIO(data) if data is not None else path) as image:
                 width, height = image.size
                 if width <= 0 or height <= 0:
-                    raise InvalidRecord(f"image has zero size: {path}")
+                    raise InvalidRecord(f"image has zero size: {path}", image=waits)
                 if width * height > MAX_PIXELS:
                     raise InvalidRecord(f"image is too large ({width}x{height} > {MAX_PIXELS} pixels): {path}")
                 image.verify()
@@ -281,7 +282,8 @@ def _check_image(path: Path, data: bytes | None) -> ImageFile:
     except Image.DecompressionBombError as error:
         raise InvalidRecord(f"image is too large: {path}: {error}") from error
     except Exception as error:  # Pillow raises many types (UnidentifiedImageError, SyntaxError, struct.error, ...)
-        raise InvalidRecord(f"image cannot be decoded: {path}: {type(error).__name__}: {error}") from error
+        raise InvalidRecord(f"image cannot be decoded: {path}: {type(error).__name__}: {error}",
+                            image=waits) from error
     return ImageFile(path, width, height)
 
 

@@ -48,6 +48,12 @@ def append_records(path: Path, records: list[dict]) -> None:
         os.fsync(out.fileno())
 
 
+def odal_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``odal ARGS`` as a user types it, with this interpreter (no need for the venv's bin on PATH)."""
+    return subprocess.run([sys.executable, "-c", "import sys; from odal.daemon.cli import main; sys.exit(main())",
+                           *args], capture_output=True, text=True, timeout=timeout)
+
+
 def records_for(items: list, answer: str = "accept") -> list[dict]:
     """``db-out`` records of ``items`` answered ``answer``, image paths relative to their folder (the data dir)."""
     return [datasets.prodigy_record(item, item.image.name, answer) for item in items]

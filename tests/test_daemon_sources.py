@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
-from daemon_harness import DaemonProcess, make_workspace, records_for
+from daemon_harness import DaemonProcess, make_workspace, odal_cli, records_for
 from odal.daemon import datasets
 from odal.daemon.ledger import Ledger
 from test_ingest_db import ProdigyDB
@@ -55,5 +57,81 @@ def test_a_db_out_file_rewritten_with_more_answers_is_reingested_without_duplica
         tmp.write_text("".join(json.dumps(r) + "\n" for r in again))
         tmp.replace(export)
         _counts(config.parent, {"accepted": 4, "rejected": 1, "ignored": 0, "invalid": 0})
-        daemon.read_events()
-        assert any(e.get("event") == "ingested" and e.get("rewritten") for e in daemon.events)
+        assert daemon.wait_for(lambda e: e.get("event") == "ingested" and e.get("rewritten"), 10) is not None
+
+
+def test_an_annotation_whose_image_arrives_after_it_is_ingested_when_the_image_is_written(tmp_path):
+    """db-out often runs before the images are synced: the line waits (listed in status), then comes in."""
+    items = datasets.generate_shapes(tmp_path / "images", 3, seed=23)
+    config = make_workspace(tmp_path / "ws", items, min_new=100)
+    records = records_for(items)
+    late = items[2].image
+    content = late.read_bytes()
+    late.unlink()
+    export = config.parent / "exports" / "boxes.jsonl"
+    export.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with DaemonProcess(config) as daemon:
+        _counts(config.parent, {"accepted": 2, "rejected": 0, "ignored": 0, "invalid": 1})
+        status = odal_cli("status", "--workspace", str(config.parent))
+        assert f"{export}:3  image file not found" in status.stdout and "[waiting for the image]" in status.stdout
+        with open(late, "wb") as out:  # copied in two writes, like a sync tool
+            out.write(content[:300])
+            out.flush()
+            time.sleep(0.5)
+            out.write(content[300:])
+        _counts(config.parent, {"accepted": 3, "rejected": 0, "ignored": 0, "invalid": 0})
+        assert daemon.alive()
+
+
+def test_odal_retry_makes_the_running_daemon_ingest_a_line_fixed_in_place(tmp_path):
+    items = datasets.generate_shapes(tmp_path / "images", 2, seed=24)
+    config = make_workspace(tmp_path / "ws", items, min_new=100)
+    export = config.parent / "exports" / "boxes.jsonl"
+    good = json.dumps(records_for(items[1:])[0])
+    bad = good.replace('"answer": "accept"', '"answer": "acceptd"')
+    first = records_for(items[:1])[0]
+    filler = [dict(first, _timestamp=first["_timestamp"] + n) for n in range(8)]  # past the bytes odal compares
+    export.write_text("".join(json.dumps(r) + "\n" for r in filler) + bad + "\n")
+    assert export.stat().st_size - len(bad) > 4096
+    with DaemonProcess(config) as daemon:
+        _counts(config.parent, {"accepted": 1, "rejected": 0, "ignored": 0, "invalid": 1})
+        with open(export, "r+b") as out:  # an editor fixing the line in place: same size, same inode
+            out.seek(len(export.read_bytes()) - len(bad) - 1)
+            out.write((good + " ").encode())
+        time.sleep(1.0)
+        assert Ledger(config.parent / "work" / "ledger.sqlite").counts()["accepted"] == 1  # not noticed alone
+        done = odal_cli("retry", "--workspace", str(config.parent))
+        assert done.returncode == 0 and f"pid {daemon.pid}" in done.stdout, done.stderr
+        _counts(config.parent, {"accepted": 2, "rejected": 0, "ignored": 0, "invalid": 0})
+        assert daemon.wait_event("sources_reread", 10) is not None and daemon.alive()
+
+
+def test_a_label_added_to_the_label_map_and_sighup_bring_in_the_lines_set_aside_for_it(tmp_path):
+    items = datasets.generate_shapes(tmp_path / "images", 2, seed=25)
+    config = make_workspace(tmp_path / "ws", items, min_new=100, labels=["square"])
+    export = config.parent / "exports" / "boxes.jsonl"
+    records = records_for(items)
+    for record in records:  # every box labelled "triangle", not in the label map yet
+        for span in record["spans"]:
+            span["label"] = "triangle"
+    export.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with DaemonProcess(config) as daemon:
+        _counts(config.parent, {"accepted": 0, "rejected": 0, "ignored": 0, "invalid": 2})
+        datasets.write_label_map(config.parent / "label_map.pbtxt", ["square", "disc", "triangle"])
+        os.kill(daemon.pid, signal.SIGHUP)
+        _counts(config.parent, {"accepted": 2, "rejected": 0, "ignored": 0, "invalid": 0})
+        assert daemon.wait_event("config_reloaded", 10, labels_changed=True) is not None
+
+
+def test_odal_retry_without_a_daemon_prepares_its_next_start(tmp_path):
+    items = datasets.generate_shapes(tmp_path / "images", 2, seed=26)
+    config = make_workspace(tmp_path / "ws", items, min_new=100)
+    export = config.parent / "exports" / "boxes.jsonl"
+    export.write_text(json.dumps(records_for(items[:1])[0]) + "\n")
+    with DaemonProcess(config):
+        _counts(config.parent, {"accepted": 1, "rejected": 0, "ignored": 0, "invalid": 0})
+    done = odal_cli("retry", "--workspace", str(config.parent))
+    assert done.returncode == 0 and "no daemon is running" in done.stdout and "1 source(s)" in done.stdout
+    ledger = Ledger(config.parent / "work" / "ledger.sqlite")
+    assert ledger.source_state(str(export)) is None and ledger.counts()["accepted"] == 1
+    ledger.close()

@@ -16,7 +16,7 @@ from PIL import Image
 from structlog.testing import capture_logs
 
 from odal.daemon import datasets
-from odal.daemon.handlers.ingest import CHUNK_LINES, ingest_export_dir, ingest_export_file
+from odal.daemon.handlers.ingest import CHUNK_LINES, ingest_export_dir, ingest_export_file, retry_waiting
 from odal.daemon.ledger import Ledger
 from odal.daemon.prodigy_format import parse_record
 
@@ -226,6 +226,99 @@ def test_rereading_bad_lines_does_not_duplicate_them_in_the_invalid_table(ws):
     ws.ledger.forget_source(str(ws.export.absolute()))
     ws.ingest()
     assert ws.ledger.counts()["invalid"] == 1
+
+
+def test_a_fixed_line_leaves_the_set_aside_list_when_a_fresh_db_out_replaces_the_file(ws):
+    ws.append(ws.record(0), ws.record(1, spans=[{"label": "UNKNOWN", "points": [[1, 1], [5, 1], [5, 5], [1, 5]]}]))
+    ws.ingest()
+    assert ws.ledger.counts() == {"accepted": 1, "rejected": 0, "ignored": 0, "invalid": 1}
+    fresh = ws.export.with_name("fresh.tmp")
+    ws.append(ws.record(0), ws.record(1), "{still broken", path=fresh)  # line 2 fixed, line 3 bad
+    os.replace(fresh, ws.export)
+    stats = ws.ingest()
+    assert stats["cleared"] == 1 and stats["inserted"] == 1
+    assert ws.ledger.counts() == {"accepted": 2, "rejected": 0, "ignored": 0, "invalid": 1}
+    assert [(i["line"], i["error"][:9]) for i in ws.ledger.invalid_items()] == [(3, "malformed")]
+
+
+def test_a_line_fixed_in_place_is_picked_up_after_its_read_position_is_forgotten(ws):
+    """What ``odal retry`` does: an edit past the first bytes is not noticed by itself; reading again finds it."""
+    filler = [ws.record(0, timestamp=1000 + n) for n in range(40)]  # > HEAD_BYTES before the bad line
+    good = json.dumps(ws.record(1))
+    bad = good.replace('"answer": "accept"', '"answer": "acceptd"')
+    ws.append(*filler, bad)
+    ws.ingest()
+    assert ws.ledger.counts()["invalid"] == 1
+    text = ws.export.read_text()
+    ws.export.write_text(text.replace(bad, good + " "))  # same length, same inode
+    assert ws.ingest()["lines"] == 0  # unnoticed: nothing new
+    ws.ledger.forget_all_sources()
+    stats = ws.ingest()
+    assert stats["cleared"] == 1 and stats["inserted"] == 1
+    assert ws.ledger.counts() == {"accepted": 2, "rejected": 0, "ignored": 0, "invalid": 0}
+
+
+def _move_image_away(ws, index: int) -> tuple[Path, Path]:
+    image = ws.items[index].image
+    away = ws.root / "elsewhere" / image.name
+    away.parent.mkdir(exist_ok=True)
+    image.rename(away)
+    return image, away
+
+
+def test_an_accept_whose_image_arrives_later_is_ingested_when_it_appears(ws):
+    records = [ws.record(0), ws.record(1)]
+    image, away = _move_image_away(ws, 1)
+    ws.append(*records)
+    with capture_logs() as logs:
+        ws.ingest()
+    [event] = set_aside_events(logs)
+    assert event["line"] == 2 and event["waits_for"] == str(image.resolve())
+    assert retry_waiting(image, ws.ledger, LABELS, ws.data, ws.blobs)["retried"] == 1  # still missing
+    assert ws.ledger.counts()["invalid"] == 1 and ws.ledger.counts()["accepted"] == 1
+    away.rename(image)
+    stats = retry_waiting(image, ws.ledger, LABELS, ws.data, ws.blobs)
+    assert (stats["retried"], stats["inserted"], stats["cleared"]) == (1, 1, 1)
+    assert ws.ledger.counts() == {"accepted": 2, "rejected": 0, "ignored": 0, "invalid": 0}
+    [row] = [r for r in ws.ledger.accepted() if r["image_path"] == str(image.resolve())]
+    assert row["boxes"]  # the line's boxes, as if it had been read with its image there
+
+
+def test_an_image_still_being_copied_is_retried_and_its_new_error_replaces_the_old_one(ws):
+    record = ws.record(2)
+    image, away = _move_image_away(ws, 2)
+    image.write_bytes(away.read_bytes()[:200])  # the copy has only begun
+    ws.append(record)
+    ws.ingest()
+    [item] = ws.ledger.invalid_items()
+    assert "cannot be decoded" in item["error"] and item["image"] == str(image.resolve())
+    image.write_bytes(b"")  # rewritten from the start
+    retry_waiting(image, ws.ledger, LABELS, ws.data, ws.blobs)
+    [item] = ws.ledger.invalid_items()
+    assert "empty" in item["error"]
+    image.write_bytes(away.read_bytes())  # done
+    retry_waiting(image, ws.ledger, LABELS, ws.data, ws.blobs)
+    assert ws.ledger.counts() == {"accepted": 1, "rejected": 0, "ignored": 0, "invalid": 0}
+
+
+def test_a_retried_line_does_not_override_a_newer_answer_read_meanwhile(ws):
+    first, later = ws.record(1, timestamp=1000), ws.record(1, answer="reject", timestamp=2000)
+    image, away = _move_image_away(ws, 1)
+    ws.append(first)
+    ws.ingest()
+    ws.append(later)  # the annotator changed their mind
+    ws.ingest()
+    away.rename(image)
+    stats = retry_waiting(image, ws.ledger, LABELS, ws.data, ws.blobs)
+    assert stats["stale"] == 1 and ws.ledger.counts()["rejected"] == 1 and ws.ledger.counts()["accepted"] == 0
+
+
+def test_lines_that_cannot_get_better_by_an_image_arriving_do_not_wait(ws):
+    ws.append(ws.record(0, image="https://example.com/a.jpg"), ws.record(1, path="../../etc/passwd",
+                                                                           image="../../etc/passwd"))
+    ws.ingest()
+    assert ws.ledger.counts()["invalid"] == 2
+    assert [i["image"] for i in ws.ledger.invalid_items()] == [None, None]
 
 
 def test_a_reject_whose_image_is_gone_is_still_recorded_as_seen(ws):

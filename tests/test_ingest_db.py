@@ -193,3 +193,18 @@ def test_ids_going_backwards_restart_reading_from_the_start(env):
 def test_a_dataset_that_does_not_exist_yet_reads_nothing(env):
     stats = env["ingest"]("not-yet")
     assert stats["lines"] == 0 and not stats["locked"]
+
+
+def test_a_dataset_read_again_from_the_start_keeps_only_the_lines_that_are_still_bad(env):
+    env["db"].add("boxes", env["record"](0), "{not json", env["record"](1, answer="maybe"))
+    env["ingest"]()
+    assert env["ledger"].counts()["invalid"] == 2
+    conn = sqlite3.connect(env["db"].path)
+    with conn:  # the bad answer was corrected in Prodigy (same example id)
+        conn.execute("UPDATE example SET content = ? WHERE id = 3", (json.dumps(env["record"](1)).encode(),))
+    conn.close()
+    env["ledger"].forget_all_sources()  # odal retry
+    stats = env["ingest"]()
+    assert stats["cleared"] == 2 and stats["inserted"] == 1
+    assert [(i["line"], i["error"][:9]) for i in env["ledger"].invalid_items()] == [(2, "malformed")]
+    assert env["ledger"].counts()["accepted"] == 2

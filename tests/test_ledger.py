@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from odal.daemon.ledger import Ledger
+from odal.daemon.ledger import SCHEMA_VERSION, WAITING_LINE_BYTES, Ledger
 from odal.daemon.prodigy_format import Annotation, Box
 
 
@@ -29,7 +29,7 @@ def ledger(tmp_path):
 def test_commit_inserts_rows_and_source_state_and_counts_answers(ledger):
     stats = ledger.commit("export.jsonl", {"offset": 30}, [row(ann("1")), row(ann("2", answer="reject")),
                                                            row(ann("3", answer="ignore"))])
-    assert stats == {"inserted": 3, "updated": 0, "unchanged": 0, "stale": 0, "invalid": 0}
+    assert stats == {"inserted": 3, "updated": 0, "unchanged": 0, "stale": 0, "invalid": 0, "cleared": 0}
     assert ledger.counts() == {"accepted": 1, "rejected": 1, "ignored": 1, "invalid": 0}
     assert ledger.source_state("export.jsonl") == {"offset": 30}
     assert ledger.source_state("other") is None
@@ -91,18 +91,18 @@ def test_accepted_is_ordered_stably_by_input_hash_with_boxes_as_dicts(ledger):
 
 
 def test_invalid_lines_are_kept_once_per_source_line_and_content(ledger):
-    bad = [("f.jsonl", 3, "malformed JSON", '{"image": '), ("f.jsonl", 4, "not an object", b"[1]")]
+    bad = [("f.jsonl", 3, "malformed JSON", '{"image": ', None), ("f.jsonl", 4, "not an object", b"[1]", None)]
     assert ledger.commit("f.jsonl", None, invalid=bad)["invalid"] == 2
     assert ledger.commit("f.jsonl", None, invalid=bad)["invalid"] == 0  # re-reading does not duplicate
-    assert ledger.commit("f.jsonl", None, invalid=[("f.jsonl", 3, "other", "different")])["invalid"] == 1
+    assert ledger.commit("f.jsonl", None, invalid=[("f.jsonl", 3, "other", "different", None)])["invalid"] == 1
     assert ledger.counts()["invalid"] == 3
     latest = ledger.invalid_items(2)
     assert len(latest) == 2 and latest[0]["excerpt"] == "different" and latest[0]["line"] == 3
-    assert set(latest[0]) == {"source", "line", "error", "excerpt", "at"}
+    assert set(latest[0]) == {"source", "line", "error", "excerpt", "at", "image"}
 
 
 def test_invalid_excerpt_is_short_even_for_a_huge_line(ledger):
-    ledger.commit("f", None, invalid=[("f", 1, "bad", "x" * 1_000_000)])
+    ledger.commit("f", None, invalid=[("f", 1, "bad", "x" * 1_000_000, None)])
     assert len(ledger.invalid_items(1)[0]["excerpt"]) == 300
 
 
@@ -136,7 +136,7 @@ def test_ledger_shares_its_file_with_other_modules_tables_in_wal_mode(tmp_path):
         assert again.counts()["accepted"] == 1
     check = sqlite3.connect(path)
     assert check.execute("SELECT state FROM rounds").fetchall() == [("done",)]
-    assert check.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone() == ("1",)
+    assert check.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     check.close()
 
 
@@ -153,3 +153,67 @@ def test_a_ledger_created_in_one_thread_can_be_used_from_another(ledger):
     thread.start()
     thread.join()
     assert not errors and ledger.counts()["accepted"] == 1
+
+
+def test_a_source_read_again_from_its_start_replaces_its_set_aside_rows_and_no_other_sources(ledger):
+    ledger.commit("a", None, invalid=[("a", 1, "bad", "x", None), ("a", 2, "bad", "y", None)])
+    ledger.commit("b", None, invalid=[("b", 1, "bad", "z", None)])
+    stats = ledger.commit("a", {"offset": 9}, invalid=[("a", 2, "still bad", "y", None)], clear_invalid="a")
+    assert stats["cleared"] == 2 and stats["invalid"] == 1
+    assert sorted((r["source"], r["line"]) for r in ledger.invalid_items()) == [("a", 2), ("b", 1)]
+
+
+def test_a_line_waiting_for_an_image_keeps_the_whole_line_and_can_be_replaced_by_its_annotation(ledger):
+    line = b'{"image": "later.jpg", "answer": "accept"}'
+    ledger.commit("f", None, invalid=[("f", 7, "image file not found", line, "/data/later.jpg"),
+                                      ("f", 8, "malformed JSON", b"{", None)])
+    waiting = ledger.waiting_for("/data/later.jpg")
+    assert [(w["source"], w["line"], bytes(w["raw"])) for w in waiting] == [("f", 7, line)]
+    assert ledger.waiting_for("/data/other.jpg") == []
+    stats = ledger.commit("f", None, [row(ann("1"), line=7, source="f")], replace_invalid=[waiting[0]["id"]])
+    assert stats["inserted"] == 1 and stats["cleared"] == 1
+    assert [r["line"] for r in ledger.invalid_items()] == [8] and ledger.counts()["accepted"] == 1
+
+
+def test_a_huge_line_waiting_for_an_image_is_kept_as_an_excerpt_only(ledger):
+    huge = "x" * (WAITING_LINE_BYTES + 1)
+    ledger.commit("f", None, invalid=[("f", 1, "image file not found", huge, "/data/a.jpg")])
+    assert ledger.waiting_for("/data/a.jpg") == [] and ledger.counts()["invalid"] == 1
+
+
+def test_a_version_1_ledger_is_migrated_in_place_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO ledger_meta VALUES ('schema_version', '1');
+        CREATE TABLE invalid (id INTEGER PRIMARY KEY, source TEXT NOT NULL, line INTEGER NOT NULL,
+            digest TEXT NOT NULL, error TEXT NOT NULL, excerpt TEXT NOT NULL, at REAL NOT NULL,
+            UNIQUE (source, line, digest));
+        INSERT INTO invalid (source, line, digest, error, excerpt, at) VALUES ('f', 3, 'd', 'bad', '{', 1.0);
+    """)
+    old.close()
+    with Ledger(path) as led:
+        assert [(r["source"], r["line"], r["image"]) for r in led.invalid_items()] == [("f", 3, None)]
+        led.commit("f", None, invalid=[("f", 4, "image file not found", "{}", "/d/x.jpg")])
+        assert [w["line"] for w in led.waiting_for("/d/x.jpg")] == [4]
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    check.close()
+
+
+def test_a_ledger_written_by_a_newer_odal_is_refused(tmp_path):
+    path = tmp_path / "new.sqlite"
+    newer = sqlite3.connect(path)
+    newer.executescript(f"""CREATE TABLE ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                           INSERT INTO ledger_meta VALUES ('schema_version', '{SCHEMA_VERSION + 1}');""")
+    newer.close()
+    with pytest.raises(RuntimeError, match="newer than this odal"):
+        Ledger(path)
+
+
+def test_forget_all_sources_names_them_and_each_is_read_again(ledger):
+    ledger.commit("b", {"offset": 5}, [])
+    ledger.commit("a", {"offset": 7}, [])
+    assert ledger.forget_all_sources() == ["a", "b"]
+    assert ledger.source_state("a") is None and ledger.source_state("b") is None

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from daemon_harness import make_workspace
+from daemon_harness import make_workspace, odal_cli
 from odal.daemon import datasets
 from odal.daemon.config import load
 from odal.daemon.handlers import publish
@@ -34,11 +32,6 @@ def cfg(tmp_path):
         _publish(cfg, history, round_id)
     history.close()
     return cfg
-
-
-def _odal(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "import sys; from odal.daemon.cli import main; sys.exit(main())",
-                           *args], capture_output=True, text=True)
 
 
 def test_rollback_moves_the_newest_version_to_quarantine_and_records_it(cfg):
@@ -77,7 +70,7 @@ def test_rollback_of_a_missing_version_names_the_present_ones(cfg):
 
 
 def test_the_cli_rolls_back_and_reports_what_serves_now_and_exits_1_on_refusal(cfg):
-    result = _odal("rollback", "--workspace", str(cfg.path.parent))
+    result = odal_cli("rollback", "--workspace", str(cfg.path.parent))
     assert result.returncode == 0 and "TF Serving now serves 2" in result.stdout, result.stderr
     assert '"event": "version_rolled_back"' in cfg.log_file.read_text()
-    assert _odal("rollback", "--workspace", str(cfg.path.parent), "9").returncode == 1
+    assert odal_cli("rollback", "--workspace", str(cfg.path.parent), "9").returncode == 1

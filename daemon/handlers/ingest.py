@@ -4,7 +4,8 @@ Called from the daemon's worker thread when the watcher reports a change.  Only 
 are read; a partial last line waits for the next call.  A file rewritten by a fresh ``db-out`` (other inode,
 shorter than the stored offset, or different first bytes) is read again from the start, which is harmless because
 the ledger deduplicates.  A bad line is logged (``record_set_aside`` with file and line), kept in the ledger's
-``invalid`` table, and reading goes on.  Rows and the read position are committed together every
+``invalid`` table, and reading goes on.  A source read from its start replaces its set-aside rows, and
+:func:`retry_waiting` tries again the lines that only waited for an image file once that file appears.  Rows and the read position are committed together every
 :data:`CHUNK_LINES` lines, so memory stays flat and a crash loses nothing.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import structlog
@@ -27,7 +28,7 @@ log = structlog.get_logger("odal.ingest")
 CHUNK_LINES = 500
 HEAD_BYTES = 4096
 _STAT_KEYS = ("lines", "accept", "reject", "ignore", "set_aside", "inserted", "updated", "unchanged", "stale",
-              "invalid")
+              "invalid", "cleared")
 
 
 def new_stats() -> dict:
@@ -78,7 +79,7 @@ class RecordBatch:
         try:
             self._add_object(obj, line)
         except InvalidRecord as error:
-            self.set_aside(raw, line, str(error))
+            self.set_aside(raw, line, str(error), error.image)
         except Exception as error:  # a bug must not stop the other records nor crash the daemon
             self.log.error("record_failed", line=line, exc_info=True)
             self.set_aside(raw, line, f"internal error: {type(error).__name__}: {error}")
@@ -104,14 +105,22 @@ class RecordBatch:
         self.stats[ann.answer] += 1
         self._rows.append((ann, image_path, width, height, self.file, line))
 
-    def set_aside(self, raw: bytes | str, line: int, error: str) -> None:
+    def set_aside(self, raw: bytes | str, line: int, error: str, image: str | None = None) -> None:
         self.stats["set_aside"] += 1
-        self.log.error("record_set_aside", line=line, error=error)
-        self._invalid.append((self.file, line, error, raw))
+        if image is None:
+            self.log.error("record_set_aside", line=line, error=error)
+        else:
+            self.log.error("record_set_aside", line=line, error=error, waits_for=image)
+        self._invalid.append((self.file, line, error, raw, image))
 
-    def commit(self, name: str, state: dict | None) -> None:
-        """Write the collected rows and ``state`` of source ``name`` in one transaction, then start afresh."""
-        add_stats(self.stats, self.ledger.commit(name, state, self._rows, self._invalid))
+    def commit(self, name: str, state: dict | None, *, restart: bool = False, replace: Iterable[int] = ()) -> None:
+        """Write the collected rows and ``state`` of source ``name`` in one transaction, then start afresh.
+
+        ``restart``: the source is being read from its start, so its earlier set-aside rows are dropped in the
+        same transaction; ``replace``: ids of set-aside rows whose lines this batch holds again."""
+        add_stats(self.stats, self.ledger.commit(name, state, self._rows, self._invalid,
+                                                 clear_invalid=self.file if restart else None,
+                                                 replace_invalid=replace))
         self._rows, self._invalid = [], []
 
 
@@ -153,6 +162,7 @@ def _read_export(handle, name: str, batch: RecordBatch, state: dict) -> None:
         batch.log.info("export_rewritten", previous_offset=offset, size=st.st_size)
         batch.stats["rewritten"] = True
         offset, line = 0, 0
+    restart = offset == 0  # the first commit replaces this file's set-aside rows
     handle.seek(offset)
     while True:
         raw = handle.readline()
@@ -165,10 +175,11 @@ def _read_export(handle, name: str, batch: RecordBatch, state: dict) -> None:
         if raw.strip():
             batch.add_line(raw.rstrip(b"\r\n"), line)
         if len(batch) >= CHUNK_LINES:
-            batch.commit(name, _state(fd, st, offset, line))
+            batch.commit(name, _state(fd, st, offset, line), restart=restart)
+            restart = False
     new_state = _state(fd, st, offset, line)
-    if len(batch) or new_state != state:
-        batch.commit(name, new_state)
+    if len(batch) or new_state != state or restart:
+        batch.commit(name, new_state, restart=restart)
 
 
 def _state(fd: int, st: os.stat_result, offset: int, line: int) -> dict:
@@ -219,3 +230,31 @@ def _is_json_array(path: Path) -> bool:
             return handle.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------------------------------- lines waiting for images
+
+
+def retry_waiting(image: str | Path, ledger: Ledger, labels: Collection[str], data_dir: Path, blob_dir: Path) -> dict:
+    """Try again the set-aside lines that waited for the image file ``image`` (it appeared or changed).
+
+    Each line goes through the same path as when it was first read; its old set-aside row is replaced in the
+    same transaction (by the annotation, or by a new set-aside row if it is still not usable).  Returns the stats
+    summed over the sources involved; ``retried`` counts the lines.
+    """
+    try:
+        resolved = str(Path(image).resolve())
+    except (OSError, RuntimeError):
+        return new_stats() | {"retried": 0}
+    waiting = ledger.waiting_for(resolved)
+    total = new_stats() | {"retried": len(waiting)}
+    by_source: dict[str, list[dict]] = {}
+    for row in waiting:
+        by_source.setdefault(row["source"], []).append(row)
+    for source, rows in by_source.items():
+        batch = RecordBatch(ledger, labels, data_dir, blob_dir, source)
+        for row in rows:
+            batch.add_line(row["raw"], row["line"])
+        batch.commit(source, None, replace=[row["id"] for row in rows])
+        add_stats(total, batch.stats)
+    return total

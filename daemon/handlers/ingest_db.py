@@ -104,6 +104,7 @@ def ingest_prodigy_db(db_path: Path, dataset: str, ledger: Ledger, labels: Colle
             batch.log.info("prodigy_db_restarted", last_id=last_id, newest=newest)
             stats["restarted"] = True
             last_id = 0
+        restart = last_id == 0  # read from the start: the first commit replaces the dataset's set-aside rows
         while True:
             rows = conn.execute(_NEW_ROWS, (dataset, last_id, CHUNK_LINES)).fetchall()
             if not rows:
@@ -111,7 +112,10 @@ def ingest_prodigy_db(db_path: Path, dataset: str, ledger: Ledger, labels: Colle
             for example_id, content in rows:
                 batch.add_line(content if isinstance(content, (bytes, str)) else str(content), example_id)
                 last_id = example_id
-            batch.commit(name, {"last_id": last_id})
+            batch.commit(name, {"last_id": last_id}, restart=restart)
+            restart = False
+        if restart:
+            batch.commit(name, {"last_id": 0}, restart=True)
     except sqlite3.OperationalError as error:  # rows not committed yet are read again next time
         if "locked" in str(error) or "busy" in str(error):
             log.warning("prodigy_db_locked", file=str(db_path), dataset=dataset, error=str(error))

@@ -1,0 +1,61 @@
+"""``odal retry``: read every source again from its start, so lines fixed since they were set aside come in.
+
+Re-reading is harmless (the ledger deduplicates: an unchanged answer changes nothing), and each source read from
+its start replaces its own set-aside rows, so what is still bad is listed again and what was fixed leaves the list.
+Lines that only waited for their image need no retry: the daemon tries them again when the image file appears.
+
+While a daemon runs it is the only writer of the ledger, so it is asked (SIGUSR1) to do this itself; otherwise the
+read positions are dropped here, under the workspace lock, and the next start reads everything again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+from odal.daemon.config import Config
+from odal.daemon.errors import OdalError, WorkspaceLocked
+from odal.daemon.ledger import Ledger
+from odal.daemon.lock import WorkspaceLock, read_owner
+
+
+class RetryError(OdalError):
+    """The running daemon could not be asked to read its sources again."""
+
+
+def retry(cfg: Config) -> str:
+    """Ask the running daemon to read its sources again, or prepare its next start to; returns what was done."""
+    lock = WorkspaceLock(cfg.work_dir)
+    try:
+        lock.acquire()
+    except (WorkspaceLocked, PermissionError):
+        return _signal_daemon(cfg)
+    try:
+        ledger = Ledger(cfg.ledger_path)
+        try:
+            sources = ledger.forget_all_sources()
+            waiting = ledger.counts()["invalid"]
+        finally:
+            ledger.close()
+    finally:
+        lock.release()
+    return (f"no daemon is running: its next start reads {len(sources)} source(s) again from the start "
+            f"({waiting} line(s) set aside now)")
+
+
+def _signal_daemon(cfg: Config) -> str:
+    owner = read_owner(cfg.work_dir)
+    if owner is None:  # it stopped just now
+        return retry(cfg)
+    if owner.get("host") not in (None, socket.gethostname()):
+        raise RetryError(f"the daemon of {cfg.work_dir} runs on host {owner['host']}; run `odal retry` there")
+    pid = int(owner["pid"])
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except PermissionError as error:
+        raise RetryError(f"not allowed to signal the daemon (pid {pid}, another user): run `odal retry` as that "
+                         f"user, or `sudo systemctl kill --signal=SIGUSR1 odal-daemon`") from error
+    except ProcessLookupError:
+        return retry(cfg)
+    return f"asked the daemon (pid {pid}) to read every source again; `odal status` shows what is still set aside"
