@@ -5,8 +5,9 @@ are read; a partial last line waits for the next call.  A file rewritten by a fr
 shorter than the stored offset, or different first bytes) is read again from the start, which is harmless because
 the ledger deduplicates.  A bad line is logged (``record_set_aside`` with file and line), kept in the ledger's
 ``invalid`` table, and reading goes on.  A source read from its start replaces its set-aside rows, and
-:func:`retry_waiting` tries again the lines that only waited for an image file once that file appears.  Rows and the read position are committed together every
-:data:`CHUNK_LINES` lines, so memory stays flat and a crash loses nothing.
+:func:`retry_waiting` tries again the lines that only waited for an image file once that file appears.  Rows and
+the read position are committed together every :data:`CHUNK_LINES` lines, so memory stays flat and a crash loses
+nothing.
 """
 
 from __future__ import annotations

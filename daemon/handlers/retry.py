@@ -24,13 +24,13 @@ class RetryError(OdalError):
     """The running daemon could not be asked to read its sources again."""
 
 
-def retry(cfg: Config) -> str:
+def retry(cfg: Config, _again: bool = True) -> str:
     """Ask the running daemon to read its sources again, or prepare its next start to; returns what was done."""
     lock = WorkspaceLock(cfg.work_dir)
     try:
         lock.acquire()
-    except (WorkspaceLocked, PermissionError):
-        return _signal_daemon(cfg)
+    except (WorkspaceLocked, PermissionError) as error:
+        return _signal_daemon(cfg, error, _again)
     try:
         ledger = Ledger(cfg.ledger_path)
         try:
@@ -44,10 +44,13 @@ def retry(cfg: Config) -> str:
             f"({waiting} line(s) set aside now)")
 
 
-def _signal_daemon(cfg: Config) -> str:
+def _signal_daemon(cfg: Config, locked: Exception, again: bool) -> str:
     owner = read_owner(cfg.work_dir)
-    if owner is None:  # it stopped just now
-        return retry(cfg)
+    if owner is None or owner.get("pid") is None:  # it stopped just now, or the lock file cannot be written
+        if again:
+            return retry(cfg, _again=False)
+        raise RetryError(f"cannot take the workspace lock ({locked}) and no running daemon was found; run "
+                         f"`odal retry` as the user that owns {cfg.work_dir}")
     if owner.get("host") not in (None, socket.gethostname()):
         raise RetryError(f"the daemon of {cfg.work_dir} runs on host {owner['host']}; run `odal retry` there")
     pid = int(owner["pid"])
@@ -55,7 +58,9 @@ def _signal_daemon(cfg: Config) -> str:
         os.kill(pid, signal.SIGUSR1)
     except PermissionError as error:
         raise RetryError(f"not allowed to signal the daemon (pid {pid}, another user): run `odal retry` as that "
-                         f"user, or `sudo systemctl kill --signal=SIGUSR1 odal-daemon`") from error
+                         f"user, or `sudo kill -USR1 $(systemctl show --value -p MainPID odal-daemon)`") from error
     except ProcessLookupError:
-        return retry(cfg)
+        if again:
+            return retry(cfg, _again=False)
+        raise RetryError(f"the daemon recorded in the workspace lock (pid {pid}) cannot be found from here")
     return f"asked the daemon (pid {pid}) to read every source again; `odal status` shows what is still set aside"
