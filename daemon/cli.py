@@ -19,7 +19,7 @@ from odal.daemon.errors import OdalError
 
 def _run_daemon(config_path: str) -> int:
     cfg = config_module.load(config_path)
-    logs.configure(cfg.log_level, cfg.log_file)
+    logs.configure(cfg.log_level, cfg.log_file, max_bytes=cfg.log_max_bytes, backups=cfg.log_backups)
     from odal.daemon.main import Daemon
 
     daemon = Daemon(cfg)

@@ -49,6 +49,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "log": {
         "file": (str, ""),
         "level": (str, "info"),
+        "max_mb": (float, 64.0),  # the log file (and the worker's) is rotated beyond this size; 0 = never
+        "backups": (int, 3),  # rotated files kept: daemon.jsonl.1 .. .N
     },
     "metrics": {
         "address": (str, ""),  # Prometheus endpoint, e.g. "127.0.0.1:9464"; empty = off
@@ -80,6 +82,8 @@ class Config:
     confirm_timeout_seconds: float
     log_file: Path | None
     log_level: str
+    log_max_bytes: int = 64 << 20
+    log_backups: int = 3
     metrics_address: str = ""
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
@@ -147,6 +151,8 @@ def parse(data: dict, path: Path) -> Config:
         ("model", "fine_tune_checkpoint_type", lambda v: v in ("detection", "classification", "full"),
          "detection, classification or full"),
         ("log", "level", lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
+        ("log", "max_mb", lambda v: v >= 0, "must be >= 0 (0: never rotate)"),
+        ("log", "backups", lambda v: 0 <= v <= 100, "must be in 0..100"),
     ]
     for section, key, ok, message in checks:
         if not ok(values[section, key]):
@@ -179,6 +185,8 @@ def parse(data: dict, path: Path) -> Config:
         confirm_timeout_seconds=values["serving", "confirm_timeout_seconds"],
         log_file=resolve("log", "file"),
         log_level=values["log", "level"],
+        log_max_bytes=int(values["log", "max_mb"] * (1 << 20)),
+        log_backups=values["log", "backups"],
         metrics_address=metrics_address,
         raw=data,
     )

@@ -41,6 +41,7 @@ def test_a_minimal_config_gets_defaults_and_paths_relative_to_the_file(workspace
     assert cfg.export_dir == workspace / "exports" and cfg.base_path == workspace / "models" / "odal"
     assert (cfg.steps_per_round, cfg.min_new_annotations, cfg.keep_versions) == (200, 10, 3)
     assert cfg.model_name == "odal" and cfg.serving_address == ""
+    assert (cfg.log_max_bytes, cfg.log_backups) == (64 << 20, 3)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -51,6 +52,8 @@ def test_a_minimal_config_gets_defaults_and_paths_relative_to_the_file(workspace
     ("[training]\neval_fraction = 1.5\n", "training.eval_fraction: must be in [0, 1)"),
     ("[retention]\nversions = 0\n", "retention.versions: must be >= 1"),
     ("[log]\nlevel = 'loud'\n", "log.level"),
+    ("[log]\nmax_mb = -1\n", "log.max_mb: must be >= 0"),
+    ("[log]\nbackups = 1000\n", "log.backups: must be in 0..100"),
     ("[model]\nname = 'a b'\n", "model.name"),
 ])
 def test_a_bad_value_or_unknown_key_is_one_message_naming_the_key(workspace, extra, message):

@@ -37,8 +37,9 @@ class Abandoned(Exception):
 class Worker:
     """The TensorFlow child process: started on first use, reused across rounds, stopped politely."""
 
-    def __init__(self, log_path: Path):
+    def __init__(self, log_path: Path, max_bytes: int = 0, backups: int = 3):
         self._log_path = log_path
+        self._log_rotation = (max_bytes, backups)  # its stderr log is rotated when a child starts, if too big
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._stopping = False  # set by stop(): a child ending now was stopped on purpose
@@ -49,6 +50,9 @@ class Worker:
 
     def _start(self) -> subprocess.Popen:
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        max_bytes, backups = self._log_rotation
+        if max_bytes and self._log_path.exists() and self._log_path.stat().st_size > max_bytes:
+            logs.rotate(self._log_path, backups)
         stderr = open(self._log_path, "ab")  # noqa: SIM115 - handed to the child
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
