@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def daemon_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="odal-daemon", description="odal's daemon, in the foreground until "
-                                     "SIGTERM/SIGINT; SIGHUP reloads the configuration")
+                                     "SIGTERM/SIGINT; SIGHUP reloads the configuration; SIGUSR1 reads every "
+                                     "annotation source again (odal retry)")
     parser.add_argument("--config", required=True, help="the workspace's odal.toml")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:

@@ -137,7 +137,7 @@ class Ledger:
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM annotations").fetchone()[0]
             for ann, image_path, width, height, source, line in annotations:
                 values = (ann.task_hash, ann.timestamp, ann.answer, None if image_path is None else str(image_path),
-                          width, height, json.dumps([box.as_dict() for box in ann.boxes]))
+                          width, height, _boxes_json(ann))
                 old = conn.execute(
                     "SELECT task_hash, timestamp, answer, image_path, width, height, boxes FROM annotations "
                     "WHERE input_hash = ?", (ann.input_hash,)).fetchone()
@@ -178,6 +178,14 @@ class Ledger:
         with self._transaction() as conn:
             conn.execute("DELETE FROM sources WHERE name = ?", (name,))
 
+    def drop_invalid_except(self, sources: Iterable[str]) -> int:
+        """Drop the set-aside rows of every source not in ``sources`` (files deleted, a source no longer configured);
+        returns how many."""
+        keep = sorted(set(sources))
+        with self._transaction() as conn:
+            marks = ",".join("?" * len(keep))
+            return conn.execute(f"DELETE FROM invalid WHERE source NOT IN ({marks})", keep).rowcount
+
     def forget_all_sources(self) -> list[str]:
         """Drop every read position (``odal retry``): each source is read again from its start; returns their names."""
         with self._transaction() as conn:
@@ -186,6 +194,14 @@ class Ledger:
         return names
 
     # ------------------------------------------------------------------------------------------------- reading
+
+    def known(self, ann: Annotation) -> tuple[str | None, int | None, int | None] | None:
+        """(image_path, width, height) stored for exactly this answer (same task, timestamp, answer and boxes), else
+        None: a source read again need not decode the image of a line it already ingested."""
+        rows = self._query("SELECT image_path, width, height FROM annotations WHERE input_hash = ? AND task_hash IS ? "
+                           "AND timestamp = ? AND answer = ? AND boxes = ?",
+                           (ann.input_hash, ann.task_hash, ann.timestamp, ann.answer, _boxes_json(ann)))
+        return (rows[0]["image_path"], rows[0]["width"], rows[0]["height"]) if rows else None
 
     def source_state(self, name: str) -> dict | None:
         row = self._query("SELECT state FROM sources WHERE name = ?", (name,))
@@ -235,3 +251,7 @@ class Ledger:
     def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
+
+
+def _boxes_json(ann: Annotation) -> str:
+    return json.dumps([box.as_dict() for box in ann.boxes])

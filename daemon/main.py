@@ -60,6 +60,8 @@ class Daemon:
         self._status = "idle"
         self.metrics = Metrics()
         self.status_file = StatusFile(cfg.work_dir)
+        self._ping_every = watchdog_interval() or 10.0
+        self._last_ping = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -84,8 +86,9 @@ class Daemon:
                      prodigy_db=str(cfg.prodigy_db or ""), data_dir=str(cfg.data_dir), base_path=str(cfg.base_path),
                      labels=self.labels, abandoned_rounds=abandoned)
             try:
+                self.notifier.ready()  # the watchers run; what they see meanwhile waits on the queue
+                self._set_status("reading annotation sources")
                 self._ingest_all()
-                self.notifier.ready()
                 self._set_status("idle")
                 self._loop()
             finally:
@@ -117,8 +120,6 @@ class Daemon:
         signal.signal(signal.SIGUSR1, lambda *_: (self.retry_requested.set(), self.events.put(None)))
 
     def _loop(self) -> None:
-        ping_every = watchdog_interval() or 10.0
-        last_ping = 0.0
         while not self.stop_requested.is_set():
             try:
                 event = self.events.get(timeout=_TICK)
@@ -140,10 +141,14 @@ class Daemon:
             self._maybe_start_round()
             self._score_some()
             self.status_file.flush()
-            now = time.monotonic()
-            if now - last_ping >= ping_every:
-                self.notifier.watchdog()
-                last_ping = now
+            self._keepalive()
+
+    def _keepalive(self) -> None:
+        """The systemd watchdog ping, at most every half period: from the loop, and per line of a long read."""
+        now = time.monotonic()
+        if now - self._last_ping >= self._ping_every:
+            self.notifier.watchdog()
+            self._last_ping = now
 
     # -- events --------------------------------------------------------------------------------------------------------
     def _handle(self, event) -> None:
@@ -151,11 +156,12 @@ class Daemon:
         try:
             if isinstance(event, ExportChanged):
                 stats = ingest.ingest_export_file(Path(event.path), self.ledger, self.labels, self.cfg.data_dir,
-                                                  self._blob_dir)
+                                                  self._blob_dir, heartbeat=self._keepalive)
                 self._log_ingest(event.path, stats)
             elif isinstance(event, ProdigyDbChanged):
                 stats = ingest_db.ingest_prodigy_db(Path(event.path), self.cfg.prodigy_dataset, self.ledger,
-                                                    self.labels, self.cfg.data_dir, self._blob_dir)
+                                                    self.labels, self.cfg.data_dir, self._blob_dir,
+                                                    heartbeat=self._keepalive)
                 self._log_ingest(event.path, stats)
             elif isinstance(event, ImageChanged):
                 self.queue.image_changed(event.path, event.deleted)
@@ -172,14 +178,19 @@ class Daemon:
     def _blob_dir(self) -> Path:
         return self.cfg.work_dir / "images"
 
-    def _ingest_all(self) -> None:
-        """At start: read everything new since the last run (the ledger knows where each source stopped)."""
+    def _ingest_all(self) -> set[str]:
+        """Read everything new in every source (the ledger knows where each stopped); returns the sources' names
+        as the set-aside list names them."""
+        read = set()
         if self.cfg.export_dir is not None and self.cfg.export_dir.is_dir():
             for path in sorted(self.cfg.export_dir.iterdir()):
                 if path.suffix in (".jsonl", ".json") and not path.name.startswith("."):
                     self._handle(ExportChanged(str(path)))
+                    read.add(str(path.absolute()))
         if self.cfg.prodigy_db is not None:
             self._handle(ProdigyDbChanged(str(self.cfg.prodigy_db)))
+            read.add(ingest_db.file_label(self.cfg.prodigy_db, self.cfg.prodigy_dataset))
+        return read
 
     def _log_ingest(self, source: str, stats: dict) -> None:
         if any(stats.get(k) for k in ("lines", "set_aside", "inserted", "updated")):
@@ -281,6 +292,9 @@ class Daemon:
     def _retry(self) -> None:
         """Read every source again from its start (deduplicated): fixed lines come in, still-bad ones stay aside."""
         self.retry_requested.clear()
-        sources = self.ledger.forget_all_sources()
-        log.info("sources_reread", sources=len(sources), set_aside_before=self.ledger.counts()["invalid"])
-        self._ingest_all()
+        self.ledger.forget_all_sources()
+        before = self.ledger.counts()["invalid"]
+        read = self._ingest_all()
+        gone = self.ledger.drop_invalid_except(read)  # lines of files that are no longer there (or configured)
+        log.info("sources_reread", sources=len(read), set_aside_before=before,
+                 set_aside_after=self.ledger.counts()["invalid"], dropped_with_their_source=gone)

@@ -8,8 +8,9 @@ The daemon owns one :class:`Metrics`, tells it what happened (:meth:`Metrics.ing
     odal_round_in_progress                        gauge     1 while a round runs
     odal_stage_duration_seconds{stage}            histogram records/train/evaluate/export/publish/confirm/total
     odal_stage_last_duration_seconds{stage}       gauge     the newest round's duration of each stage
-    odal_annotations_ingested_total{answer}       counter   records read, by answer (accept/reject/ignore)
-    odal_set_aside_total                          counter   lines set aside since the daemon started
+    odal_annotations_ingested_total{answer}       counter   records read, by answer (accept/reject/ignore; a source
+                                                            read again, e.g. a fresh db-out, counts again)
+    odal_set_aside_total                          counter   lines added to the set-aside list since the daemon started
     odal_set_aside_items                          gauge     lines in the ledger's set-aside table
     odal_versions_published_total                 counter
     odal_model_version                            gauge     newest published version
@@ -34,7 +35,7 @@ _META = {
     "odal_stage_duration_seconds": ("histogram", "Duration of round stages."),
     "odal_stage_last_duration_seconds": ("gauge", "Duration of each stage in the newest round that ran it."),
     "odal_annotations_ingested_total": ("counter", "Annotation records ingested, by answer."),
-    "odal_set_aside_total": ("counter", "Records set aside (invalid) since the daemon started."),
+    "odal_set_aside_total": ("counter", "Lines added to the set-aside list since the daemon started."),
     "odal_set_aside_items": ("gauge", "Records in the ledger's set-aside table."),
     "odal_versions_published_total": ("counter", "Model versions published since the daemon started."),
     "odal_model_version": ("gauge", "Newest published model version."),
@@ -91,8 +92,9 @@ class Metrics:
         for answer in ("accept", "reject", "ignore"):
             if stats.get(answer):
                 self.inc("odal_annotations_ingested_total", stats[answer], answer=answer)
-        if stats.get("set_aside"):
-            self.inc("odal_set_aside_total", stats["set_aside"])
+        added = stats.get("invalid", 0) - stats.get("cleared", 0)
+        if added > 0:  # a source read again sets its still-bad lines aside again: only the growth counts
+            self.inc("odal_set_aside_total", added)
         if set_aside_items is not None:
             self.set("odal_set_aside_items", set_aside_items)
 

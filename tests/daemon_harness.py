@@ -85,8 +85,9 @@ def descendants(pid: int) -> list[int]:
 class DaemonProcess:
     """``python -m odal.daemon --config CONFIG`` with its log file followed from where this start began."""
 
-    def __init__(self, config: Path):
+    def __init__(self, config: Path, env: dict[str, str] | None = None):
         self.config = Path(config)
+        self.env = dict(os.environ, **(env or {}))  # e.g. what systemd sets: NOTIFY_SOCKET, WATCHDOG_USEC
         self.workspace = self.config.parent
         self.log_path = self.workspace / "work" / "logs" / "daemon.jsonl"
         self.proc: subprocess.Popen | None = None
@@ -101,7 +102,7 @@ class DaemonProcess:
         stderr = open(self.workspace / "daemon.stderr", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "odal.daemon", "--config", str(self.config)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                                     start_new_session=True, cwd=self.workspace)
+                                     start_new_session=True, cwd=self.workspace, env=self.env)
         stderr.close()
         return self
 

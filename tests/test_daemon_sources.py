@@ -93,8 +93,11 @@ def test_odal_retry_makes_the_running_daemon_ingest_a_line_fixed_in_place(tmp_pa
     filler = [dict(first, _timestamp=first["_timestamp"] + n) for n in range(8)]  # past the bytes odal compares
     export.write_text("".join(json.dumps(r) + "\n" for r in filler) + bad + "\n")
     assert export.stat().st_size - len(bad) > 4096
+    old = config.parent / "exports" / "old-session.jsonl"
+    old.write_text("{broken\n")
     with DaemonProcess(config) as daemon:
-        _counts(config.parent, {"accepted": 1, "rejected": 0, "ignored": 0, "invalid": 1})
+        _counts(config.parent, {"accepted": 1, "rejected": 0, "ignored": 0, "invalid": 2})
+        old.unlink()  # its set-aside line goes with it on the next full read
         with open(export, "r+b") as out:  # an editor fixing the line in place: same size, same inode
             out.seek(len(export.read_bytes()) - len(bad) - 1)
             out.write((good + " ").encode())
@@ -103,7 +106,8 @@ def test_odal_retry_makes_the_running_daemon_ingest_a_line_fixed_in_place(tmp_pa
         done = odal_cli("retry", "--workspace", str(config.parent))
         assert done.returncode == 0 and f"pid {daemon.pid}" in done.stdout, done.stderr
         _counts(config.parent, {"accepted": 2, "rejected": 0, "ignored": 0, "invalid": 0})
-        assert daemon.wait_event("sources_reread", 10) is not None and daemon.alive()
+        reread = daemon.wait_event("sources_reread", 10)
+        assert reread["dropped_with_their_source"] == 1 and reread["set_aside_after"] == 0 and daemon.alive()
 
 
 def test_a_label_added_to_the_label_map_and_sighup_bring_in_the_lines_set_aside_for_it(tmp_path):

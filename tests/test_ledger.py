@@ -217,3 +217,11 @@ def test_forget_all_sources_names_them_and_each_is_read_again(ledger):
     ledger.commit("a", {"offset": 7}, [])
     assert ledger.forget_all_sources() == ["a", "b"]
     assert ledger.source_state("a") is None and ledger.source_state("b") is None
+
+
+def test_set_aside_rows_of_sources_that_are_gone_can_be_dropped(ledger):
+    ledger.commit("a", None, invalid=[("a", 1, "bad", "x", None), ("a", 2, "bad", "y", None)])
+    ledger.commit("b", None, invalid=[("b", 1, "bad", "z", None)])
+    assert ledger.drop_invalid_except(["b", "c"]) == 2
+    assert [(r["source"], r["line"]) for r in ledger.invalid_items()] == [("b", 1)]
+    assert ledger.drop_invalid_except([]) == 1 and ledger.counts()["invalid"] == 0

@@ -26,10 +26,11 @@ def test_a_published_round_counts_stages_version_and_map():
 
 def test_ingest_and_errors_are_counted_by_answer_and_kind():
     metrics = Metrics()
-    metrics.ingested({"accept": 3, "reject": 1, "set_aside": 2}, set_aside_items=5)
+    metrics.ingested({"accept": 3, "reject": 1, "set_aside": 2, "invalid": 2}, set_aside_items=5)
+    metrics.ingested({"accept": 3, "set_aside": 2, "invalid": 2, "cleared": 2}, set_aside_items=5)  # read again
     metrics.round_finished("failed")
     text = metrics.render()
-    assert 'odal_annotations_ingested_total{answer="accept"} 3' in text
+    assert 'odal_annotations_ingested_total{answer="accept"} 6' in text
     assert 'odal_annotations_ingested_total{answer="ignore"} 0' in text
     assert "odal_set_aside_total 2" in text and "odal_set_aside_items 5" in text
     assert 'odal_errors_total{kind="round"} 1' in text

@@ -155,3 +155,54 @@ def test_watchdog_interval_checks_the_pid():
 def test_watchdog_interval_is_none_without_a_valid_period(env):
     """No, zero, negative or unparsable WATCHDOG_USEC means no watchdog."""
     assert watchdog_interval(env) is None
+
+
+def test_the_real_daemon_speaks_the_protocol_as_systemd_runs_it(tmp_path, path_socket):
+    """READY once the watchers run, STATUS, WATCHDOG at half of WATCHDOG_USEC, RELOADING+READY on SIGHUP,
+    STOPPING on SIGTERM, exit 0: what a Type=notify unit with WatchdogSec= expects of odal-daemon."""
+    import signal as signals
+    import time
+
+    from daemon_harness import DaemonProcess, append_records, make_workspace
+    from odal.daemon import datasets
+
+    sock, address = path_socket
+    sock.settimeout(0.2)
+    items = datasets.generate_shapes(tmp_path / "images", 2)
+    config = make_workspace(tmp_path / "ws", items, min_new=1000)
+    append_records(config.parent / "exports" / "annotations.jsonl",
+                   [datasets.prodigy_record(i, i.image.name) for i in items])
+    daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"}).start()
+    messages: list[str] = []
+
+    def until(done, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                assert daemon.alive(), (config.parent / "daemon.stderr").read_text()[-2000:]
+        assert done(), messages
+
+    try:
+        until(lambda: "READY=1" in messages)
+        assert daemon.wait_event("daemon_started", 5) is not None
+        start = len(messages)
+        time.sleep(2.2)
+        until(lambda: "STATUS=idle" in messages, 5)
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:  # take what is queued
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                pass
+        pings = [m for m in messages[start:] if m == "WATCHDOG=1"]
+        assert 3 <= len(pings) <= 8, messages  # every 0.5 s, plus at most a few from reading
+        daemon.proc.send_signal(signals.SIGHUP)
+        until(lambda: messages.count("READY=1") == 2)  # again, after RELOADING
+        reload = next(m for m in messages if m.startswith("RELOADING=1"))
+        assert "MONOTONIC_USEC=" in reload and messages.index(reload) < len(messages) - 1
+        assert daemon.terminate() == 0
+        until(lambda: "STOPPING=1" in messages, 5)
+    finally:
+        daemon.stop()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import structlog
@@ -49,10 +49,11 @@ class RecordBatch:
     """
 
     def __init__(self, ledger: Ledger, labels: Collection[str], data_dir: Path, blob_dir: Path, file: str,
-                 **log_context) -> None:
+                 heartbeat: Callable[[], None] | None = None, **log_context) -> None:
         self.ledger, self.labels = ledger, frozenset(labels)
         self.data_dir, self.blob_dir = Path(data_dir), Path(blob_dir)
         self.file = file
+        self._heartbeat = heartbeat
         self.log = log.bind(file=file, **log_context)
         self.stats = new_stats()
         self._rows: list = []
@@ -64,6 +65,8 @@ class RecordBatch:
     def add_line(self, raw: bytes | str, line: int) -> None:
         """One JSON text (a line of a file, an example's content); sets it aside if it cannot be used."""
         self.stats["lines"] += 1
+        if self._heartbeat is not None:  # a long read (a big first export) still tells systemd the daemon lives
+            self._heartbeat()
         try:
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         except UnicodeDecodeError as error:
@@ -89,6 +92,12 @@ class RecordBatch:
         if not isinstance(obj, dict):
             raise InvalidRecord(f"line is not a JSON object but {type(obj).__name__}")
         ann = parse_record(obj, self.labels)
+        known = self.ledger.known(ann)
+        if known is not None and (known[0] is None or Path(known[0]).is_file()):
+            # Read before, unchanged since (a source read again): its image was checked then.
+            self.stats[ann.answer] += 1
+            self._rows.append((ann, *known, self.file, line))
+            return
         image_path, width, height = None, ann.width, ann.height
         try:
             image = open_image(ann, self.data_dir, self.blob_dir)
@@ -128,7 +137,8 @@ class RecordBatch:
 # ------------------------------------------------------------------------------------------------ export files
 
 
-def ingest_export_file(path: Path, ledger: Ledger, labels: Collection[str], data_dir: Path, blob_dir: Path) -> dict:
+def ingest_export_file(path: Path, ledger: Ledger, labels: Collection[str], data_dir: Path, blob_dir: Path,
+                       heartbeat: Callable[[], None] | None = None) -> dict:
     """Read the new complete lines of one ``db-out`` file into ``ledger``; returns counts (never raises on I/O).
 
     Stats: ``lines`` read, ``accept``/``reject``/``ignore`` among them, ``set_aside`` bad lines, the ledger's
@@ -136,7 +146,7 @@ def ingest_export_file(path: Path, ledger: Ledger, labels: Collection[str], data
     """
     path = Path(path).absolute()
     name = str(path)
-    batch = RecordBatch(ledger, labels, data_dir, blob_dir, name)
+    batch = RecordBatch(ledger, labels, data_dir, blob_dir, name, heartbeat)
     stats = batch.stats
     stats["rewritten"] = False
     try:

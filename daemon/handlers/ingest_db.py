@@ -10,7 +10,7 @@ the same code path as an export line.  A locked database is not an error: the da
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from urllib.parse import quote
 
@@ -78,11 +78,17 @@ def _check(conn: sqlite3.Connection, db_path: Path) -> None:
 
 
 def source_name(db_path: Path, dataset: str) -> str:
+    """The key of the read position in the ledger's ``sources``."""
     return f"prodigy-db:{Path(db_path).absolute()}#{dataset}"
 
 
+def file_label(db_path: Path, dataset: str) -> str:
+    """How logs and the set-aside list name this source (the database file and the dataset)."""
+    return f"{db_path}#{dataset}"
+
+
 def ingest_prodigy_db(db_path: Path, dataset: str, ledger: Ledger, labels: Collection[str], data_dir: Path,
-                      blob_dir: Path, timeout: float = 1.0) -> dict:
+                      blob_dir: Path, timeout: float = 1.0, heartbeat: Callable[[], None] | None = None) -> dict:
     """Read the examples of ``dataset`` added since the last call; returns the same stats as an export file.
 
     Extra stats: ``locked`` (the database was busy; nothing more was read, retry later), ``restarted`` (ids went
@@ -92,7 +98,7 @@ def ingest_prodigy_db(db_path: Path, dataset: str, ledger: Ledger, labels: Colle
     """
     db_path = Path(db_path)
     name = source_name(db_path, dataset)
-    batch = RecordBatch(ledger, labels, data_dir, blob_dir, f"{db_path}#{dataset}", dataset=dataset)
+    batch = RecordBatch(ledger, labels, data_dir, blob_dir, file_label(db_path, dataset), heartbeat, dataset=dataset)
     stats = batch.stats
     stats.update(locked=False, restarted=False)
     conn = connect_readonly(db_path, timeout)

@@ -26,6 +26,7 @@ class RetryError(OdalError):
 
 def retry(cfg: Config, _again: bool = True) -> str:
     """Ask the running daemon to read its sources again, or prepare its next start to; returns what was done."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a second `odal retry` meanwhile must not kill this one
     lock = WorkspaceLock(cfg.work_dir)
     try:
         lock.acquire()

@@ -133,6 +133,17 @@ def split_of(input_hash: str, eval_fraction: float) -> str:
     return "eval" if bucket < eval_fraction else "train"
 
 
+def with_images(accepted: list[dict]) -> tuple[list[dict], list[str]]:
+    """The annotations whose image file is still there, and the paths of those that are gone.
+
+    One image deleted from the data folder after it was annotated must not fail every later round."""
+    present, missing = [], []
+    for annotation in accepted:
+        path = annotation.get("image_path")
+        (present if path and Path(path).is_file() else missing).append(annotation)
+    return present, [str(a.get("image_path")) for a in missing]
+
+
 def write_annotations(path: Path, accepted: list[dict], labels: list[str], eval_fraction: float) -> dict:
     """The round's input list: every accepted annotation with its split and label ids (one JSON a line)."""
     splits = {str(a["input_hash"]): split_of(a["input_hash"], eval_fraction) for a in accepted}
@@ -170,6 +181,9 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
     round_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
+        accepted, missing = with_images(accepted)
+        if missing:  # deleted (or moved) since they were annotated: trained on again once the file is back
+            bound.warning("images_missing", count=len(missing), images=missing[:10])
         counts = write_annotations(round_dir / "annotations.jsonl", accepted, labels, cfg.eval_fraction)
         history.update_round(round_id, accepted=len(accepted), n_train=counts["train"], n_eval=counts["eval"],
                              steps=cfg.steps_per_round)
