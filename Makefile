@@ -33,6 +33,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_round.py
 	$(BIN)/python bench/bench_idle.py
+	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_recipe.py
 	test -d demo-workspace/models/odal || $(MAKE) demo
 	$(BIN)/python bench/bench_serving.py --saved-model "$$(ls -d demo-workspace/models/odal/[0-9]* | sort -t/ -k4 -n | tail -1)"
