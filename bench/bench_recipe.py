@@ -19,8 +19,6 @@ import argparse
 import json
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,12 +27,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _train(root: Path, images: list) -> Path:
@@ -74,19 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     from odal.recipe.stream import StreamOptions, build_stream
     from odal.recipe.tasks import read_image
     from odal.serving.client import ServingClient
+    from odal.serving.process import ServerProcess
 
     root = Path(tempfile.mkdtemp(prefix="odal-bench-recipe-"))
-    process = None
+    server = None
     try:
         items = datasets.generate_shapes(root / "data", args.images, seed=11)
         model = args.model or _train(root / "train", items)
         shutil.copytree(model, root / "models" / "1")
-        port = _free_port()
-        log = open(root / "serve.log", "wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "odal.serving.server", f"--port={port}", "--rest_api_port=0", "--model_name=odal",
-             f"--model_base_path={root / 'models'}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        address = f"127.0.0.1:{port}"
+        server = ServerProcess(root / "serve.log", "--model_name=odal", f"--model_base_path={root / 'models'}",
+                               rest_port=0)
+        address = server.address
         with ServingClient(address, timeout=60) as client:
             client.wait_until_available("odal", timeout=300)
             pixels = [read_image(item.image).pixels for item in items]
@@ -123,12 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         stream.close()
         predictor.close()
     finally:
-        if process is not None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        if server is not None:
+            server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
     after_first = sorted(waits[1:])

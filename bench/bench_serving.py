@@ -16,10 +16,7 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from odal.serving.process import ServerProcess
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "serving.md"
@@ -88,33 +87,11 @@ def _summary(runs: list[dict]) -> dict:
             "rps": len(latencies) / wall, "n": len(latencies)}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_server(saved_model: Path, workdir: Path):
+def _start_server(saved_model: Path, workdir: Path) -> ServerProcess:
     base = workdir / "models" / "bench"
     base.mkdir(parents=True)
     os.symlink(saved_model.resolve(), base / "1")
-    grpc_port, rest_port = _free_port(), _free_port()
-    log = open(workdir / "serve.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "odal.serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-         "--model_name=bench", f"--model_base_path={base}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return process, log, grpc_port, rest_port
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+    return ServerProcess(workdir / "serve.log", "--model_name=bench", f"--model_base_path={base}")
 
 
 def main(argv: list[str]) -> int:
@@ -139,10 +116,10 @@ def main(argv: list[str]) -> int:
         {key: value.numpy() for key, value in outputs.items()}
 
     workdir = Path(tempfile.mkdtemp(prefix="odal-bench-"))
-    process, log, grpc_port, rest_port = _start_server(args.saved_model, workdir)
+    server = _start_server(args.saved_model, workdir)
     try:
         from odal.serving.client import ServingClient
-        client = ServingClient(f"127.0.0.1:{grpc_port}", timeout=120)
+        client = ServingClient(server.address, timeout=120)
         client.wait_until_available("bench", timeout=300)
 
         def grpc_call() -> None:
@@ -164,7 +141,7 @@ def main(argv: list[str]) -> int:
 
         def rest_call() -> None:
             if getattr(local, "conn", None) is None:
-                local.conn = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=120)
+                local.conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=120)
             local.conn.request("POST", "/v1/models/bench:predict", body, {"Content-Type": "application/json"})
             answer = local.conn.getresponse()
             payload = answer.read()
@@ -178,8 +155,7 @@ def main(argv: list[str]) -> int:
             print(rows[-1], flush=True)
         client.close()
     finally:
-        _stop(process)
-        log.close()
+        server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
     baseline = {c: r["p50"] for name, c, r in rows if name.startswith("in-process")}

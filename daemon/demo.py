@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +23,10 @@ from odal.daemon import datasets
 from odal.daemon.atomic import atomic_write_text
 from odal.daemon.cli import rounds_table
 from odal.daemon.history import History
+from odal.serving.process import ServerProcess, stop_process_group
 
 ASSETS = Path(__file__).parent / "assets"
 MARKER = ".odal-demo"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_workspace(workspace: Path, data_dir: Path, labels: list[str], steps: int, per_round: int,
@@ -132,15 +125,11 @@ def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: i
     server = None
     address = ""
     if serve:
-        grpc_port, rest_port = free_port(), free_port()
-        address = f"127.0.0.1:{grpc_port}"
         (workspace / "models" / "odal").mkdir(parents=True, exist_ok=True)
-        server = subprocess.Popen(
-            [sys.executable, "-m", "odal.serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-             "--model_name=odal", f"--model_base_path={workspace / 'models' / 'odal'}"],
-            stdout=open(workspace / "serve.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        print(f"embedded TF-Serving-compatible server: gRPC {address}, REST 127.0.0.1:{rest_port}")
+        server = ServerProcess(workspace / "serve.log", "--model_name=odal",
+                               f"--model_base_path={workspace / 'models' / 'odal'}", append=True)
+        address = server.address
+        print(f"embedded TF-Serving-compatible server: gRPC {address}, REST 127.0.0.1:{server.rest_port}")
     config = write_workspace(workspace, data_dir, labels, steps, per_round, address)
     print(f"workspace {workspace}: {len(items)} images, labels {labels}, {per_round} annotations and "
           f"{steps} steps per round")
@@ -177,13 +166,9 @@ def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: i
                 print(f"round failed: {result.get('error')}; see {workspace / 'daemon.log'}", file=sys.stderr)
                 return 1
     finally:
-        for proc in (daemon, server):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(daemon, 60)
+        if server is not None:
+            server.stop(60)
     history = History(config.parent / "work" / "ledger.sqlite", readonly=True)
     print("\n" + rounds_table(history.rounds(100)))
     history.close()

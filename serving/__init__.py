@@ -5,4 +5,5 @@ Public modules: ``client`` (ServingClient, Detections; never imports TensorFlow)
 Machinery: ``discovery`` (versions and policies), ``registry`` (loaded versions and their states), ``predict``,
 ``grpc_api``, ``rest_api`` and ``rest_json`` (the two front ends), ``loader`` (the only module importing
 TensorFlow), ``tensors`` (numpy <-> TensorProto), ``errors`` (ServingError), ``_protos`` (TF Serving's protos).
+For the demo, benchmarks and tests: ``process`` (the server as a child process on free loopback ports).
 """

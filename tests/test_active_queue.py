@@ -16,8 +16,9 @@ from odal.daemon.handlers.active_queue import ActiveQueue
 from odal.daemon.handlers.ingest import ingest_export_file
 from odal.daemon.ledger import Ledger
 from odal.serving.client import ServingClient
+from odal.serving.process import free_port
 
-from test_recipe import brightness_model, by_uncertainty, collect, free_port, grey_images, serve
+from test_recipe import brightness_model, by_uncertainty, collect, grey_images, serve
 
 LABELS = ("square", "disc")
 

@@ -337,7 +337,7 @@ def test_a_bad_pipeline_config_a_serving_endpoint_down_and_a_full_disk_fail_roun
     exporting (a tmpfs just large enough)."""
     import tensorflow as tf
 
-    from odal.daemon.demo import free_port
+    from odal.serving.process import free_port
 
     base = tmp_path / "base"
     base.mkdir()

@@ -62,7 +62,7 @@ def test_addresses_parse_and_empty_means_off():
 def test_the_real_daemon_serves_its_ingest_counts_on_the_configured_address(tmp_path):
     from daemon_harness import DaemonProcess, append_records, make_workspace
     from odal.daemon import datasets
-    from odal.daemon.demo import free_port
+    from odal.serving.process import free_port
 
     items = datasets.generate_shapes(tmp_path / "images", 2)
     config = make_workspace(tmp_path / "ws", items, min_new=1000)

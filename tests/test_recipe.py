@@ -12,10 +12,6 @@ import contextlib
 import json
 import logging
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,18 +27,13 @@ from odal.recipe.predictor import Predictor
 from odal.recipe.stream import StreamOptions, build_stream
 from odal.recipe.tasks import read_image
 from odal.serving.client import ServingClient
+from odal.serving.process import ServerProcess, free_port
 
 LABELS = ("square", "disc")
 GREYS = (10, 128, 240, 90, 200, 60, 160, 30)  # uncertainty 1 - |2*g/255 - 1|: 128 first, 10 last
 
 
 # ---- helpers shared with test_active_queue.py ----------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def brightness_model(folder: Path) -> Path:
     """A real SavedModel with the OD API detection signature: one box, class 1, score = mean brightness."""
@@ -71,24 +62,11 @@ def serve(root: Path, models: dict[str, Path]) -> Iterator[str]:
         shutil.copytree(version, root / "models" / name / "1")
         config += f'config {{ name: "{name}" base_path: "{root / "models" / name}" model_platform: "tensorflow" }}\n'
     (root / "models.config").write_text("model_config_list {\n" + config + "}\n")
-    port = free_port()
-    with open(root / "serve.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "odal.serving.server", f"--port={port}", f"--rest_api_port={free_port()}",
-             f"--model_config_file={root / 'models.config'}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        with ServingClient(f"127.0.0.1:{port}") as client:
+    with ServerProcess(root / "serve.log", f"--model_config_file={root / 'models.config'}") as server:
+        with ServingClient(server.address) as client:
             for name in models:
                 client.wait_until_available(name, timeout=180)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        yield server.address
 
 
 def grey_images(folder: Path, greys=GREYS) -> list[Path]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from odal.daemon import datasets
+from odal.serving.process import free_port
 
 RECIPE_FILE = Path(__file__).resolve().parents[1] / "recipe" / "odal_recipe.py"
 STANDIN = Path(__file__).resolve().parent / "prodigy_standin"
@@ -36,12 +36,6 @@ def _load_recipe_file(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_the_recipe_module_imports_and_registers_nothing_without_prodigy():
@@ -88,7 +82,7 @@ def test_registered_recipe_returns_prodigy_components_and_hashes_with_prodigy(st
     from prodigy.util import set_hashes
 
     items = datasets.generate_shapes(tmp_path / "data", 3, seed=1)
-    server = f"127.0.0.1:{_free_port()}"  # nothing listens: tasks still flow, without suggestions
+    server = f"127.0.0.1:{free_port()}"  # nothing listens: tasks still flow, without suggestions
     components = prodigy.RECIPES["odal.correct"]["func"]("shapes", str(tmp_path / "data"), ["square", "disc"],
                                                          server=server, order="file")
     try:

@@ -18,10 +18,6 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -35,6 +31,7 @@ from odal.daemon.atomic import publish_dir
 from odal.serving import discovery
 from odal.serving.client import ServingClient
 from odal.serving.errors import ServingError
+from odal.serving.process import ServerProcess
 
 POLL_SECONDS = 1
 LOAD_SLACK = 90.0  # loading a tiny SSD takes ~9 s on two cores; more under load
@@ -77,12 +74,6 @@ def echo_model(tmp_path_factory) -> Path:
 
 # ---- fixtures: servers -----------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _model_config(name: str, base_path: Path, extra: str = "") -> str:
     return f'config {{ name: "{name}" base_path: "{base_path}" model_platform: "tensorflow" {extra} }}\n'
 
@@ -118,29 +109,6 @@ class Backend:
             return error.code, json.loads(error.read() or b"{}")
 
 
-def _start_odal(tmp_path: Path, config_text: str):
-    config = tmp_path / "models.config"
-    config.write_text(config_text)
-    grpc_port, rest_port = _free_port(), _free_port()
-    log = open(tmp_path / "serve.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "odal.serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-         f"--model_config_file={config}", f"--file_system_poll_wait_seconds={POLL_SECONDS}",
-         "--max_num_load_retries=0"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return process, log, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}"
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-
-
 @pytest.fixture(scope="module", params=["odal", "tfserving"])
 def backend(request, tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"serving-{request.param}")
@@ -159,24 +127,20 @@ def backend(request, tiny_models, tmp_path_factory):
             server.client.close()
         return
     models_root = root / "models"
-    server = None
-    process, log, address, rest = None, None, None, None
-    try:
-        detector_base = models_root / DETECTOR
-        detector_base.mkdir(parents=True)
-        shutil.copytree(tiny_models["versions"][0], detector_base / "1")
-        config = _model_config(DETECTOR, detector_base)
-        process, log, address, rest = _start_odal(root, "model_config_list {\n" + config + "}\n")
-        server = Backend("odal", address, rest, models_root)
-        server.models = {DETECTOR: config}
-        server.client.wait_until_available(DETECTOR, 1, timeout=LOAD_SLACK + 60)
-        yield server
-    finally:
-        if server is not None:
+    detector_base = models_root / DETECTOR
+    detector_base.mkdir(parents=True)
+    shutil.copytree(tiny_models["versions"][0], detector_base / "1")
+    config = _model_config(DETECTOR, detector_base)
+    (root / "models.config").write_text("model_config_list {\n" + config + "}\n")
+    with ServerProcess(root / "serve.log", f"--model_config_file={root / 'models.config'}",
+                       f"--file_system_poll_wait_seconds={POLL_SECONDS}", "--max_num_load_retries=0") as odal:
+        server = Backend("odal", odal.address, odal.rest_url, models_root)
+        try:
+            server.models = {DETECTOR: config}
+            server.client.wait_until_available(DETECTOR, 1, timeout=LOAD_SLACK + 60)
+            yield server
+        finally:
             server.client.close()
-        if process is not None:
-            _stop(process)
-            log.close()
 
 
 def _publish(base: Path, number: int, source: Path, break_it: bool = False) -> None:
