@@ -295,6 +295,8 @@ class Daemon:
         self.ledger.forget_all_sources()
         before = self.ledger.counts()["invalid"]
         read = self._ingest_all()
-        gone = self.ledger.drop_invalid_except(read)  # lines of files that are no longer there (or configured)
+        gone = 0
+        if self.cfg.export_dir is None or self.cfg.export_dir.is_dir():  # not while the folder is unmounted
+            gone = self.ledger.drop_invalid_except(read)  # lines of files that are no longer there (or configured)
         log.info("sources_reread", sources=len(read), set_aside_before=before,
                  set_aside_after=self.ledger.counts()["invalid"], dropped_with_their_source=gone)
