@@ -46,7 +46,8 @@ class RotatingFile:
         self._handle = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
 
     def write(self, text: str) -> None:
-        if self.max_bytes and self._handle.tell() and self._handle.tell() + len(text.encode()) > self.max_bytes:
+        size = self._handle.tell() if self.max_bytes else 0
+        if size and size + len(text.encode()) > self.max_bytes:
             self._handle.close()
             rotate(self.path, self.backups)
             self._handle = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115

@@ -186,7 +186,7 @@ class Daemon:
             for path in sorted(self.cfg.export_dir.iterdir()):
                 if path.suffix in (".jsonl", ".json") and not path.name.startswith("."):
                     self._handle(ExportChanged(str(path)))
-                    read.add(str(path.absolute()))
+                    read.add(ingest.source_label(path))
         if self.cfg.prodigy_db is not None:
             self._handle(ProdigyDbChanged(str(self.cfg.prodigy_db)))
             read.add(ingest_db.file_label(self.cfg.prodigy_db, self.cfg.prodigy_dataset))

@@ -102,7 +102,9 @@ def test_odal_retry_makes_the_running_daemon_ingest_a_line_fixed_in_place(tmp_pa
             out.seek(len(export.read_bytes()) - len(bad) - 1)
             out.write((good + " ").encode())
         time.sleep(1.0)
-        assert Ledger(config.parent / "work" / "ledger.sqlite").counts()["accepted"] == 1  # not noticed alone
+        ledger = Ledger(config.parent / "work" / "ledger.sqlite")
+        assert ledger.counts()["accepted"] == 1  # not noticed alone
+        ledger.close()
         done = odal_cli("retry", "--workspace", str(config.parent))
         assert done.returncode == 0 and f"pid {daemon.pid}" in done.stdout, done.stderr
         _counts(config.parent, {"accepted": 2, "rejected": 0, "ignored": 0, "invalid": 0})

@@ -137,6 +137,11 @@ class RecordBatch:
 # ------------------------------------------------------------------------------------------------ export files
 
 
+def source_label(path: Path) -> str:
+    """How the ledger (read position, set-aside list) and the logs name an export file: its absolute path."""
+    return str(Path(path).absolute())
+
+
 def ingest_export_file(path: Path, ledger: Ledger, labels: Collection[str], data_dir: Path, blob_dir: Path,
                        heartbeat: Callable[[], None] | None = None) -> dict:
     """Read the new complete lines of one ``db-out`` file into ``ledger``; returns counts (never raises on I/O).
@@ -145,7 +150,7 @@ def ingest_export_file(path: Path, ledger: Ledger, labels: Collection[str], data
     ``inserted``/``updated``/``unchanged``/``stale``/``invalid`` (newly set aside), and ``rewritten``.
     """
     path = Path(path).absolute()
-    name = str(path)
+    name = source_label(path)
     batch = RecordBatch(ledger, labels, data_dir, blob_dir, name, heartbeat)
     stats = batch.stats
     stats["rewritten"] = False
