@@ -258,6 +258,19 @@ def test_a_line_fixed_in_place_is_picked_up_after_its_read_position_is_forgotten
     assert ws.ledger.counts() == {"accepted": 2, "rejected": 0, "ignored": 0, "invalid": 0}
 
 
+def test_a_source_read_again_reuses_the_checked_image_of_lines_it_already_holds_unchanged(ws):
+    """Re-reads (a fresh db-out, odal retry) do not decode every image again: unchanged lines keep their check."""
+    ws.append(ws.record(0), ws.record(1))
+    ws.ingest()
+    ws.items[0].image.write_bytes(b"not a jpeg any more")  # a decode now would fail and set the line aside
+    ws.ledger.forget_all_sources()
+    stats = ws.ingest()
+    assert (stats["lines"], stats["unchanged"], stats["set_aside"]) == (2, 2, 0)
+    ws.ledger.forget_all_sources()
+    ws.append(ws.record(0, timestamp=5000))  # a newer answer for that image: checked again, and set aside
+    assert ws.ingest()["set_aside"] == 1
+
+
 def _move_image_away(ws, index: int) -> tuple[Path, Path]:
     image = ws.items[index].image
     away = ws.root / "elsewhere" / image.name

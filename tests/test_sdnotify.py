@@ -187,6 +187,8 @@ def test_the_real_daemon_speaks_the_protocol_as_systemd_runs_it(tmp_path, path_s
     try:
         until(lambda: "READY=1" in messages)
         assert daemon.wait_event("daemon_started", 5) is not None
+        until(lambda: "STATUS=reading annotation sources" in messages, 5)  # READY came first: no start timeout
+        assert messages.index("READY=1") < messages.index("STATUS=reading annotation sources")
         start, watched_until = len(messages), time.monotonic() + 2.2
         until(lambda: "STATUS=idle" in messages and time.monotonic() >= watched_until, 10)
         pings = [m for m in messages[start:] if m == "WATCHDOG=1"]
