@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ def _run_daemon(config_path: str) -> int:
 
 
 def status_data(workspace: Path) -> dict:
-    """Everything ``odal status`` shows, read without taking the workspace lock (read-only)."""
+    """Everything ``odal status`` shows, read without taking the workspace lock and without writing anything
+    (works for a user who may only read the workspace, and leaves an older ledger for the daemon to migrate)."""
     from odal.daemon.history import History
     from odal.daemon.ledger import Ledger
     from odal.daemon.lock import read_owner
@@ -41,28 +43,29 @@ def status_data(workspace: Path) -> dict:
                  "queue": None, "set_aside": [], "rounds": [], "versions": []}
     if not cfg.ledger_path.exists():
         return out
-    ledger = Ledger(cfg.ledger_path)
-    history = History(cfg.ledger_path)
-    try:
+    with Ledger(cfg.ledger_path, readonly=True) as ledger:
+        if ledger.schema is None:  # the daemon is creating it right now
+            return out
         out["annotations"] = ledger.counts()
         out["set_aside"] = ledger.invalid_items(20)
+    history = History(cfg.ledger_path, readonly=True)
+    try:
         out["rounds"] = history.rounds(20)
         out["versions"] = [
             {"version": v["version"], "path": v["path"], "state": v["state"], "round": v["round_id"],
              "metrics": v["metrics"] or {}, "note": v["note"]}
             for v in history.versions() if v["state"] != "deleted"
         ]
-        out["queue"] = _queue_status(cfg.ledger_path)
+    except sqlite3.OperationalError:  # no such table yet: the daemon is starting for the first time
+        pass
     finally:
-        ledger.close()
         history.close()
+    out["queue"] = _queue_status(cfg.ledger_path)
     return out
 
 
 def _queue_status(ledger_path: Path) -> dict | None:
     """The active-learning queue's counts, or None before the daemon created it."""
-    import sqlite3
-
     from odal.daemon.handlers.active_queue import ActiveQueue
 
     try:

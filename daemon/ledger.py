@@ -77,18 +77,20 @@ _MIGRATIONS = {2: ("ALTER TABLE invalid ADD COLUMN image TEXT", "ALTER TABLE inv
 class Ledger:
     """The annotations ledger at ``path``: one connection, to be used from one thread at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        """Open (creating or migrating it) the ledger at ``path``; ``readonly`` (``odal status``) writes nothing:
+        it needs no write permission and leaves an older schema for the daemon to migrate."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        if readonly:
+            self._conn = store.connect(self.path, readonly=True, timeout=10)
+            self.schema = self._schema_version(self._conn)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = store.connect(self.path)
         with self._transaction() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            row = conn.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone()
-            found = int(row["value"]) if row else None
-            if found is not None and found > SCHEMA_VERSION:
-                raise RuntimeError(f"ledger {self.path} has schema {found}, newer than this odal's "
-                                   f"{SCHEMA_VERSION}")
+            found = self._schema_version(conn)
             if found is not None:
                 for version in range(found + 1, SCHEMA_VERSION + 1):
                     for statement in _MIGRATIONS[version]:
@@ -97,6 +99,18 @@ class Ledger:
                 conn.execute(statement)
             conn.execute("INSERT INTO ledger_meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE "
                          "SET value = excluded.value", (str(SCHEMA_VERSION),))
+        self.schema = SCHEMA_VERSION
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int | None:
+        """The stored schema version (None for a new file); refuses a ledger written by a newer odal."""
+        try:
+            row = conn.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:  # read-only open of a file that has no tables yet
+            return None
+        found = int(row["value"]) if row else None
+        if found is not None and found > SCHEMA_VERSION:
+            raise RuntimeError(f"ledger {self.path} has schema {found}, newer than this odal's {SCHEMA_VERSION}")
+        return found
 
     # ------------------------------------------------------------------------------------------------ plumbing
 
@@ -236,7 +250,8 @@ class Ledger:
     def invalid_items(self, limit: int = 20) -> list[dict]:
         """The most recently set-aside lines first: source, line, error, excerpt, at, image (None or waited for)."""
         return [dict(r) for r in self._query(
-            "SELECT source, line, error, excerpt, at, image FROM invalid ORDER BY at DESC, id DESC LIMIT ?",
+            f"SELECT source, line, error, excerpt, at, {'image' if (self.schema or 0) >= 2 else 'NULL AS image'} "
+            "FROM invalid ORDER BY at DESC, id DESC LIMIT ?",
             (limit,))]
 
     def waiting_for(self, image: str) -> list[dict]:

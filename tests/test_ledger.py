@@ -181,8 +181,8 @@ def test_a_huge_line_waiting_for_an_image_is_kept_as_an_excerpt_only(ledger):
     assert ledger.waiting_for("/data/a.jpg") == [] and ledger.counts()["invalid"] == 1
 
 
-def test_a_version_1_ledger_is_migrated_in_place_and_keeps_its_rows(tmp_path):
-    path = tmp_path / "old.sqlite"
+def _version_1_ledger(path):
+    """A ledger as odal wrote it before set-aside lines could wait for their image (schema 1)."""
     old = sqlite3.connect(path)
     old.executescript("""
         CREATE TABLE ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -191,8 +191,20 @@ def test_a_version_1_ledger_is_migrated_in_place_and_keeps_its_rows(tmp_path):
             digest TEXT NOT NULL, error TEXT NOT NULL, excerpt TEXT NOT NULL, at REAL NOT NULL,
             UNIQUE (source, line, digest));
         INSERT INTO invalid (source, line, digest, error, excerpt, at) VALUES ('f', 3, 'd', 'bad', '{', 1.0);
+        CREATE TABLE annotations (input_hash TEXT PRIMARY KEY, task_hash TEXT, timestamp REAL NOT NULL,
+            answer TEXT NOT NULL, image_path TEXT, width INTEGER, height INTEGER, boxes TEXT NOT NULL,
+            source TEXT NOT NULL, line INTEGER NOT NULL, seq INTEGER NOT NULL, ingested_at REAL NOT NULL,
+            prev_answer TEXT);
+        INSERT INTO annotations VALUES ('i1', 't1', 1.0, 'accept', '/d/a.jpg', 4, 3, '[]', 'f', 1, 1, 1.0, NULL);
+        CREATE TABLE sources (name TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL);
+        INSERT INTO sources VALUES ('f', '{}', 1.0);
     """)
     old.close()
+    return path
+
+
+def test_a_version_1_ledger_is_migrated_in_place_and_keeps_its_rows(tmp_path):
+    path = _version_1_ledger(tmp_path / "old.sqlite")
     with Ledger(path) as led:
         assert [(r["source"], r["line"], r["image"]) for r in led.invalid_items()] == [("f", 3, None)]
         led.commit("f", None, invalid=[("f", 4, "image file not found", "{}", "/d/x.jpg")])
@@ -200,6 +212,19 @@ def test_a_version_1_ledger_is_migrated_in_place_and_keeps_its_rows(tmp_path):
     check = sqlite3.connect(path)
     assert check.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone() == ("2",)
     check.close()
+
+
+def test_a_read_only_open_reads_an_older_ledger_and_changes_nothing(tmp_path):
+    """What ``odal status`` uses: no write (a user who may only read the workspace), no migration behind the
+    daemon's back."""
+    path = _version_1_ledger(tmp_path / "old.sqlite")
+    before = path.read_bytes()
+    with Ledger(path, readonly=True) as led:
+        assert led.counts()["accepted"] == 1 and led.counts()["invalid"] == 1
+        assert [(r["source"], r["line"], r["image"]) for r in led.invalid_items()] == [("f", 3, None)]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            led.forget_source("f")
+    assert path.read_bytes() == before
 
 
 def test_a_ledger_written_by_a_newer_odal_is_refused(tmp_path):
