@@ -201,3 +201,43 @@ def test_the_real_daemon_speaks_the_protocol_as_systemd_runs_it(tmp_path, path_s
         until(lambda: "STOPPING=1" in messages, 5)
     finally:
         daemon.stop()
+
+
+def test_a_long_first_read_keeps_pinging_the_watchdog(tmp_path, path_socket):
+    """A big export read at start (8000 lines, seconds of work before the loop runs) must not let WatchdogSec=
+    expire: pings keep coming at half the period while the lines are read, not only once the loop turns."""
+    import json
+
+    from daemon_harness import DaemonProcess, append_records, make_workspace
+    from odal.daemon import datasets
+
+    sock, address = path_socket
+    sock.settimeout(0.2)
+    items = datasets.generate_shapes(tmp_path / "images", 2)
+    config = make_workspace(tmp_path / "ws", items, min_new=1_000_000)
+    records = []
+    for n in range(8000):
+        record = datasets.prodigy_record(items[n % 2], items[n % 2].image.name)
+        record.update(_input_hash=10_000 + n, _task_hash=20_000 + n)
+        records.append(json.dumps(record))
+    append_records(config.parent / "exports" / "annotations.jsonl", records)
+    daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"}).start()
+    timed: list[tuple[float, str]] = []
+    try:
+        deadline = time.monotonic() + 120
+        while "STATUS=idle" not in [m for _, m in timed] and time.monotonic() < deadline:
+            try:
+                timed.append((time.monotonic(), sock.recv(4096).decode()))
+            except TimeoutError:
+                assert daemon.alive(), (config.parent / "daemon.stderr").read_text()[-2000:]
+        messages = [m for _, m in timed]
+        assert "STATUS=idle" in messages, messages
+        begin = next(t for t, m in timed if m == "STATUS=reading annotation sources")
+        end = next(t for t, m in timed if m == "STATUS=idle")
+        assert end - begin > 1.0, "the read was shorter than the watchdog period: the test proves nothing"
+        pings = [begin] + [t for t, m in timed if m == "WATCHDOG=1" and begin <= t <= end] + [end]
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        assert max(gaps) < 1.0, (round(end - begin, 2), [round(g, 2) for g in gaps])
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop()
