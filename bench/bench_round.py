@@ -86,6 +86,7 @@ def odal_rounds(root: Path, round_dirs: list[Path], steps: int, label_map: Path,
                 timings = dict(message["timings"])
                 timings["total"] = time.monotonic() - started  # includes process start + import in round 1
                 timings["first_step"] = message["train"]["first_step_seconds"]
+                timings["how"] = message["export"]
                 out.append(timings)
                 started = time.monotonic()
                 break
@@ -121,12 +122,14 @@ def main() -> int:
         stock = [stock_round(root, d, n, args.steps, label_map, labels) for n, d in enumerate(round_dirs, 1)]
     lines = [f"# Round time: odal worker vs stock OD API tools ({args.rounds} rounds x {args.steps} steps, "
              f"{args.images} generated images, tiny SSD MobileNetV2 128 px, 2 cores)", "",
-             "| round | path | records s | train s | eval s | export s | total s |", "|---|---|---:|---:|---:|---:|---:|"]
+             "| round | path | records s | train s | eval s | export s | export writes | total s |",
+             "|---|---|---:|---:|---:|---:|---|---:|"]
     for number, (o, s) in enumerate(zip(ours, stock), 1):
         lines.append(f"| {number} | odal worker | {o['records']:.1f} | {o['train']:.1f} | {o.get('evaluate', 0):.1f} "
-                     f"| {o['export']:.1f} | {o['total']:.1f} |")
+                     f"| {o['export']:.1f} | {'weights only' if o['how'] == 'weights' else o['how']} "
+                     f"| {o['total']:.1f} |")
         lines.append(f"| {number} | stock chain | {s['records']:.1f} | {s['train']:.1f} | {s['evaluate']:.1f} "
-                     f"| {s['export']:.1f} | {s['total']:.1f} |")
+                     f"| {s['export']:.1f} | full | {s['total']:.1f} |")
     total_ours, total_stock = sum(o["total"] for o in ours), sum(s["total"] for s in stock)
     lines += ["", f"All rounds: odal {total_ours:.0f} s, stock {total_stock:.0f} s "
               f"({total_stock / total_ours:.1f}x). odal's first train step per round: "

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pytest
 import tensorflow as tf
+from conftest import TINY_CONFIG
 from PIL import Image
 
 
@@ -27,3 +34,70 @@ def test_second_round_reuses_the_traced_session_and_continues_the_global_step(ti
     assert first["train"]["global_step"] == 20 and second["train"]["global_step"] == 40
     assert first["counts"] == second["counts"] and first["counts"]["eval"] > 0
     assert 0.0 <= second["metrics"]["DetectionBoxes_Precision/mAP"] <= 1.0
+
+
+# A fresh worker session's exports, in a child process (the OD API needs its compat module imported before
+# TensorFlow, which this test process has already imported): a whole SavedModel of a checkpoint, then an export
+# whose rewrite is made to mismatch (a changed variable list), which must fall back to a whole save.
+_EXPORTS = """
+import json, sys
+from pathlib import Path
+from odal.daemon.worker import session as sessions
+config, label_map, num_classes, round_dir, ckpt_2, ckpt_1, out = sys.argv[1:]
+configs = sessions.load_configs(Path(config), Path(label_map), int(num_classes), Path(round_dir) / "train.record",
+                                Path(round_dir) / "eval.record")
+session = sessions.ModelSession(configs)
+modes = [session.export(ckpt_2, Path(out) / "reference")]
+session._graph.variables = session._graph.variables[:-1]
+modes.append(session.export(ckpt_1, Path(out) / "fallback"))
+print(json.dumps(modes))
+"""
+
+
+@pytest.fixture(scope="module")
+def whole_saves(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole_saves")
+    ckpt_1, ckpt_2 = tiny_models["checkpoints"]
+    proc = subprocess.run([sys.executable, "-c", _EXPORTS, str(TINY_CONFIG), str(tiny_models["label_map"]),
+                           str(len(tiny_models["labels"])), str(tiny_models["dir"] / "round"), ckpt_2, ckpt_1,
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {"modes": json.loads(proc.stdout.splitlines()[-1]), "reference": out / "reference",
+            "fallback": out / "fallback"}
+
+
+def _variables(path: Path) -> dict:
+    reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
+    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(str(path / "variables" / "variables"))
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def _scores(path: Path, image: np.ndarray) -> np.ndarray:
+    return tf.saved_model.load(str(path)).signatures["serving_default"](
+        input_tensor=tf.constant(image))["detection_scores"].numpy()
+
+
+def test_a_later_export_is_the_first_graph_with_new_weights_equal_to_a_whole_save(tiny_models, whole_saves):
+    """Round 2 writes only weights (the graph is round 1's); it must be what a whole tf.saved_model.save of the
+    same checkpoint writes: the same variable names (TF Serving's restore op asks for them), shapes and values."""
+    first, second = tiny_models["results"]
+    assert (first["export"], second["export"]) == ("full", "weights")
+    v1, v2 = tiny_models["versions"]
+    reference = whole_saves["reference"]
+    assert whole_saves["modes"][0] == "full"
+    assert (v2 / "saved_model.pb").read_bytes() == (v1 / "saved_model.pb").read_bytes()
+    mine, whole = _variables(v2), _variables(reference)
+    assert sorted(mine) == sorted(whole) and len(mine) > 100
+    assert all(np.array_equal(mine[name], whole[name]) for name in whole)
+    old = _variables(v1)
+    assert any(not np.array_equal(old[name], mine[name]) for name in mine)  # new weights, not round 1's again
+    assert (tf.saved_model.experimental.read_fingerprint(str(v2)).checkpoint_hash
+            != tf.saved_model.experimental.read_fingerprint(str(v1)).checkpoint_hash)
+    image = np.asarray(Image.open(tiny_models["images"][0]).convert("RGB"))[np.newaxis]
+    assert np.array_equal(_scores(v2, image), _scores(reference, image))
+
+
+def test_a_rewrite_that_does_not_match_the_whole_save_falls_back_to_a_whole_save(tiny_models, whole_saves):
+    assert whole_saves["modes"][1].startswith("full (rewrite failed: RuntimeError: the rewritten variables")
+    image = np.asarray(Image.open(tiny_models["images"][0]).convert("RGB"))[np.newaxis]
+    assert np.array_equal(_scores(whole_saves["fallback"], image), _scores(tiny_models["versions"][0], image))

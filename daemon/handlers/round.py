@@ -222,7 +222,8 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
         history.update_round(round_id, checkpoint=result["checkpoint"], global_step=result["train"]["global_step"],
                              metrics=metrics, timings=timings)
         bound.info("round_trained", global_step=result["train"]["global_step"], loss=result["train"]["loss"],
-                   session_reused=result["session_reused"], metrics=metrics, timings=timings)
+                   session_reused=result["session_reused"], export=result["export"], metrics=metrics,
+                   timings=timings)
 
         status(f"round {round_id}: publishing")
         publish_started = time.monotonic()

@@ -97,13 +97,14 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
 
     started = stage("export")
     export_dir = _fresh(Path(job["export_dir"]))
-    session.export(prefix, export_dir)
+    export_mode = session.export(prefix, export_dir)
     timings["export"] = time.monotonic() - started
 
     return {
         "counts": counts,
         "train": train,
         "session_reused": reused,
+        "export": export_mode,
         "checkpoint": prefix,
         "metrics": metrics,
         "timings": timings,

@@ -5,6 +5,11 @@ model's first step); the inference function costs as much again at export.  A se
 later round only reads new data, runs its steps, evaluates and saves.  A session is keyed by the model part of the
 pipeline config: change the model and the worker builds a new session.
 
+Export the same way: only the first export of a session writes a whole SavedModel (``tf.saved_model.save``,
+15-26 s of a tiny model, nearly all of it serialising the graph).  The graph does not change between rounds, only
+the weights do, so later exports write the first one's ``saved_model.pb`` again and only ``variables/``, under the
+checkpoint keys the SavedModel's restore op names (what TF Serving reads), in well under a second.
+
 Stages take explicit inputs and write only where they are told to.
 """
 
@@ -22,7 +27,7 @@ from object_detection import exporter_lib_v2, inputs, model_lib_v2
 from object_detection.builders import model_builder, optimizer_builder
 from object_detection.utils import config_util
 
-from odal.daemon.atomic import atomic_write_text
+from odal.daemon.atomic import atomic_write_text, remove_tree
 
 Progress = Callable[[int, int, float], None]
 
@@ -64,6 +69,7 @@ class ModelSession:
         self.trained = False  # whether the live weights have moved from their starting point
         self._train_step = None
         self._inference = None
+        self._graph: SavedGraph | None = None  # set by the first export: what later exports write again
 
     # -- weights ---------------------------------------------------------------------------------------------------
     def restore(self, checkpoint_prefix: str | None, fine_tune: dict | None, dataset) -> None:
@@ -150,8 +156,10 @@ class ModelSession:
         return {name: float(value) for name, value in metrics.items()}
 
     # -- export ------------------------------------------------------------------------------------------------------
-    def export(self, checkpoint_prefix: str, out_dir: Path) -> None:
-        """A SavedModel (``serving_default``: uint8 ``input_tensor`` [1, H, W, 3] -> detections) in ``out_dir``."""
+    def export(self, checkpoint_prefix: str, out_dir: Path) -> str:
+        """A SavedModel (``serving_default``: uint8 ``input_tensor`` [1, H, W, 3] -> detections) in ``out_dir``
+        (not there yet; the caller publishes it).  Returns how it was written: ``"weights"`` (the graph of the
+        session's first export, new variables), ``"full"``, or ``"full (rewrite failed: ...)"``."""
         if self._inference is None:
             model = model_builder.build(model_config=self.model_config, is_training=False)
             module = exporter_lib_v2.DetectionFromImageModule(model)
@@ -159,7 +167,72 @@ class ModelSession:
             self._inference = (model, module, concrete)
         model, module, concrete = self._inference
         tf.train.Checkpoint(model=model).restore(checkpoint_prefix).expect_partial().assert_nontrivial_match()
-        tf.saved_model.save(module, str(out_dir), signatures=concrete)  # publish_dir fsyncs it before the rename
+        how = "full"
+        if self._graph is not None:
+            try:
+                self._graph.write(out_dir)
+                return "weights"
+            except Exception as error:  # never serve a doubtful model: write the whole SavedModel instead
+                how = f"full (rewrite failed: {type(error).__name__}: {error})"
+                remove_tree(out_dir)
+        self._graph = SavedGraph.save(module, concrete, out_dir)
+        return how
+
+
+class SavedGraph:
+    """A whole SavedModel written once, and the means to write it again with other values of its variables.
+
+    ``tf.saved_model.save`` names each variable in ``variables/`` by its path in the object graph it builds (Keras
+    layers add dependencies for SavedModel serialisation, so the names differ from ``tf.train.Checkpoint``'s), and
+    the restore op in ``saved_model.pb`` asks for exactly those names.  Listing that graph is the slow part, so the
+    listing made during the full save is kept (TF's own graph view, captured as the save creates it) and later
+    saves walk its cache.  Each rewrite is checked: same variable names and shapes as the full save, else it fails.
+    """
+
+    def __init__(self, graph_pb: bytes, saver, variables: list, folders: list[str]) -> None:
+        self.graph_pb, self.saver, self.variables, self.folders = graph_pb, saver, variables, folders
+
+    @classmethod
+    def save(cls, module, signature, out_dir: Path) -> "SavedGraph | None":
+        """``tf.saved_model.save`` into ``out_dir``; a SavedGraph for later rewrites, or None if it cannot be
+        reused (asset files beside the graph, or a TensorFlow whose internals moved)."""
+        from tensorflow.python.checkpoint import checkpoint as tf_checkpoint
+        from tensorflow.python.saved_model import save as tf_save
+
+        views = []
+        view_class = getattr(tf_save, "_AugmentedGraphView", None)
+        plain_init = getattr(view_class, "__init__", None)
+        if plain_init is not None:
+            def keeping_init(view, root):  # the view this save lists the object graph with, kept with its cache
+                plain_init(view, root)
+                views.append(view)
+
+            view_class.__init__ = keeping_init
+        try:
+            tf.saved_model.save(module, str(out_dir), signatures=signature)
+        finally:
+            if plain_init is not None:
+                view_class.__init__ = plain_init
+        files = {str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()}
+        if len(views) != 1 or {f for f in files if not f.startswith("variables/")} != {"saved_model.pb",
+                                                                                        "fingerprint.pb"}:
+            return None
+        return cls((out_dir / "saved_model.pb").read_bytes(), tf_checkpoint.TrackableSaver(views[0]),
+                   tf.train.list_variables(str(out_dir / "variables" / "variables")),
+                   [p.name for p in out_dir.iterdir() if p.is_dir()])
+
+    def write(self, out_dir: Path) -> None:
+        """The full save's graph and the live values of its variables, as a complete SavedModel in ``out_dir``."""
+        from tensorflow.python.saved_model import fingerprinting_utils
+
+        for folder in self.folders:  # variables/, and assets/ (empty) as the full save made it
+            (out_dir / folder).mkdir(parents=True)
+        prefix = out_dir / "variables" / "variables"
+        self.saver.save(str(prefix))
+        if tf.train.list_variables(str(prefix)) != self.variables:
+            raise RuntimeError("the rewritten variables do not match the full save's")
+        (out_dir / "saved_model.pb").write_bytes(self.graph_pb)  # last, as TF does (publish_dir fsyncs it all)
+        fingerprinting_utils.write_fingerprint(str(out_dir))
 
 
 def write_pipeline(configs: dict, path: Path) -> None:
