@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,39 @@ def test_a_rewrite_that_does_not_match_the_whole_save_falls_back_to_a_whole_save
     assert whole_saves["modes"][1].startswith("full (rewrite failed: RuntimeError: the rewritten variables")
     image = np.asarray(Image.open(tiny_models["images"][0]).convert("RGB"))[np.newaxis]
     assert np.array_equal(_scores(whole_saves["fallback"], image), _scores(tiny_models["versions"][0], image))
+
+
+# Two rounds in one session whose record files live in different round folders; the first folder is deleted
+# before the second round (as retention deletes old rounds).  The session builds its datasets once, so they must
+# read each round's files, not the first round's.
+_TWO_FOLDERS = """
+import json, shutil, sys
+from pathlib import Path
+from odal.daemon.worker import session as sessions
+config, label_map, num_classes, first, second = sys.argv[1:]
+session = checkpoint = None
+for folder in (first, second):
+    configs = sessions.load_configs(Path(config), Path(label_map), int(num_classes), Path(folder) / "train.record",
+                                    Path(folder) / "eval.record")
+    session = session or sessions.ModelSession(configs)
+    session.train(configs, 2, checkpoint, None, lambda *args: None)
+    metrics = session.evaluate(configs)
+    checkpoint = session.save(Path(folder).with_name(Path(folder).name + "-ckpt"))
+    shutil.rmtree(folder)
+print(json.dumps({"global_step": int(session.global_step.numpy()), "metrics": len(metrics)}))
+"""
+
+
+def test_a_session_reads_each_rounds_records_after_the_previous_round_folder_is_gone(tiny_models, tmp_path):
+    folders = []
+    for name in ("round-1", "round-2"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for record in ("train.record", "eval.record"):
+            shutil.copyfile(tiny_models["dir"] / "round" / record, folder / record)
+        folders.append(str(folder))
+    proc = subprocess.run([sys.executable, "-c", _TWO_FOLDERS, str(TINY_CONFIG), str(tiny_models["label_map"]),
+                           str(len(tiny_models["labels"])), *folders], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["global_step"] == 4 and result["metrics"] > 0

@@ -16,6 +16,8 @@ Stages take explicit inputs and write only where they are told to.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -68,6 +70,8 @@ class ModelSession:
         self.weights_from: str | None = None  # the checkpoint the live weights equal, None if none (or unknown)
         self.trained = False  # whether the live weights have moved from their starting point
         self._train_step = None
+        self._datasets: dict[str, tuple[str, object]] = {}  # split -> (what it was built from, the dataset)
+        self._links = tempfile.TemporaryDirectory(prefix="odal-worker-")  # the stable paths the datasets read
         self._inference = None
         self._graph: SavedGraph | None = None  # set by the first export: what later exports write again
 
@@ -112,13 +116,36 @@ class ModelSession:
 
         return train_step
 
+    def _dataset(self, configs: dict, split: str):
+        """The ``split`` ("train" or "eval") dataset, built once per session and read again each round through a
+        stable path that points at the round's record file.  (Building the OD API's input pipelines anew each round
+        grew the worker by ~50 MiB a round, which weeks of rounds would not survive; a new iterator over the same
+        dataset does not.)"""
+        input_config = type(configs[f"{split}_input_config"])()
+        input_config.CopyFrom(configs[f"{split}_input_config"])
+        link = Path(self._links.name) / f"{split}.record"
+        new_link = link.with_name(f"{split}.record.new")
+        new_link.unlink(missing_ok=True)
+        os.symlink(os.path.abspath(input_config.tf_record_input_reader.input_path[0]), new_link)
+        os.replace(new_link, link)
+        del input_config.tf_record_input_reader.input_path[:]
+        input_config.tf_record_input_reader.input_path.append(str(link))
+        built_from = str(input_config) + str(configs[f"{split}_config"])
+        cached = self._datasets.get(split)
+        if cached is None or cached[0] != built_from:
+            if split == "train":
+                dataset = inputs.train_input(train_config=configs["train_config"], train_input_config=input_config,
+                                             model_config=self.model_config, model=self.model).repeat()
+            else:
+                dataset = inputs.eval_input(eval_config=configs["eval_config"], eval_input_config=input_config,
+                                            model_config=self.model_config, model=self.model)
+            cached = self._datasets[split] = (built_from, dataset)
+        return cached[1]
+
     def train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: dict | None,
               progress: Progress, summary_dir: Path | None = None) -> dict:
         """Continue from ``init_checkpoint`` (or ``fine_tune``, or scratch) for ``steps`` steps on all train data."""
-        dataset = inputs.train_input(
-            train_config=configs["train_config"], train_input_config=configs["train_input_config"],
-            model_config=self.model_config, model=self.model,
-        ).repeat()
+        dataset = self._dataset(configs, "train")
         self.restore(init_checkpoint, fine_tune, dataset)
         if self._train_step is None:
             self._train_step = self._make_train_step()
@@ -143,10 +170,7 @@ class ModelSession:
     # -- evaluate ----------------------------------------------------------------------------------------------------
     def evaluate(self, configs: dict, summary_dir: Path | None = None) -> dict:
         """COCO detection metrics on the eval split, with the live weights."""
-        dataset = inputs.eval_input(
-            eval_config=configs["eval_config"], eval_input_config=configs["eval_input_config"],
-            model_config=self.model_config, model=self.model,
-        )
+        dataset = self._dataset(configs, "eval")
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
         with writer.as_default():
             metrics = model_lib_v2.eager_eval_loop(self.model, configs, dataset, global_step=self.global_step)
