@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 # Benchmarks (minutes; results in bench/results/). bench_serving needs a model: it uses the demo's newest version.
 bench: $(STAMP)
 	$(BIN)/python bench/bench_round.py
+	$(BIN)/python bench/bench_worker_memory.py
 	$(BIN)/python bench/bench_idle.py
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_recipe.py

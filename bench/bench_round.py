@@ -14,20 +14,15 @@ Writes bench/results/rounds.md.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+from worker_jobs import CONFIG, Worker, round_job, write_result, write_round
 
-from odal.daemon import datasets  # noqa: E402
-from odal.daemon.handlers.round import write_annotations  # noqa: E402
-
-CONFIG = REPO / "daemon" / "assets" / "ssd_mobilenet_v2_tiny.config"
+from odal.daemon import datasets
 PRELUDE = "import sys, json; from odal.daemon.worker import odapi_compat; "
 
 
@@ -65,33 +60,18 @@ def stock_round(root: Path, round_dir: Path, number: int, steps: int, label_map:
 
 
 def odal_rounds(root: Path, round_dirs: list[Path], steps: int, label_map: Path, labels: list[str]) -> list[dict]:
-    jobs = []
-    for number, round_dir in enumerate(round_dirs, 1):
-        jobs.append({"round_dir": str(round_dir), "pipeline_config": str(CONFIG), "label_map": str(label_map),
-                     "num_classes": len(labels), "steps": steps, "fine_tune": None,
-                     "init_checkpoint": str(root / "odal_ckpt" / str(number - 1) / "ckpt") if number > 1 else None,
-                     "checkpoint_dir": str(root / "odal_ckpt" / str(number)),
-                     "export_dir": str(root / "odal_export" / str(number)), "tensorboard_dir": None})
-    proc = subprocess.Popen([sys.executable, "-m", "odal.daemon.worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    worker = Worker()
     out = []
     started = time.monotonic()
-    for job in jobs:
-        proc.stdin.write(json.dumps(job) + "\n")
-        proc.stdin.flush()
-        for line in proc.stdout:
-            message = json.loads(line)
-            if message["type"] == "result":
-                assert message["ok"], message
-                timings = dict(message["timings"])
-                timings["total"] = time.monotonic() - started  # includes process start + import in round 1
-                timings["first_step"] = message["train"]["first_step_seconds"]
-                timings["how"] = message["export"]
-                out.append(timings)
-                started = time.monotonic()
-                break
-    proc.stdin.close()
-    proc.wait()
+    for number, round_dir in enumerate(round_dirs, 1):
+        message = worker.run(round_job(root, round_dir, number, steps, label_map, labels))
+        timings = dict(message["timings"])
+        timings["total"] = time.monotonic() - started  # includes process start + import in round 1
+        timings["first_step"] = message["train"]["first_step_seconds"]
+        timings["how"] = message["export"]
+        out.append(timings)
+        started = time.monotonic()
+    worker.close()
     return out
 
 
@@ -110,14 +90,8 @@ def main() -> int:
         per_round = len(items) // args.rounds
         round_dirs = []
         for number in range(1, args.rounds + 1):  # each round sees all annotations so far, as the daemon does
-            round_dir = root / "rounds" / str(number)
-            round_dir.mkdir(parents=True)
-            accepted = [{"input_hash": str(i), "image_path": str(item.image),
-                         "boxes": [{"label": b[0], "xmin": b[1] / item.width, "ymin": b[2] / item.height,
-                                    "xmax": b[3] / item.width, "ymax": b[4] / item.height} for b in item.boxes]}
-                        for i, item in enumerate(items[: per_round * number])]
-            write_annotations(round_dir / "annotations.jsonl", accepted, labels, 0.2)
-            round_dirs.append(round_dir)
+            round_dirs.append(root / "rounds" / str(number))
+            write_round(round_dirs[-1], items[: per_round * number], labels, 0.2)
         ours = odal_rounds(root, round_dirs, args.steps, label_map, labels)
         stock = [stock_round(root, d, n, args.steps, label_map, labels) for n, d in enumerate(round_dirs, 1)]
     lines = [f"# Round time: odal worker vs stock OD API tools ({args.rounds} rounds x {args.steps} steps, "
@@ -134,10 +108,7 @@ def main() -> int:
     lines += ["", f"All rounds: odal {total_ours:.0f} s, stock {total_stock:.0f} s "
               f"({total_stock / total_ours:.1f}x). odal's first train step per round: "
               + ", ".join(f"{o['first_step']:.2f} s" for o in ours) + "."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (REPO / "bench" / "results").mkdir(parents=True, exist_ok=True)
-    (REPO / "bench" / "results" / "rounds.md").write_text(text)
+    write_result("rounds.md", lines)
     return 0
 
 

@@ -37,6 +37,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "min_new_annotations": (int, 10),
         "debounce_seconds": (float, 5.0),
         "eval_fraction": (float, 0.2),
+        "worker_max_mb": (float, 4096.0),  # restart the TensorFlow worker between rounds beyond this RSS; 0 = never
     },
     "retention": {
         "versions": (int, 3),
@@ -82,6 +83,7 @@ class Config:
     confirm_timeout_seconds: float
     log_file: Path | None
     log_level: str
+    worker_max_bytes: int = 4096 << 20
     log_max_bytes: int = 64 << 20
     log_backups: int = 3
     metrics_address: str = ""
@@ -144,6 +146,7 @@ def parse(data: dict, path: Path) -> Config:
         ("training", "min_new_annotations", lambda v: v >= 1, "must be >= 1"),
         ("training", "debounce_seconds", lambda v: v >= 0, "must be >= 0"),
         ("training", "eval_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+        ("training", "worker_max_mb", lambda v: v >= 0, "must be >= 0 (0: never restart the worker)"),
         ("retention", "versions", lambda v: v >= 1, "must be >= 1"),
         ("retention", "checkpoints", lambda v: v >= 1, "must be >= 1"),
         ("serving", "confirm_timeout_seconds", lambda v: v > 0, "must be > 0"),
@@ -185,6 +188,7 @@ def parse(data: dict, path: Path) -> Config:
         confirm_timeout_seconds=values["serving", "confirm_timeout_seconds"],
         log_file=resolve("log", "file"),
         log_level=values["log", "level"],
+        worker_max_bytes=int(values["training", "worker_max_mb"] * (1 << 20)),
         log_max_bytes=int(values["log", "max_mb"] * (1 << 20)),
         log_backups=values["log", "backups"],
         metrics_address=metrics_address,

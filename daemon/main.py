@@ -51,7 +51,8 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.retry_requested = threading.Event()
         self.labels = load_label_map(cfg.label_map)
-        self.worker = Worker(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups)
+        self.worker = Worker(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups,
+                             cfg.worker_max_bytes)
         self._round_thread: threading.Thread | None = None
         self._last_event = 0.0
         self._next_scoring = 0.0

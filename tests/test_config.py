@@ -53,6 +53,7 @@ def test_a_minimal_config_gets_defaults_and_paths_relative_to_the_file(workspace
     ("[retention]\nversions = 0\n", "retention.versions: must be >= 1"),
     ("[log]\nlevel = 'loud'\n", "log.level"),
     ("[log]\nmax_mb = -1\n", "log.max_mb: must be >= 0"),
+    ("[training]\nworker_max_mb = -5\n", "training.worker_max_mb: must be >= 0"),
     ("[log]\nbackups = 1000\n", "log.backups: must be in 0..100"),
     ("[model]\nname = 'a b'\n", "model.name"),
 ])

@@ -138,3 +138,34 @@ def test_a_session_reads_each_rounds_records_after_the_previous_round_folder_is_
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["global_step"] == 4 and result["metrics"] > 0
+
+
+def test_the_daemons_worker_is_retired_after_a_round_that_left_it_above_its_memory_limit(tiny_models, tmp_path):
+    """[training] worker_max_mb: a child above it after a round is ended; the next round runs in a fresh one
+    (which builds its session again) and still publishes a usable model."""
+    from structlog.testing import capture_logs
+
+    from odal.daemon.handlers.round import Worker
+
+    worker = Worker(tmp_path / "worker.log", max_rss=1 << 20)  # 1 MiB: every TensorFlow child is above it
+    results, pids = [], []
+    try:
+        with capture_logs() as logs:
+            for number in (1, 2):
+                job = {"round_dir": str(tiny_models["dir"] / "round"), "pipeline_config": str(TINY_CONFIG),
+                       "label_map": str(tiny_models["label_map"]), "num_classes": len(tiny_models["labels"]),
+                       "steps": 2, "fine_tune": None,
+                       "init_checkpoint": tiny_models["checkpoints"][0] if number == 1 else results[0]["checkpoint"],
+                       "checkpoint_dir": str(tmp_path / f"ckpt-{number}"),
+                       "export_dir": str(tmp_path / "export" / str(number)), "tensorboard_dir": None}
+                results.append(worker.run(job, lambda message: None))
+                pids.append(worker.pid)
+    finally:
+        worker.stop()
+    retired = [e for e in logs if e["event"] == "worker_retired"]
+    assert len(retired) == 2 and retired[0]["pid"] != retired[1]["pid"] and retired[0]["max_mb"] == 1
+    assert pids == [None, None]  # no child left running after either round
+    assert [r["session_reused"] for r in results] == [False, False]
+    assert [r["export"] for r in results] == ["full", "full"]
+    image = np.asarray(Image.open(tiny_models["images"][0]).convert("RGB"))[np.newaxis]
+    assert _scores(tmp_path / "export" / "2", image).shape[-1] > 0

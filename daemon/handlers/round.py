@@ -35,11 +35,17 @@ class Abandoned(Exception):
 
 
 class Worker:
-    """The TensorFlow child process: started on first use, reused across rounds, stopped politely."""
+    """The TensorFlow child process: started on first use, reused across rounds, stopped politely.
 
-    def __init__(self, log_path: Path, max_bytes: int = 0, backups: int = 3):
+    A child whose memory (RSS) after a round is above ``max_rss`` bytes is retired and the next round starts a
+    fresh one: whatever TensorFlow keeps from round to round (a few MiB; see bench/results/worker_memory.md) cannot
+    add up over weeks.  The fresh child pays the first-round costs (tracing, a whole SavedModel) once.
+    """
+
+    def __init__(self, log_path: Path, max_bytes: int = 0, backups: int = 3, max_rss: int = 0):
         self._log_path = log_path
         self._log_rotation = (max_bytes, backups)  # its stderr log is rotated when a child starts, if too big
+        self._max_rss = max_rss
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._stopping = False  # set by stop(): a child ending now was stopped on purpose
@@ -91,12 +97,28 @@ class Worker:
             elif message["type"] == "result":
                 if not message["ok"]:
                     raise RoundFailed(message["error"])
+                self._retire_if_grown(proc)
                 return message
         code = proc.wait()
         self._proc = None
         if code in (-signal.SIGTERM, -signal.SIGKILL) and self._stopping:
             raise Abandoned("worker stopped")
         raise RoundFailed(f"the worker exited with {code} during the round; see {self._log_path}")
+
+    def _retire_if_grown(self, proc: subprocess.Popen) -> None:
+        rss = _rss_bytes(proc.pid)
+        if not self._max_rss or rss is None or rss <= self._max_rss:
+            return
+        with self._lock:
+            self._proc = None
+        proc.stdin.close()  # the child ends at the end of its input
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.info("worker_retired", pid=proc.pid, rss_mb=round(rss / (1 << 20)),
+                 max_mb=round(self._max_rss / (1 << 20)))
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the child's session, SIGKILL after ``timeout``."""
@@ -115,6 +137,16 @@ class Worker:
         except (ProcessLookupError, BrokenPipeError, OSError):
             pass
         log.info("worker_stopped", pid=proc.pid)
+
+
+def _rss_bytes(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 @dataclass

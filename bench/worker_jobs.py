@@ -1,0 +1,63 @@
+"""What the round benchmarks share: generated annotations, a round job, and a real worker child to run jobs in."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from odal.daemon.handlers.round import write_annotations
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "daemon" / "assets" / "ssd_mobilenet_v2_tiny.config"
+
+
+def write_round(round_dir: Path, items: list, labels: list[str], eval_fraction: float) -> None:
+    """``round_dir/annotations.jsonl`` accepting ``items`` (generated shapes) with their boxes, as the daemon writes it."""
+    accepted = [{"input_hash": str(i), "image_path": str(item.image),
+                 "boxes": [{"label": b[0], "xmin": b[1] / item.width, "ymin": b[2] / item.height,
+                            "xmax": b[3] / item.width, "ymax": b[4] / item.height} for b in item.boxes]}
+                for i, item in enumerate(items)]
+    round_dir.mkdir(parents=True, exist_ok=True)
+    write_annotations(round_dir / "annotations.jsonl", accepted, labels, eval_fraction)
+
+
+def round_job(root: Path, round_dir: Path, number: int, steps: int, label_map: Path, labels: list[str]) -> dict:
+    """Round ``number``'s job, continuing round ``number - 1``'s checkpoint under ``root``."""
+    return {"round_dir": str(round_dir), "pipeline_config": str(CONFIG), "label_map": str(label_map),
+            "num_classes": len(labels), "steps": steps, "fine_tune": None,
+            "init_checkpoint": str(root / "odal_ckpt" / str(number - 1) / "ckpt") if number > 1 else None,
+            "checkpoint_dir": str(root / "odal_ckpt" / str(number)),
+            "export_dir": str(root / "odal_export" / str(number)), "tensorboard_dir": None}
+
+
+class Worker:
+    """``python -m odal.daemon.worker``: one job at a time over its stdin/stdout, as the daemon drives it."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "odal.daemon.worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.pid = self.proc.pid
+
+    def run(self, job: dict) -> dict:
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            message = json.loads(line)
+            if message["type"] == "result":
+                assert message["ok"], message
+                return message
+        raise RuntimeError("the worker exited without a result")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def write_result(name: str, lines: list[str]) -> None:
+    """Print a benchmark's Markdown and write it to ``bench/results/NAME``."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (REPO / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    (REPO / "bench" / "results" / name).write_text(text)
