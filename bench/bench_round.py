@@ -13,16 +13,14 @@ Writes bench/results/rounds.md.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from worker_jobs import CONFIG, Worker, round_job, write_result, write_round
+from worker_jobs import CONFIG, Worker, arguments, round_job, shapes, write_result, write_round
 
-from odal.daemon import datasets
 PRELUDE = "import sys, json; from odal.daemon.worker import odapi_compat; "
 
 
@@ -76,17 +74,10 @@ def odal_rounds(root: Path, round_dirs: list[Path], steps: int, label_map: Path,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--images", type=int, default=32)
-    args = parser.parse_args()
+    args = arguments(3, 100, 32)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        items = datasets.generate_shapes(root / "images", args.images, seed=5)
-        labels = list(datasets.SHAPE_LABELS)
-        label_map = root / "label_map.pbtxt"
-        datasets.write_label_map(label_map, labels)
+        items, labels, label_map = shapes(root, args.images)
         per_round = len(items) // args.rounds
         round_dirs = []
         for number in range(1, args.rounds + 1):  # each round sees all annotations so far, as the daemon does

@@ -12,43 +12,28 @@ Writes bench/results/worker_memory.md.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from worker_jobs import Worker, round_job, write_result, write_round
+from worker_jobs import Worker, arguments, round_job, shapes, write_result, write_round
 
-from odal.daemon import datasets
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+from odal.daemon.handlers.round import rss_bytes
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--images", type=int, default=12)
-    args = parser.parse_args()
+    args = arguments(30, 5, 12)
     samples = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        items = datasets.generate_shapes(root / "images", args.images, seed=5)
-        labels = list(datasets.SHAPE_LABELS)
-        label_map = root / "label_map.pbtxt"
-        datasets.write_label_map(label_map, labels)
+        items, labels, label_map = shapes(root, args.images)
         worker = Worker()
         for number in range(1, args.rounds + 1):
             round_dir = root / "rounds" / str(number)
             write_round(round_dir, items, labels, 0.25)
             message = worker.run(round_job(root, round_dir, number, args.steps, label_map, labels))
-            samples.append((number, rss_mib(worker.pid), message["export"], message["timings"]))
+            samples.append((number, rss_bytes(worker.pid) / (1 << 20), message["export"], message["timings"]))
             print(f"round {number:3d}: {samples[-1][1]:7.0f} MiB", flush=True)
             if number > 1:  # what retention does to old rounds
                 for old in (root / "rounds" / str(number - 1), root / "odal_export" / str(number - 1),

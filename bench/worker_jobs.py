@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from odal.daemon import datasets
 from odal.daemon.handlers.round import write_annotations
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "daemon" / "assets" / "ssd_mobilenet_v2_tiny.config"
+
+
+def arguments(rounds: int, steps: int, images: int) -> argparse.Namespace:
+    """``--rounds``, ``--steps`` and ``--images`` with these defaults."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--images", type=int, default=images)
+    return parser.parse_args()
+
+
+def shapes(root: Path, images: int) -> tuple[list, list[str], Path]:
+    """``images`` generated shape images under ``root/images``, their labels, and a label map written for them."""
+    items = datasets.generate_shapes(root / "images", images, seed=5)
+    labels = list(datasets.SHAPE_LABELS)
+    label_map = root / "label_map.pbtxt"
+    datasets.write_label_map(label_map, labels)
+    return items, labels, label_map
 
 
 def write_round(round_dir: Path, items: list, labels: list[str], eval_fraction: float) -> None:

@@ -106,7 +106,7 @@ class Worker:
         raise RoundFailed(f"the worker exited with {code} during the round; see {self._log_path}")
 
     def _retire_if_grown(self, proc: subprocess.Popen) -> None:
-        rss = _rss_bytes(proc.pid)
+        rss = rss_bytes(proc.pid)
         if not self._max_rss or rss is None or rss <= self._max_rss:
             return
         with self._lock:
@@ -139,7 +139,8 @@ class Worker:
         log.info("worker_stopped", pid=proc.pid)
 
 
-def _rss_bytes(pid: int) -> int | None:
+def rss_bytes(pid: int) -> int | None:
+    """The resident memory of process ``pid`` (``VmRSS`` in /proc), or None if it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
