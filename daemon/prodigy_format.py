@@ -13,26 +13,16 @@ ingest can set that record aside and go on.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import io
 import math
 import re
-import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from odal.daemon.atomic import atomic_write_bytes
 from odal.daemon.errors import ConfigError, InvalidRecord
+from odal.daemon.images import ImageFile, locate
 
 ANSWERS = ("accept", "reject", "ignore")
-MAX_PIXELS = 100_000_000
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-_DATA_URI = re.compile(r"^data:image/([a-zA-Z0-9.+-]+)((?:;[^,;]*)*?);base64,", re.IGNORECASE)
-_EXTENSIONS = {"jpeg": "jpg", "jpg": "jpg", "pjpeg": "jpg", "png": "png", "gif": "gif", "bmp": "bmp",
-               "webp": "webp", "tiff": "tif", "x-ms-bmp": "bmp"}
 
 
 @dataclass(frozen=True)
@@ -63,15 +53,6 @@ class Annotation:
     boxes: tuple[Box, ...]
     meta_file: str | None
     annotator: str | None
-
-
-@dataclass(frozen=True)
-class ImageFile:
-    """A located, decodable image and its real size in pixels."""
-
-    path: Path
-    width: int
-    height: int
 
 
 # --------------------------------------------------------------------------------------------------- records
@@ -190,101 +171,9 @@ def resolve_image(ann: Annotation, data_dir: Path, blob_dir: Path) -> Path:
 
 
 def open_image(ann: Annotation, data_dir: Path, blob_dir: Path) -> ImageFile:
-    """Locate the record's image and check it decodes; raises :class:`InvalidRecord`.
-
-    ``image`` may be a path relative to ``data_dir``, an absolute path inside it, or a ``data:image/...;base64,``
-    URI (stored once as ``blob_dir/<sha256>.<ext>``).  When the path does not exist, ``meta.file`` relative to
-    ``data_dir`` is tried.  Paths that leave ``data_dir`` (``..``, symlinks) and URLs are refused.
-    """
-    ref = ann.image_ref
-    scheme = _SCHEME.match(ref)
-    if ref[:5].lower() == "data:":
-        return _store_data_uri(ref, Path(blob_dir))
-    if scheme:
-        if scheme.group(1).lower() in ("http", "https"):
-            raise InvalidRecord(f"URL images cannot be fetched: {ref[:200]}")
-        raise InvalidRecord(f"unsupported image reference: {ref[:200]}")
-    root = _resolved_root(Path(data_dir))
-    path = _inside(root, ref)
-    if not path.exists() and ann.meta_file and ann.meta_file != ref:
-        fallback = _inside(root, ann.meta_file)
-        if fallback.exists():
-            path = fallback
-    if not path.exists():
-        raise InvalidRecord(f"image file not found: {ref} (looked in {root})", image=str(path))
-    if not path.is_file():
-        raise InvalidRecord(f"image is not a file: {path}")
-    if path.stat().st_size == 0:
-        raise InvalidRecord(f"image is empty (0 bytes): {path}", image=str(path))
-    return _check_image(path, None)
-
-
-def _resolved_root(data_dir: Path) -> Path:
-    try:
-        return data_dir.resolve(strict=True)
-    except (OSError, RuntimeError) as error:
-        raise InvalidRecord(f"data_dir {data_dir} is not usable: {error}") from error
-
-
-def _inside(root: Path, ref: str) -> Path:
-    """``ref`` resolved against ``root`` (symlinks followed); refuses anything that ends up outside ``root``."""
-    candidate = Path(ref)
-    candidate = candidate if candidate.is_absolute() else root / candidate
-    try:
-        resolved = candidate.resolve()
-    except (OSError, RuntimeError, ValueError) as error:  # RuntimeError: a symlink loop; ValueError: a NUL byte
-        raise InvalidRecord(f"image path {ref!r} cannot be resolved: {error}") from error
-    if not resolved.is_relative_to(root):
-        raise InvalidRecord(f"image path {ref} is outside data_dir {root}; refused")
-    return resolved
-
-
-def _store_data_uri(uri: str, blob_dir: Path) -> ImageFile:
-    match = _DATA_URI.match(uri)
-    if not match:
-        raise InvalidRecord(f"unsupported data URI (need data:image/...;base64,): {uri[:60]}")
-    ext = _EXTENSIONS.get(match.group(1).lower())
-    if ext is None:
-        raise InvalidRecord(f"unsupported data URI image type image/{match.group(1)}")
-    try:
-        data = base64.b64decode(uri[match.end():].strip(), validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise InvalidRecord(f"data URI is not valid base64: {error}") from error
-    _check_image(Path("<data URI>"), data)
-    path = blob_dir / f"{hashlib.sha256(data).hexdigest()}.{ext}"
-    if not (path.is_file() and path.stat().st_size == len(data)):
-        atomic_write_bytes(path, data)
-    return _check_image(path, None)
-
-
-def _check_image(path: Path, data: bytes | None) -> ImageFile:
-    """Open ``data`` (or the file) with Pillow, ``verify()`` and decode it; refuse empty and gigantic images."""
-    from PIL import Image
-
-    waits = str(path) if data is None else None  # a file may still be being copied; a data URI will not change
-    if data is not None and not data:
-        raise InvalidRecord(f"image is empty (0 bytes): {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data) if data is not None else path) as image:
-                width, height = image.size
-                if width <= 0 or height <= 0:
-                    raise InvalidRecord(f"image has zero size: {path}", image=waits)
-                if width * height > MAX_PIXELS:
-                    raise InvalidRecord(f"image is too large ({width}x{height} > {MAX_PIXELS} pixels): {path}")
-                image.verify()
-            # verify() checks structure only: a JPEG cut short passes it, then breaks every later round.
-            with Image.open(io.BytesIO(data) if data is not None else path) as image:
-                image.load()
-    except InvalidRecord:
-        raise
-    except Image.DecompressionBombError as error:
-        raise InvalidRecord(f"image is too large: {path}: {error}") from error
-    except Exception as error:  # Pillow raises many types (UnidentifiedImageError, SyntaxError, struct.error, ...)
-        raise InvalidRecord(f"image cannot be decoded: {path}: {type(error).__name__}: {error}",
-                            image=waits) from error
-    return ImageFile(path, width, height)
+    """Locate the record's image and check it decodes, within the limits; raises :class:`InvalidRecord`
+    (see :func:`odal.daemon.images.locate`: the one image path, through :mod:`odal.daemon.safe_files`)."""
+    return locate(ann.image_ref, ann.meta_file, Path(data_dir), Path(blob_dir))
 
 
 # ------------------------------------------------------------------------------------------------- label map

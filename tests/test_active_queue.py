@@ -50,9 +50,9 @@ def workspace(tmp_path):
 def test_scan_adds_every_image_and_drops_vanished_ones(workspace):
     data, _work, paths, _ledger, queue = workspace
     (data / "notes.txt").write_text("not an image")
-    assert queue.scan() == {"images": len(paths), "added": len(paths), "removed": 0}
+    assert queue.scan() == {"images": len(paths), "added": len(paths), "removed": 0, "skipped": 0}
     paths[0].unlink()
-    assert queue.scan() == {"images": len(paths) - 1, "added": 0, "removed": 1}
+    assert queue.scan() == {"images": len(paths) - 1, "added": 0, "removed": 1, "skipped": 0}
     assert queue.status()["images"] == len(paths) - 1 and queue.status()["scored"] == 0
 
 

@@ -11,7 +11,10 @@ The daemon calls everything from its loop thread; each call is bounded (``score_
 ``limit`` images and stops at the first unreachable-server error).  The recipe, another process, opens the same
 file read-only (:meth:`ActiveQueue.reader`) and asks :meth:`ActiveQueue.next_images` for the most uncertain
 unanswered images.  No TensorFlow here: images are decoded with Pillow, the model is asked through
-``odal.serving.client``.
+``odal.serving.client``.  Files are read only through :mod:`odal.daemon.safe_files` (regular files inside the data
+dir, bounded bytes) and decoded by :mod:`odal.daemon.images` (pixels bounded from the header, shrunk to at most
+1024 pixels a side for scoring); a refused or broken image is marked with its error, logged once, and not read
+again until the file changes.
 
 Wiring in the daemon (after the ledger is open): ``ActiveQueue(cfg.ledger_path, cfg.data_dir)`` then ``scan()``;
 on ``ImageChanged`` call ``image_changed(event.path, event.deleted)``; each idle loop tick
@@ -30,7 +33,8 @@ from typing import Iterable
 
 import structlog
 
-from odal.daemon import store
+from odal.daemon import safe_files, store
+from odal.daemon.images import pixels_for_scoring
 from odal.daemon.watchers.image_dir import IMAGE_SUFFIXES
 from odal.recipe.detections import uncertainty
 
@@ -53,6 +57,15 @@ CREATE TABLE IF NOT EXISTS active_queue (
 CREATE INDEX IF NOT EXISTS active_queue_uncertainty ON active_queue (uncertainty);
 CREATE TABLE IF NOT EXISTS active_queue_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _lexical(path: Path) -> Path:
+    """``path`` made absolute and normalised without touching the filesystem (a loop or a FIFO is never read)."""
+    return Path(os.path.abspath(path))
 
 
 class ActiveQueue:
@@ -94,41 +107,57 @@ class ActiveQueue:
     # ------------------------------------------------------------------------------------------- image events
 
     def image_changed(self, path: str | Path, deleted: bool = False) -> None:
-        """An :class:`ImageChanged` event: add or refresh the image, or drop it when deleted (or gone)."""
-        resolved = self._inside(path)
-        if resolved is None:
+        """An :class:`ImageChanged` event: add or refresh the image, or drop it when deleted, gone or refused."""
+        if not _is_image_name(Path(path).name):
             return
-        try:
-            st = os.stat(resolved)
-        except OSError:
-            deleted = True
+        candidate = Path(path) if Path(path).is_absolute() else self.data_dir / path
+        if deleted:
+            found = None
+        else:
+            found = self._check(candidate)
         with self._write() as conn:
-            if deleted:
-                conn.execute("DELETE FROM active_queue WHERE path = ?", (str(resolved),))
+            if found is None:
+                conn.execute("DELETE FROM active_queue WHERE path = ?", (str(_lexical(candidate)),))
             else:
-                self._upsert(conn, resolved, st)
+                if found[0] != _lexical(candidate):  # a symlink inside the data dir: the row is the target's
+                    conn.execute("DELETE FROM active_queue WHERE path = ?", (str(_lexical(candidate)),))
+                self._upsert(conn, *found)
 
     def scan(self) -> dict:
-        """At start: add every image below the data dir, refresh changed ones, drop rows of vanished files."""
+        """At start: add every image below the data dir, refresh changed ones, drop rows of vanished files.
+
+        Only regular files inside the data dir are listed (:func:`odal.daemon.safe_files.check_file`): a FIFO, a
+        device, a symlink loop or a link leading out is skipped with one ``active_queue_file_skipped`` line."""
         found: dict[str, os.stat_result] = {}
+        skipped = 0
         for dirpath, dirnames, filenames in os.walk(self.data_dir):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
-                if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                    full = os.path.join(dirpath, name)
-                    try:
-                        found[str(Path(full).resolve())] = os.stat(full)
-                    except OSError:
-                        continue
+                if _is_image_name(name):
+                    checked = self._check(Path(dirpath) / name)
+                    if checked is None:
+                        skipped += 1
+                    else:
+                        found[str(checked[0])] = checked[1]
         with self._write() as conn:
             known = {r["path"] for r in conn.execute("SELECT path FROM active_queue")}
             gone = known - set(found)
             conn.executemany("DELETE FROM active_queue WHERE path = ?", [(p,) for p in gone])
             for path, st in found.items():
                 self._upsert(conn, Path(path), st)
-        stats = {"images": len(found), "added": len(set(found) - known), "removed": len(gone)}
+        stats = {"images": len(found), "added": len(set(found) - known), "removed": len(gone), "skipped": skipped}
         log.info("active_queue_scanned", **stats)
         return stats
+
+    def _check(self, path: Path) -> tuple[Path, os.stat_result] | None:
+        """(resolved path, stat) of an image file the queue may read, or None (gone, or refused: logged)."""
+        try:
+            return safe_files.check_file(path, [self.data_dir])
+        except FileNotFoundError:
+            return None
+        except (safe_files.Refused, OSError) as error:
+            log.warning("active_queue_file_skipped", path=str(path), error=str(error))
+            return None
 
     def _upsert(self, conn: sqlite3.Connection, path: Path, st: os.stat_result) -> None:
         """Insert the image, or reset its score when its size or mtime changed (new content)."""
@@ -138,13 +167,6 @@ class ActiveQueue:
             "uncertainty = NULL, scored_version = NULL, scored_at = NULL, error = NULL "
             "WHERE size != excluded.size OR mtime_ns != excluded.mtime_ns",
             (str(path), st.st_size, st.st_mtime_ns, time.time()))
-
-    def _inside(self, path: str | Path) -> Path | None:
-        candidate = Path(path)
-        if candidate.suffix.lower() not in IMAGE_SUFFIXES or candidate.name.startswith("."):
-            return None
-        resolved = (candidate if candidate.is_absolute() else self.data_dir / candidate).resolve()
-        return resolved if resolved.is_relative_to(self.data_dir) else None
 
     # ---------------------------------------------------------------------------------------------- scoring
 
@@ -171,16 +193,22 @@ class ActiveQueue:
         (server down, no version yet) scores nothing and the next call tries again.  An unreadable image is
         marked with its error and not retried until the file changes.
         """
-        from odal.recipe.tasks import content_hash, read_image
+        from odal.recipe.tasks import ImageData, content_hash
         from odal.serving.errors import ServingError
 
         images = []
         for path in self.pending(limit):
             try:
-                images.append(read_image(path))
-            except (OSError, ValueError) as error:
+                resolved, _st, data = safe_files.read_file(path, [self.data_dir])
+                pixels = pixels_for_scoring(data)
+            except FileNotFoundError:
+                self._set(path, error="FileNotFoundError: gone")
+                continue
+            except Exception as error:  # noqa: BLE001 - refused, too large, undecodable, or a Pillow surprise
                 self._set(path, error=f"{type(error).__name__}: {error}")
-                log.warning("active_queue_image_unreadable", path=str(path), error=str(error))
+                log.warning("active_queue_image_unreadable", path=str(path), error=f"{type(error).__name__}: {error}")
+                continue
+            images.append(ImageData(resolved, data, pixels.shape[1], pixels.shape[0], pixels))
         if not images:
             return 0
         try:
