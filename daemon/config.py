@@ -56,6 +56,11 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "metrics": {
         "address": (str, ""),  # Prometheus endpoint, e.g. "127.0.0.1:9464"; empty = off
     },
+    "limits": {  # what the daemon reads from the data dir (odal.daemon.safe_files)
+        "image_max_mb": (float, 64.0),  # bigger image files are refused unread
+        "image_max_megapixels": (float, 50.0),  # checked in the header, before decoding
+        "image_settle_seconds": (float, 5.0),  # a broken image unchanged this long is complete, not being copied
+    },
 }
 
 
@@ -87,11 +92,20 @@ class Config:
     log_max_bytes: int = 64 << 20
     log_backups: int = 3
     metrics_address: str = ""
+    image_max_bytes: int = 64 << 20
+    image_max_pixels: int = 50_000_000
+    image_settle_seconds: float = 5.0
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def ledger_path(self) -> Path:
         return self.work_dir / "ledger.sqlite"
+
+    @property
+    def limits(self):
+        from odal.daemon.safe_files import Limits
+
+        return Limits(self.image_max_bytes, self.image_max_pixels, self.image_settle_seconds)
 
 
 def _typed(section: str, key: str, value: Any, kind: type) -> Any:
@@ -156,6 +170,9 @@ def parse(data: dict, path: Path) -> Config:
         ("log", "level", lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
         ("log", "max_mb", lambda v: v >= 0, "must be >= 0 (0: never rotate)"),
         ("log", "backups", lambda v: 0 <= v <= 100, "must be in 0..100"),
+        ("limits", "image_max_mb", lambda v: 0 < v <= 4096, "must be in (0, 4096]"),
+        ("limits", "image_max_megapixels", lambda v: 0 < v <= 178, "must be in (0, 178] (Pillow refuses more)"),
+        ("limits", "image_settle_seconds", lambda v: 0 <= v <= 3600, "must be in [0, 3600]"),
     ]
     for section, key, ok, message in checks:
         if not ok(values[section, key]):
@@ -192,6 +209,9 @@ def parse(data: dict, path: Path) -> Config:
         log_max_bytes=int(values["log", "max_mb"] * (1 << 20)),
         log_backups=values["log", "backups"],
         metrics_address=metrics_address,
+        image_max_bytes=int(values["limits", "image_max_mb"] * (1 << 20)),
+        image_max_pixels=int(values["limits", "image_max_megapixels"] * 1_000_000),
+        image_settle_seconds=values["limits", "image_settle_seconds"],
         raw=data,
     )
 

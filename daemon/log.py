@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -38,26 +39,89 @@ class RotatingFile:
     """An append-only text file that is rotated (:func:`rotate`) before a write would take it past ``max_bytes``.
 
     ``max_bytes`` 0: never rotated.  Each ``write`` is expected to be one whole line (never split across files).
+    Never raises: a log folder removed while running is made again (checked at most once a ``check_every``
+    seconds, and at each rotation); a line that cannot be written (a full disk) is dropped from the file (it still
+    reaches stderr) and the file is tried again after ``retry_after`` seconds.  ``failures`` counts dropped lines.
     """
 
-    def __init__(self, path: Path, max_bytes: int = 0, backups: int = 3) -> None:
+    def __init__(self, path: Path, max_bytes: int = 0, backups: int = 3, check_every: float = 1.0,
+                 retry_after: float = 5.0) -> None:
         self.path, self.max_bytes, self.backups = Path(path), max_bytes, backups
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
+        self.check_every, self.retry_after = check_every, retry_after
+        self.failures = 0
+        self._handle: TextIO | None = None
+        self._checked = 0.0
+        self._retry_at = 0.0
+        self._open()
+        if self._handle is None:
+            raise OSError(f"cannot open the log file {self.path}")
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
+        except OSError:
+            self._handle = None
+            self._retry_at = time.monotonic() + self.retry_after
+        self._checked = time.monotonic()
+
+    def _close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError:
+                pass
+
+    def _gone(self) -> bool:
+        """The open file was unlinked (its folder removed, or deleted by hand): lines would go nowhere."""
+        try:
+            return os.fstat(self._handle.fileno()).st_nlink == 0
+        except (OSError, ValueError):
+            return True
 
     def write(self, text: str) -> None:
-        size = self._handle.tell() if self.max_bytes else 0
-        if size and size + len(text.encode()) > self.max_bytes:
-            self._handle.close()
-            rotate(self.path, self.backups)
-            self._handle = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-        self._handle.write(text)
+        now = time.monotonic()
+        if self._handle is None:
+            if now < self._retry_at:
+                self.failures += 1
+                return
+            self._open()
+        elif now - self._checked >= self.check_every:
+            self._checked = now
+            if self._gone():
+                self._close()
+                self._open()
+        if self._handle is None:
+            self.failures += 1
+            return
+        try:
+            size = self._handle.tell() if self.max_bytes else 0
+            if size and size + len(text.encode()) > self.max_bytes:
+                self._close()
+                try:
+                    rotate(self.path, self.backups)
+                except OSError:
+                    pass  # the folder went away: the file is made again below
+                self._open()
+                if self._handle is None:
+                    self.failures += 1
+                    return
+            self._handle.write(text)
+        except (OSError, ValueError):  # ENOSPC, EIO, a closed file: drop this line, try again later
+            self.failures += 1
+            self._close()
+            self._retry_at = now + self.retry_after
 
     def flush(self) -> None:
-        self._handle.flush()
+        if self._handle is not None:
+            try:
+                self._handle.flush()
+            except OSError:
+                pass
 
     def close(self) -> None:
-        self._handle.close()
+        self._close()
 
 
 class _LineWriter:
@@ -71,8 +135,11 @@ class _LineWriter:
     def msg(self, message: str) -> None:
         with self._lock:
             for stream in self._streams:
-                stream.write(message + "\n")
-                stream.flush()
+                try:  # one stream failing (a closed stderr, a full disk) never stops the caller or the others
+                    stream.write(message + "\n")
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 

@@ -22,8 +22,10 @@ import time
 from pathlib import Path
 
 from odal.daemon import log as logs
+from odal.daemon import safe_files
 from odal.daemon import watchers
 from odal.daemon.config import Config
+from odal.daemon.degraded import Degraded, is_disk_error
 from odal.daemon.handlers import ingest, ingest_db, publish
 from odal.daemon.handlers.active_queue import ActiveQueue
 from odal.daemon.handlers.round import Abandoned, Worker, run_round
@@ -35,6 +37,7 @@ from odal.daemon.prodigy_format import load_label_map
 from odal.daemon.sdnotify import Notifier, watchdog_interval
 from odal.daemon.statusfile import StatusFile
 from odal.daemon.watchers.events import ExportChanged, ImageChanged, ProdigyDbChanged
+from odal.daemon.watchers.image_dir import SettleRechecks
 from odal.serving.client import ServingClient
 
 log = logs.get("odal.daemon")
@@ -51,6 +54,9 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.retry_requested = threading.Event()
         self.labels = load_label_map(cfg.label_map)
+        safe_files.configure(cfg.limits)
+        self.degraded = Degraded()  # a full disk: events retried with backoff, shown in status, never an exit
+        self.rechecks = SettleRechecks(cfg.limits.settle_seconds + 1.0)
         self.worker = Worker(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups,
                              cfg.worker_max_bytes)
         self._round_thread: threading.Thread | None = None
@@ -133,7 +139,11 @@ class Daemon:
                 except queue.Empty:
                     break
             pending.discard(None)
+            pending |= self.degraded.due()
             for item in pending:
+                self._handle(item)
+            self.rechecks.seen(pending)
+            for item in self.rechecks.due():  # once more when settled: broken-while-copying or broken for good
                 self._handle(item)
             if self.reload_requested.is_set():
                 self._reload()
@@ -141,6 +151,10 @@ class Daemon:
                 self._retry()
             self._maybe_start_round()
             self._score_some()
+            if self.degraded.tick():
+                log.info("degraded_recovered")
+                self.status_file.set_degraded(None)
+                self._set_status("idle")
             self.status_file.flush()
             self._keepalive()
 
@@ -172,8 +186,20 @@ class Daemon:
                     if stats["retried"]:
                         self._log_ingest(event.path, stats)
         except Exception as error:  # noqa: BLE001 - one bad source never stops the daemon
+            if is_disk_error(error):  # not the source's fault: the same event is tried again with backoff
+                self._disk_failed(f"handling {type(event).__name__} {getattr(event, 'path', '')}", error, event)
+                return
             log.exception("event_failed", event=repr(event), error=str(error))
             self.metrics.error("event")
+
+    def _disk_failed(self, what: str, error: BaseException, event=None) -> None:
+        """The work dir cannot be written: degraded (status, sd_notify STATUS=, log), retried with backoff."""
+        text = self.degraded.failed(what, error, event)
+        log.error("degraded", what=what, error=f"{type(error).__name__}: {error}",
+                  retry_in=round(self.degraded.retry_in, 1))
+        self.metrics.error("disk")
+        self.status_file.set_degraded(self.degraded.reason)
+        self._set_status(text)
 
     @property
     def _blob_dir(self) -> Path:
@@ -202,8 +228,8 @@ class Daemon:
     def _maybe_start_round(self) -> None:
         if self._round_thread is not None and self._round_thread.is_alive():
             return
-        if time.monotonic() - self._last_event < self.cfg.debounce_seconds:
-            return
+        if time.monotonic() - self._last_event < self.cfg.debounce_seconds or self.degraded.active:
+            return  # a round on a full disk would fail and wait for new annotations: wait for the room instead
         new = self.ledger.accepted_changes_since(self.history.last_trained_seq())
         if new < self.cfg.min_new_annotations:
             return
@@ -219,9 +245,17 @@ class Daemon:
         """Score a few unannotated images for the active-learning queue while no round runs (bounded work)."""
         if self.scorer is None or (self._round_thread is not None and self._round_thread.is_alive()):
             return
-        if time.monotonic() < self._next_scoring:
+        if time.monotonic() < self._next_scoring or not self.degraded.may_try():
             return
-        scored = self.queue.score_pending(self.scorer, self.cfg.model_name, limit=8)
+        try:
+            scored = self.queue.score_pending(self.scorer, self.cfg.model_name, limit=8)
+        except Exception as error:  # noqa: BLE001 - scoring is a courtesy: it never stops the daemon
+            if is_disk_error(error):
+                self._disk_failed("scoring the active-learning queue", error)
+            else:
+                log.error("scoring_failed", error=f"{type(error).__name__}: {error}", exc_info=True)
+            self._next_scoring = time.monotonic() + 10.0
+            return
         if scored == 0:  # nothing pending, or no model served yet: look again later
             self._next_scoring = time.monotonic() + 10.0
 
@@ -281,6 +315,7 @@ class Daemon:
             labels = load_label_map(new.label_map)
             changed = labels != self.labels
             self.cfg, self.labels = new, labels
+            safe_files.configure(new.limits)
             log.info("config_reloaded", config=str(new.path), labels_changed=changed)
             if changed:  # lines set aside for a label that is known now get their chance
                 self.retry_requested.set()

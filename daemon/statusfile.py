@@ -3,7 +3,12 @@
 The daemon calls :meth:`StatusFile.set` on every status change (many per second while training); the file is
 rewritten atomically at most once per ``min_interval`` seconds, and a change that arrives sooner is written on
 the next call or by :meth:`flush`.  The record holds the text, when it was set, and the daemon's pid, so a reader
-can tell a stale file (daemon gone) from a live one.
+can tell a stale file (daemon gone) from a live one, and ``degraded`` (None, or what is failing and since when:
+a full disk, ...) set by :meth:`StatusFile.set_degraded`.
+
+The file is padded to :data:`SIZE` bytes: when the atomic write fails (the work dir's disk is full, no room for a
+temp file), the record is written over the old one in place, in blocks the file already owns, so that
+``odal status`` can still say the daemon is degraded and why.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from odal.daemon.atomic import atomic_write_text
 
 FILE_NAME = "status.json"
+SIZE = 4096
 
 
 class StatusFile:
@@ -26,16 +32,29 @@ class StatusFile:
         self._lock = threading.Lock()
         self._written_at = 0.0
         self._pending: dict | None = None
+        self._text = ""
+        self._degraded: dict | None = None
         for stale in self.path.parent.glob(f".{FILE_NAME}.*.tmp"):  # a write cut short by a crash
             stale.unlink(missing_ok=True)
 
     def set(self, text: str) -> None:
         """Record ``text`` as the current status; writes now unless the last write was under a second ago."""
-        record = {"text": text, "since": time.time(), "pid": os.getpid()}
         with self._lock:
-            self._pending = record
+            self._text = text
+            self._pending = {"text": text, "since": time.time(), "pid": os.getpid(), "degraded": self._degraded}
             if time.monotonic() - self._written_at >= self.min_interval:
                 self._write_locked()
+
+    def set_degraded(self, reason: str | None) -> None:
+        """Record that something keeps failing (``reason``), or that it works again (None); written now."""
+        with self._lock:
+            if reason is None:
+                self._degraded = None
+            elif self._degraded is None or self._degraded["reason"] != reason:
+                self._degraded = {"reason": reason[:1000], "since": time.time()}
+            self._pending = {"text": self._text, "since": time.time(), "pid": os.getpid(),
+                             "degraded": self._degraded}
+            self._write_locked()
 
     def flush(self) -> None:
         """Write a status held back by the rate limit (the daemon's loop calls this on each tick)."""
@@ -45,11 +64,28 @@ class StatusFile:
 
     def _write_locked(self) -> None:
         record, self._pending = self._pending, None
+        text = json.dumps(record)
+        if len(text) >= SIZE:
+            text = json.dumps(dict(record, text=record["text"][:500]))[:SIZE - 1]
+        text = text.ljust(SIZE - 1) + "\n"
         try:
-            atomic_write_text(self.path, json.dumps(record))
-        except OSError:  # a full disk must not stop the daemon; status is a courtesy
-            self._pending = record
+            atomic_write_text(self.path, text)
+        except OSError:  # a full disk must not stop the daemon: write over the old record, in place
+            if not self._overwrite(text.encode()):
+                self._pending = record
         self._written_at = time.monotonic()
+
+    def _overwrite(self, data: bytes) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            return os.fstat(fd).st_size >= len(data) and os.pwrite(fd, data, 0) == len(data)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
 
 def read(work_dir: Path) -> dict | None:

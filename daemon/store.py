@@ -42,6 +42,22 @@ class Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                except BaseException:  # e.g. "database or disk is full": the transaction must not stay open
+                    self._rollback()
+                    raise
+            else:
+                self._rollback()
         finally:
             self.lock.release()
+
+    def _rollback(self) -> None:
+        """ROLLBACK if a transaction is still open (SQLite rolls back by itself after some errors, such as a full
+        disk; a second ROLLBACK would then raise and hide the error that matters)."""
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass

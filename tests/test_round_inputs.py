@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
+from PIL import Image
+
 from odal.daemon.handlers.round import split_of, with_images, write_annotations
 
 
 def _annotation(tmp_path, name: str, exists: bool = True) -> dict:
     path = tmp_path / name
     if exists:
-        path.write_bytes(b"jpeg")
+        Image.new("RGB", (8, 6)).save(path, format="JPEG")
     return {"input_hash": name, "image_path": str(path),
             "boxes": [{"label": "disc", "xmin": 0.1, "ymin": 0.1, "xmax": 0.5, "ymax": 0.5}]}
 
@@ -18,7 +20,7 @@ def _annotation(tmp_path, name: str, exists: bool = True) -> dict:
 def test_annotations_whose_image_was_deleted_are_left_out_and_named(tmp_path):
     kept, gone = _annotation(tmp_path, "a.jpg"), _annotation(tmp_path, "b.jpg", exists=False)
     no_path = dict(_annotation(tmp_path, "c.jpg"), image_path=None)
-    present, missing = with_images([kept, gone, no_path])
+    present, missing = with_images([kept, gone, no_path], [tmp_path])
     assert present == [kept] and missing == [gone["image_path"], "None"]
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from odal.daemon import images, safe_files
 from odal.daemon import log as logs
 from odal.daemon.atomic import atomic_write, remove_tree
 from odal.daemon.config import Config
@@ -49,6 +51,16 @@ class Worker:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._stopping = False  # set by stop(): a child ending now was stopped on purpose
+        self._stopped = threading.Event()
+
+    @property
+    def stopping(self) -> bool:
+        """stop() was called: the daemon is shutting down."""
+        return self._stopping
+
+    def wait_stopping(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if stop() is called meanwhile."""
+        self._stopped.wait(seconds)
 
     @property
     def pid(self) -> int | None:
@@ -123,6 +135,7 @@ class Worker:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the child's session, SIGKILL after ``timeout``."""
         self._stopping = True
+        self._stopped.set()
         with self._lock:  # waits for a child being started (run() then sees _stopping and stops it)
             proc = self._proc
         if proc is None or proc.poll() is not None:
@@ -166,15 +179,29 @@ def split_of(input_hash: str, eval_fraction: float) -> str:
     return "eval" if bucket < eval_fraction else "train"
 
 
-def with_images(accepted: list[dict]) -> tuple[list[dict], list[str]]:
-    """The annotations whose image file is still there, and the paths of those that are gone.
+def with_images(accepted: list[dict], roots: list[Path]) -> tuple[list[dict], list[str]]:
+    """The annotations whose image file is still there and usable, and the paths of those that are not.
 
-    One image deleted from the data folder after it was annotated must not fail every later round."""
+    One image deleted from the data folder after it was annotated must not fail every later round; nor may one
+    replaced by a FIFO, a device link, a file over the byte limit or a decompression bomb reach the worker: each is
+    checked through :mod:`odal.daemon.safe_files` (inside ``roots``, regular, bounded) and its header's size."""
     present, missing = [], []
     for annotation in accepted:
         path = annotation.get("image_path")
-        (present if path and Path(path).is_file() else missing).append(annotation)
+        (present if path and _usable(path, roots) else missing).append(annotation)
     return present, [str(a.get("image_path")) for a in missing]
+
+
+def _usable(path: str, roots: list[Path]) -> bool:
+    try:
+        with safe_files.open_file(path, roots) as (_resolved, _st, handle):
+            images.header_size(handle)
+    except FileNotFoundError:
+        return False
+    except (safe_files.Refused, images.TooLarge, images.Undecodable, OSError) as error:
+        log.warning("image_refused", path=path, error=str(error))
+        return False
+    return True
 
 
 def write_annotations(path: Path, accepted: list[dict], labels: list[str], eval_fraction: float) -> dict:
@@ -214,7 +241,7 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
     round_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        accepted, missing = with_images(accepted)
+        accepted, missing = with_images(accepted, [cfg.data_dir.resolve(), (cfg.work_dir / "images").resolve()])
         if missing:  # deleted (or moved) since they were annotated: trained on again once the file is back
             bound.warning("images_missing", count=len(missing), images=missing[:10])
         counts = write_annotations(round_dir / "annotations.jsonl", accepted, labels, cfg.eval_fraction)
@@ -282,10 +309,38 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
         raise
     except Exception as error:  # noqa: BLE001 - a failed round is recorded; the previous version keeps serving
         message = f"{type(error).__name__}: {error}"
-        history.finish_round(round_id, "failed", error=message)
         bound.error("round_failed", error=message)
-        remove_tree(publish.staging_dir(cfg.base_path, round_id))
+        # Its partial outputs go first: on a full disk that is what frees the room to record the failure.
+        partials = (publish.staging_dir(cfg.base_path, round_id), cfg.work_dir / "checkpoints" / f"round-{round_id}")
+        for partial in partials:
+            try:
+                remove_tree(partial)
+            except OSError as cleanup_error:
+                bound.warning("round_cleanup_failed", path=str(partial), error=str(cleanup_error))
+        _record_failure(history, round_id, message, worker, status)
         return RoundOutcome(round_id, "failed", error=message)
+
+
+def _record_failure(history: History, round_id: int, message: str, worker: Worker,
+                    status: Callable[[str], None], max_wait: float = 60.0) -> None:
+    """``finish_round(failed)``, retried with backoff while the ledger cannot be written (a full disk): a round
+    must never stay ``running`` with its error lost.  Gives up only when the daemon stops (the round is then
+    abandoned at the next start)."""
+    wait = 1.0
+    while True:
+        try:
+            history.finish_round(round_id, "failed", error=message)
+            return
+        except sqlite3.Error as error:
+            if worker.stopping:
+                log.error("round_failure_unrecorded", round=round_id, error=message, cause=str(error))
+                raise Abandoned("daemon stopping") from error
+            status(f"degraded: round {round_id} failed and its failure cannot be recorded ({error}); "
+                   f"retrying in {wait:g} s")
+            log.error("round_failure_not_recorded", round=round_id, error=message, cause=str(error),
+                      retry_in=wait)
+            worker.wait_stopping(wait)
+            wait = min(wait * 2, max_wait)
 
 
 def _retain(cfg: Config, history: History) -> None:

@@ -27,3 +27,29 @@ class ImageDirWatcher(FileSystemEventHandler):
         if event.event_type != "deleted" and dest and Path(dest).suffix.lower() in IMAGE_SUFFIXES:
             if not Path(dest).name.startswith("."):
                 self._events.put(ImageChanged(str(dest)))
+
+
+class SettleRechecks:
+    """Each image event is looked at once more when the file has settled (``delay`` seconds later, the limits'
+    ``settle_seconds`` plus a margin): a file that was broken while it was being copied is then either good, or
+    complete and broken, and a line waiting for it is ingested or set aside for good instead of waiting forever.
+    The loop calls :meth:`seen` with the events it handled and :meth:`due` for the rechecks to handle now."""
+
+    def __init__(self, delay: float, clock=None) -> None:
+        import time
+
+        self.delay = delay
+        self._clock = clock or time.monotonic
+        self._due: dict[str, float] = {}
+
+    def seen(self, events) -> None:
+        for event in events:
+            if isinstance(event, ImageChanged) and not event.deleted:
+                self._due[event.path] = self._clock() + self.delay
+
+    def due(self) -> list[ImageChanged]:
+        now = self._clock()
+        ready = [path for path, at in self._due.items() if at <= now]
+        for path in ready:
+            del self._due[path]
+        return [ImageChanged(path) for path in ready]
