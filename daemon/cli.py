@@ -102,6 +102,9 @@ def _print_status(data: dict) -> None:
     now = data.get("now")
     if owner and now and now.get("running"):
         print(f"now        {now['text']} (since {time.strftime('%H:%M:%S', time.localtime(now['since']))})")
+        if now.get("degraded"):
+            since = time.strftime('%H:%M:%S', time.localtime(now['degraded']['since']))
+            print(f"DEGRADED   {now['degraded']['reason']} (since {since}; retried with backoff, nothing is lost)")
     a = data["annotations"]
     print(f"annotations  accepted {a['accepted']}  rejected {a['rejected']}  ignored {a['ignored']}  "
           f"set aside {a['invalid']}")
@@ -120,8 +123,13 @@ def _print_status(data: dict) -> None:
     if data["set_aside"]:
         print("\nset aside (newest first; fix the source and run `odal retry`; a line waiting for its image is "
               "tried again when the image appears)")
+        from odal.daemon.images import COMPLETE_BUT
+
         for item in data["set_aside"]:
-            waits = "  [waiting for the image]" if item.get("image") else ""
+            waits = ""
+            if item.get("image"):
+                complete = str(item.get("error", "")).startswith(COMPLETE_BUT)
+                waits = "  [replace the image to try again]" if complete else "  [waiting for the image]"
             print(f"  {item.get('source')}:{item.get('line')}  {item.get('error')}{waits}")
 
 

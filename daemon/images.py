@@ -52,15 +52,17 @@ class ImageFile:
 
 def _open(source):
     """Pillow's lazy open (header only); a bomb or an over-limit header raises :class:`TooLarge`."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(source)
         except Image.DecompressionBombError as error:
-            raise TooLarge(f"image is too large: {error}") from error
-        except Exception as error:  # Pillow raises many types (UnidentifiedImageError, SyntaxError, struct.error)
+            raise TooLarge(f"image is too large (a decompression bomb: {error})") from error
+        except UnidentifiedImageError:
+            raise Undecodable("not an image format Pillow can identify") from None
+        except Exception as error:  # Pillow raises many types (SyntaxError, struct.error, ValueError, ...)
             raise Undecodable(f"{type(error).__name__}: {error}") from error
     width, height = image.size
     limit = safe_files.limits().max_image_pixels

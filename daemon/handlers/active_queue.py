@@ -193,22 +193,10 @@ class ActiveQueue:
         (server down, no version yet) scores nothing and the next call tries again.  An unreadable image is
         marked with its error and not retried until the file changes.
         """
-        from odal.recipe.tasks import ImageData, content_hash
+        from odal.recipe.tasks import content_hash
         from odal.serving.errors import ServingError
 
-        images = []
-        for path in self.pending(limit):
-            try:
-                resolved, _st, data = safe_files.read_file(path, [self.data_dir])
-                pixels = pixels_for_scoring(data)
-            except FileNotFoundError:
-                self._set(path, error="FileNotFoundError: gone")
-                continue
-            except Exception as error:  # noqa: BLE001 - refused, too large, undecodable, or a Pillow surprise
-                self._set(path, error=f"{type(error).__name__}: {error}")
-                log.warning("active_queue_image_unreadable", path=str(path), error=f"{type(error).__name__}: {error}")
-                continue
-            images.append(ImageData(resolved, data, pixels.shape[1], pixels.shape[0], pixels))
+        images = self.read_pending(limit)
         if not images:
             return 0
         try:
@@ -225,6 +213,27 @@ class ActiveQueue:
                     (hashlib.sha256(image.data).hexdigest(), str(content_hash(image.data)),
                      uncertainty(detections.scores), int(detections.model_version), now, str(image.path)))
         return len(images)
+
+    def read_pending(self, limit: int) -> list:
+        """The next ``limit`` pending images read for scoring (``odal.recipe.tasks.ImageData``, pixels shrunk to at
+        most 1024 a side); an image that is gone, refused or undecodable is marked with its error and logged once
+        (it is pending again only when its file changes)."""
+        from odal.recipe.tasks import ImageData
+
+        images = []
+        for path in self.pending(limit):
+            try:
+                resolved, _st, data = safe_files.read_file(path, [self.data_dir])
+                pixels = pixels_for_scoring(data)
+            except FileNotFoundError:
+                self._set(path, error="FileNotFoundError: gone")
+                continue
+            except Exception as error:  # noqa: BLE001 - refused, too large, undecodable, or a Pillow surprise
+                self._set(path, error=f"{type(error).__name__}: {error}")
+                log.warning("active_queue_image_unreadable", path=str(path), error=f"{type(error).__name__}: {error}")
+                continue
+            images.append(ImageData(resolved, data, pixels.shape[1], pixels.shape[0], pixels))
+        return images
 
     def _set(self, path: Path, **values) -> None:
         columns = ", ".join(f"{key} = ?" for key in values)
