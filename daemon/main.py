@@ -153,8 +153,8 @@ class Daemon:
             self._score_some()
             if self.degraded.tick():
                 log.info("degraded_recovered")
-                self.status_file.set_degraded(None)
                 self._set_status("idle")
+                self.status_file.set_degraded(None)  # written now, with the new text
             self.status_file.flush()
             self._keepalive()
 
