@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -104,7 +105,11 @@ def test_a_full_work_dir_during_ingest_is_a_degraded_state_and_nothing_is_lost_o
     items = datasets.generate_shapes(tmp_path / "images", 8, seed=4)
     config = make_workspace(tmp_path / "ws", items, min_new=1000)
     export = config.parent / "exports" / "annotations.jsonl"
-    with tmpfs(config.parent / "work", "16m") as work, DaemonProcess(config) as daemon:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # what systemd listens on
+    notify.bind(str(tmp_path / "notify"))
+    notify.setblocking(False)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify")}
+    with tmpfs(config.parent / "work", "16m") as work, DaemonProcess(config, env) as daemon, notify:
         append_records(export, records_for(items[:2]))
         _wait(lambda: _status(config.parent)["annotations"]["accepted"] == 2, 30, "the first two annotations")
         filler = fill(work)
@@ -112,6 +117,11 @@ def test_a_full_work_dir_during_ingest_is_a_degraded_state_and_nothing_is_lost_o
         status = _wait(lambda: (s := _status(config.parent))["now"].get("degraded") and s, 30, "degraded")
         assert "database or disk is full" in status["now"]["degraded"]["reason"]
         assert status["now"]["text"].startswith("degraded: ") and "retrying in" in status["now"]["text"]
+        sent = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sent.append(notify.recv(4096).decode())
+        assert any(m.startswith("STATUS=degraded: handling ExportChanged") and "disk is full" in m for m in sent)
         time.sleep(3)  # retried with backoff meanwhile, still up, nothing ingested
         assert daemon.alive() and _status(config.parent)["annotations"]["accepted"] == 2
         filler.unlink()
