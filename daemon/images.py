@@ -111,9 +111,12 @@ def pixels_for_scoring(data: bytes, max_side: int = 1024):
         with _open(io.BytesIO(data)) as image:
             try:
                 image.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
-                image = image.convert("RGB")
-                image.thumbnail((max_side, max_side))
-                return np.asarray(image, dtype=np.uint8)
+                try:
+                    image.thumbnail((max_side, max_side))  # shrink before converting: one full-size copy at most
+                except (ValueError, OSError):  # a mode resize does not take (e.g. "I;16"): convert first
+                    image = image.convert("RGB")
+                    image.thumbnail((max_side, max_side))
+                return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
             except Exception as error:  # noqa: BLE001
                 raise Undecodable(f"{type(error).__name__}: {error}") from error
 
