@@ -316,6 +316,7 @@ class Daemon:
             changed = labels != self.labels
             self.cfg, self.labels = new, labels
             safe_files.configure(new.limits)
+            self.rechecks.delay = new.limits.settle_seconds + 1.0
             log.info("config_reloaded", config=str(new.path), labels_changed=changed)
             if changed:  # lines set aside for a label that is known now get their chance
                 self.retry_requested.set()

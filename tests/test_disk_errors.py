@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -77,7 +76,8 @@ def test_the_daemon_keeps_running_and_logging_when_its_logs_folder_is_removed(tm
             append_records(export, records_for([item]))
             time.sleep(0.4)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (daemon.log_path.exists() and "ingested" in daemon.log_path.read_text()):
+        while time.monotonic() < deadline and not (daemon.log_path.exists()
+                                                   and "ingested" in daemon.log_path.read_text()):
             time.sleep(0.2)
         assert daemon.alive(), (config.parent / "daemon.stderr").read_text()[-3000:]
         assert "ingested" in daemon.log_path.read_text()  # the folder and the file are back, with new lines

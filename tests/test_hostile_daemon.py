@@ -9,8 +9,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
 from daemon_harness import DaemonProcess, append_records, make_workspace, odal_cli, records_for
 from hostile import jpeg, make
 from test_recipe import brightness_model, serve
