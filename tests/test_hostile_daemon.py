@@ -102,6 +102,10 @@ def test_a_hostile_data_dir_never_stops_the_daemon_and_good_images_still_flow(tm
             for line, (name, message) in enumerate(BAD_LINES.items(), start=3):
                 assert name in by_line[line] and message in by_line[line], (line, by_line)
             assert late and late[0]["error"].startswith("image is complete but cannot be decoded"), late
+            shown = odal_cli("status", "--workspace", str(config.parent)).stdout
+            assert any("late-cut.jpg" in line and line.endswith("[replace the image to try again]")
+                       for line in shown.splitlines()), shown
+            assert "[waiting for the image]" not in shown
             daemon_mb, server_pid = _peak_rss_mb(daemon.pid), _server_pid(address)
             server_mb = _peak_rss_mb(server_pid) if server_pid else float("nan")
             assert daemon.terminate() == 0
