@@ -116,11 +116,12 @@ def checked_shape(proto: tensor_pb2.TensorProto, max_bytes: int = _LIMITS.max_te
         raise invalid_argument(f"tensor shape has a negative size: {list(shape)}")
     dtype = numpy_dtype(proto.dtype)
     itemsize = _STRING_ITEM_BYTES if proto.dtype == types_pb2.DT_STRING else dtype.itemsize
-    count = 1
+    count, extent = 1, 1
     for size in shape:
         count *= size
+        extent *= max(size, 1)  # numpy refuses even an empty array whose other sizes overflow
     declared = count * itemsize
-    if declared > max_bytes:
+    if max(declared, extent * itemsize) > max_bytes:
         raise invalid_argument(f"tensor {dtype_name(proto.dtype)} {list(shape)} declares {declared} bytes, more "
                                f"than the server accepts ({max_bytes})")
     carried = _data_bytes(proto, itemsize)
