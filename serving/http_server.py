@@ -67,9 +67,8 @@ class _Connection:
                 await self._linger()
                 return
             except h11.RemoteProtocolError as exc:
-                status = 431 if "incomplete event" in str(exc) else exc.error_status_hint
-                await self._send(status, _error_body(f"Malformed HTTP request: {exc}"[:200]), "application/json",
-                                 close=True)
+                await self._send(exc.error_status_hint, _error_body(f"Malformed HTTP request: {exc}"[:200]),
+                                 "application/json", close=True)
                 return
             status, payload, content_type = await self._answer(request, body)
             await self._send(status, payload, content_type)
@@ -159,15 +158,18 @@ class _Connection:
             headers.append(("Content-Type", content_type))
         if close:
             headers.append(("Connection", "close"))
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
         try:
-            if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-                return
             data = self.h11.send(h11.Response(status_code=status, headers=headers))
             data += self.h11.send(h11.Data(data=payload)) + self.h11.send(h11.EndOfMessage())
-            self.writer.write(data)
+        except h11.LocalProtocolError:
+            return
+        self.writer.write(data)
+        try:  # a client that does not read its answer is dropped, not waited for
             await asyncio.wait_for(self.writer.drain(), self.limits.rest_request_timeout)
-        except (h11.LocalProtocolError, ConnectionError, TimeoutError):
-            pass
+        except TimeoutError:
+            raise ConnectionError("the client did not read its answer in time") from None
 
 
 class HttpServer:

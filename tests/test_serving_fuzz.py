@@ -27,6 +27,7 @@ from odal.serving import discovery, predict, tensors
 from odal.serving._protos import predict_pb2, prediction_service_pb2_grpc, tensor_pb2, types_pb2
 from odal.serving.client import ServingClient
 from odal.serving.errors import ServingError
+from odal.serving.limits import DEFAULT
 from odal.serving.process import ServerProcess
 from serving_fixtures import save_small_model
 
@@ -186,7 +187,7 @@ def test_rest_handler_still_predicts_after_the_fuzzing(rest):
 def test_grpc_tensor_decoding_and_predict_fail_only_with_client_statuses(registry, proto, alias):
     try:
         array = tensors.from_proto(proto)
-        assert array.nbytes <= tensors.checked_shape(proto)[1] * max(array.itemsize, 8)
+        assert array.nbytes <= DEFAULT.max_tensor_bytes
         predict.run(registry, predict.Target("m"), "", {alias: array})
     except ServingError as exc:
         assert exc.code in CLIENT_FAULTS, f"{exc.code}: {exc.message}"

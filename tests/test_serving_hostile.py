@@ -295,3 +295,18 @@ def test_versions_that_fail_to_load_do_not_accumulate_memory(model_base, tmp_pat
     print(f"\nRSS across 10 failed loads: {baseline:.0f} before, {settled:.0f} after 3, {after:.0f} after 10 MiB")
     assert version == 1
     assert after - settled < 60  # was ~100 MiB a load
+
+
+def test_connections_beyond_the_limit_are_answered_503_and_the_rest_still_served(server):
+    limit = 256  # the default --rest_api_max_connections
+    held = [raw(server, b"") for _ in range(limit)]
+    try:
+        time.sleep(0.5)  # let the server accept them all
+        with raw(server, b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\n\r\n") as extra:
+            data, _ = read_until_closed(extra, SLACK)
+        assert data.startswith(b"HTTP/1.1 503"), data[:200]
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.5)
+    assert_still_serving(server)
