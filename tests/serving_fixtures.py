@@ -1,9 +1,16 @@
-"""Helpers for the hostile-client tests: a small real SavedModel shaped like the detector's input, and the
-server's resident memory."""
+"""Shared by the hostile-client and fuzzing tests: a small real SavedModel shaped like the detector's input, one
+``odal serve`` process serving it (session-wide, short timeouts), and the server's resident memory.  Test modules
+import the fixtures by name."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
+
+REQUEST_TIMEOUT = 3.0  # --rest_api_timeout_in_ms of the shared server (default 30 s)
+IDLE_TIMEOUT = 2.0  # --rest_api_idle_timeout_seconds (default 30 s)
+BODY_LIMIT = 8 << 20  # --rest_api_max_body_bytes (default 64 MiB)
 
 
 def save_small_model(folder: Path, filler_floats: int = 0) -> Path:
@@ -41,3 +48,31 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmHWM for {pid}")
+
+
+@pytest.fixture(scope="session")
+def small_model_base(tmp_path_factory) -> Path:
+    """A model base path holding version 1 of ``save_small_model``."""
+    base = tmp_path_factory.mktemp("small-model") / "m"
+    base.mkdir()
+    save_small_model(base / "1")
+    return base
+
+
+@pytest.fixture(scope="session")
+def small_server(small_model_base, tmp_path_factory):
+    """``odal serve`` on loopback serving ``small_model_base`` as model ``m``; checked to be up at the end."""
+    from odal.serving.client import ServingClient
+    from odal.serving.process import ServerProcess
+
+    log = tmp_path_factory.mktemp("small-server") / "serve.log"
+    with ServerProcess(log, "--model_name=m", f"--model_base_path={small_model_base}",
+                       f"--rest_api_timeout_in_ms={int(REQUEST_TIMEOUT * 1000)}",
+                       f"--rest_api_idle_timeout_seconds={IDLE_TIMEOUT}",
+                       f"--rest_api_max_body_bytes={BODY_LIMIT}") as process:
+        with ServingClient(process.address, timeout=60) as client:
+            client.wait_until_available("m", timeout=180)
+        yield process
+        print(f"\nserver peak RSS through the hostile and fuzzing cases: {peak_rss_mib(process.process.pid):.0f} MiB")
+        assert process.process.poll() is None, "the server exited"
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]

@@ -28,8 +28,8 @@ from odal.serving._protos import predict_pb2, prediction_service_pb2_grpc, tenso
 from odal.serving.client import ServingClient
 from odal.serving.errors import ServingError
 from odal.serving.limits import DEFAULT
-from odal.serving.process import ServerProcess
-from serving_fixtures import save_small_model
+
+pytest_plugins = ["serving_fixtures"]  # small_model_base, small_server: one server for both test modules
 
 EXAMPLES = int(os.environ.get("ODAL_FUZZ_EXAMPLES", "300"))
 SOCKET_EXAMPLES = max(EXAMPLES // 6, 20)
@@ -131,20 +131,12 @@ def tensor_protos(draw) -> tensor_pb2.TensorProto:
 # ---- in-process ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def model_base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("fuzz") / "models" / "m"
-    base.mkdir(parents=True)
-    save_small_model(base / "1")
-    return base
-
-
-@pytest.fixture(scope="module")
-def registry(model_base):
+def registry(small_model_base):
     from odal.serving import loader
     from odal.serving.registry import Registry
 
     with Registry(loader.Servable, poll_seconds=0) as registry:
-        registry.reload(discovery.single_model_config("m", str(model_base)), wait_seconds=120)
+        registry.reload(discovery.single_model_config("m", str(small_model_base)), wait_seconds=120)
         yield registry
 
 
@@ -207,20 +199,14 @@ def test_a_fill_of_the_declared_shape_is_bounded_but_tf_servings_single_value_fi
 
 # ---- over sockets ------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def server(model_base, tmp_path_factory):
-    log = tmp_path_factory.mktemp("fuzz-log") / "serve.log"
-    with ServerProcess(log, "--model_name=m", f"--model_base_path={model_base}") as process:
-        with ServingClient(process.address, timeout=60) as client:
-            client.wait_until_available("m", timeout=180)
-        yield process
-        assert process.process.poll() is None, "the server exited during the fuzzing"
-        assert "Traceback" not in log.read_text()
+@pytest.fixture
+def server(small_server):
+    return small_server
 
 
 @pytest.fixture(scope="module")
-def connection(server):
-    conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
+def connection(small_server):
+    conn = http.client.HTTPConnection("127.0.0.1", small_server.rest_port, timeout=60)
     yield conn
     conn.close()
 

@@ -23,35 +23,19 @@ import pytest
 from odal.serving._protos import predict_pb2, prediction_service_pb2_grpc, types_pb2
 from odal.serving.client import ServingClient
 from odal.serving.process import ServerProcess
-from serving_fixtures import peak_rss_mib, rss_mib, save_small_model
+pytest.register_assert_rewrite("serving_fixtures")
+from serving_fixtures import BODY_LIMIT, IDLE_TIMEOUT, REQUEST_TIMEOUT, rss_mib, save_small_model
 
-REQUEST_TIMEOUT = 3.0  # --rest_api_timeout_in_ms for these tests (default 30 s)
-IDLE_TIMEOUT = 2.0  # --rest_api_idle_timeout_seconds (default 30 s)
-BODY_LIMIT = 8 << 20  # --rest_api_max_body_bytes (default 64 MiB)
+pytest_plugins = ["serving_fixtures"]  # small_model_base, small_server: one server for both test modules
+
 SLACK = 10.0  # a loaded 2-core machine
 IMAGE = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(1, 4, 5, 3)
 GOOD = json.dumps({"instances": IMAGE.tolist()}).encode()
 
 
-@pytest.fixture(scope="module")
-def model_base(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("hostile") / "models" / "m"
-    base.mkdir(parents=True)
-    save_small_model(base / "1")
-    return base
-
-
-@pytest.fixture(scope="module")
-def server(model_base, tmp_path_factory):
-    log = tmp_path_factory.mktemp("hostile-log") / "serve.log"
-    with ServerProcess(log, "--model_name=m", f"--model_base_path={model_base}",
-                       f"--rest_api_timeout_in_ms={int(REQUEST_TIMEOUT * 1000)}",
-                       f"--rest_api_idle_timeout_seconds={IDLE_TIMEOUT}",
-                       f"--rest_api_max_body_bytes={BODY_LIMIT}") as process:
-        with ServingClient(process.address, timeout=60) as client:
-            client.wait_until_available("m", timeout=180)
-        yield process
-        print(f"\nserver peak RSS through the hostile cases: {peak_rss_mib(process.process.pid):.0f} MiB")
+@pytest.fixture
+def server(small_server):
+    return small_server
 
 
 def post(server, body: bytes, path: str = "/v1/models/m:predict", timeout: float = 30.0) -> tuple[int, bytes]:
@@ -263,13 +247,13 @@ def test_a_grpc_message_over_the_limit_is_refused_by_grpc(server):
 
 # ---- failed loads --------------------------------------------------------------------------------------
 
-def test_versions_that_fail_to_load_do_not_accumulate_memory(model_base, tmp_path):
-    """10 failed loads of a version whose graph holds 32 MB (its variables truncated): each used to keep
+def test_versions_that_fail_to_load_do_not_accumulate_memory(small_model_base, tmp_path):
+    """10 failed loads of a version whose graph holds 16 MB (its variables truncated): each used to keep
     several times that alive (the error's traceback held the half-loaded model)."""
     base = tmp_path / "leaky"
     base.mkdir()
-    shutil.copytree(model_base / "1", base / "1")
-    broken = save_small_model(tmp_path / "broken", filler_floats=8_000_000)
+    shutil.copytree(small_model_base / "1", base / "1")
+    broken = save_small_model(tmp_path / "broken", filler_floats=4_000_000)
     for data in (broken / "variables").glob("variables.data*"):
         data.write_bytes(data.read_bytes()[:-4])
     log = tmp_path / "serve.log"
