@@ -11,10 +11,10 @@ a markdown table and writes it to bench/results/serving.md.  Not a test.
 
 Hostile-client mode (bench/results/serving_hostile.md): a small real SavedModel (input uint8 [1,-1,-1,3], a
 4x5 image), ``--clients`` threads each sending ``--per-client`` REST predicts, each on a new connection (what
-overflows a short listen backlog), then a 40-byte gRPC request declaring a [1,10000,10000,3] float tensor, a
+overflows a short listen backlog), then a 40-byte gRPC request declaring a [1,10000,10000,3] uint8 tensor, a
 6 MB malformed REST body and a 10^15 Content-Length; reports connection errors, latency, and the server's peak
-RSS.  With ``--compare-commit`` the same run is made first against that commit's ``serving/`` (extracted with
-``git archive``), so before and after share one run and one machine load.
+RSS.  With ``--compare-commit`` that commit's ``serving/`` (extracted with ``git archive``) serves too, and the
+load alternates between the two servers in 4 slices, so before and after see the same machine load.
 """
 
 from __future__ import annotations

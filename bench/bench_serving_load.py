@@ -63,10 +63,7 @@ def _load(port: int, clients: int, per_client: int) -> dict:
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - began
-    ordered = sorted(latencies)
-    return {"errors": errors, "p50": statistics.median(ordered) * 1000, "p99": ordered[int(len(ordered) * 0.99)] * 1000,
-            "rps": len(ordered) / wall, "n": len(ordered)}
+    return {"errors": errors, "latencies": latencies, "wall": time.perf_counter() - began}
 
 
 def _hostile(server: ServerProcess) -> dict:
@@ -79,15 +76,15 @@ def _hostile(server: ServerProcess) -> dict:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "m"
     tensor = request.inputs["input_tensor"]
-    tensor.dtype = types_pb2.DT_FLOAT
+    tensor.dtype = types_pb2.DT_UINT8  # the model's input type: an old server filled it in
     for size in (1, 10000, 10000, 3):
         tensor.tensor_shape.dim.add().size = size
     with grpc.insecure_channel(server.address) as channel:
         try:
             prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=120)
-            seen["grpc [1,10000,10000,3] float, no values"] = "OK (allocated)"
+            seen["gRPC [1,10000,10000,3] uint8, no values"] = "OK (allocated)"
         except grpc.RpcError as exc:
-            seen["grpc [1,10000,10000,3] float, no values"] = exc.code().name
+            seen["gRPC [1,10000,10000,3] uint8, no values"] = exc.code().name
     bad = json.dumps({"instances": "x" * (6 << 20)}).encode()
     conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
     conn.request("POST", "/v1/models/m:predict", bad)
@@ -103,7 +100,7 @@ def _hostile(server: ServerProcess) -> dict:
     return seen
 
 
-def _run_one(label: str, base: Path, workdir: Path, clients: int, per_client: int, pythonpath: str | None) -> dict:
+def _start(label: str, base: Path, workdir: Path, pythonpath: str | None) -> ServerProcess:
     env_before = os.environ.get("PYTHONPATH")
     if pythonpath:
         os.environ["PYTHONPATH"] = pythonpath
@@ -112,20 +109,42 @@ def _run_one(label: str, base: Path, workdir: Path, clients: int, per_client: in
     finally:
         if pythonpath:
             os.environ.pop("PYTHONPATH") if env_before is None else os.environ.__setitem__("PYTHONPATH", env_before)
-    try:
-        from odal.serving.client import ServingClient
-        with ServingClient(server.address, timeout=60) as client:
-            client.wait_until_available("m", timeout=300)
-        _post(server.rest_port, json.dumps({"instances": IMAGE.tolist()}).encode())
-        result = _load(server.rest_port, clients, per_client)
+    from odal.serving.client import ServingClient
+    with ServingClient(server.address, timeout=60) as client:
+        client.wait_until_available("m", timeout=300)
+    _post(server.rest_port, json.dumps({"instances": IMAGE.tolist()}).encode())
+    return server
+
+
+def _merge(parts: list[dict]) -> dict:
+    errors: dict[str, int] = {}
+    for part in parts:
+        for kind, count in part["errors"].items():
+            errors[kind] = errors.get(kind, 0) + count
+    latencies = sorted(x for part in parts for x in part["latencies"])
+    return {"errors": errors, "p50": statistics.median(latencies) * 1000,
+            "p99": latencies[int(len(latencies) * 0.99)] * 1000, "n": len(latencies),
+            "rps": len(latencies) / sum(part["wall"] for part in parts)}
+
+
+def _measure_all(servers: list[tuple[str, ServerProcess]], clients: int, per_client: int, rounds: int = 4) -> list:
+    """The load in ``rounds`` alternating slices per server (both see the same background load), then the
+    hostile requests; one result per server."""
+    parts: dict[str, list[dict]] = {label: [] for label, _ in servers}
+    for index in range(rounds):
+        for label, server in servers:
+            share = per_client // rounds + (1 if index < per_client % rounds else 0)
+            parts[label].append(_load(server.rest_port, clients, share))
+    results = []
+    for label, server in servers:
+        result = _merge(parts[label])
         result["peak_after_load"] = peak_rss_mib(server.process.pid)
         result["hostile"] = _hostile(server)
         result["peak_after_hostile"] = peak_rss_mib(server.process.pid)
         result["alive"] = server.process.poll() is None
-        print(label, result, flush=True)
-        return result
-    finally:
-        server.stop()
+        print(label, {k: v for k, v in result.items()}, flush=True)
+        results.append((label, result))
+    return results
 
 
 def run_hostile(clients: int, per_client: int, compare_commit: str, output: Path) -> int:
@@ -134,19 +153,23 @@ def run_hostile(clients: int, per_client: int, compare_commit: str, output: Path
         base = workdir / "models" / "m"
         base.mkdir(parents=True)
         save_small_model(base / "1")
-        runs = []
-        if compare_commit:
-            old = workdir / "old"
-            (old / "odal").mkdir(parents=True)
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", compare_commit, "serving"],
-                                     check=True, capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(old / "odal")], input=archive, check=True)
-            (old / "odal" / "daemon").symlink_to(REPO / "daemon")
-            runs.append((f"before ({compare_commit})", _run_one("before", base, workdir, clients, per_client,
-                                                                 str(old))))
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
-        runs.append((f"after ({head})", _run_one("after", base, workdir, clients, per_client, None)))
+        servers = []
+        try:
+            if compare_commit:
+                old = workdir / "old"
+                (old / "odal").mkdir(parents=True)
+                archive = subprocess.run(["git", "-C", str(REPO), "archive", compare_commit, "serving"],
+                                         check=True, capture_output=True).stdout
+                subprocess.run(["tar", "-x", "-C", str(old / "odal")], input=archive, check=True)
+                (old / "odal" / "daemon").symlink_to(REPO / "daemon")
+                servers.append((f"before ({compare_commit})", _start("before", base, workdir, str(old))))
+            head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True).stdout.strip()
+            servers.append((f"after ({head})", _start("after", base, workdir, None)))
+            runs = _measure_all(servers, clients, per_client)
+        finally:
+            for _label, server in servers:
+                server.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     lines = [
