@@ -122,7 +122,7 @@ def _merge(parts: list[dict]) -> dict:
         for kind, count in part["errors"].items():
             errors[kind] = errors.get(kind, 0) + count
     latencies = sorted(x for part in parts for x in part["latencies"])
-    return {"errors": errors, "p50": statistics.median(latencies) * 1000,
+    return {"errors": errors, "p50": statistics.median(latencies) * 1000, "mean": statistics.fmean(latencies) * 1000,
             "p99": latencies[int(len(latencies) * 0.99)] * 1000, "n": len(latencies),
             "rps": len(latencies) / sum(part["wall"] for part in parts)}
 
@@ -180,13 +180,14 @@ def run_hostile(clients: int, per_client: int, compare_commit: str, output: Path
         f"predicts of a 4x5 image on a small real SavedModel, each predict on a new connection; then the hostile "
         f"requests. {os.cpu_count()} CPUs shared with other work, loopback, default server flags.",
         "",
-        "| server | requests | connection errors | p50 ms | p99 ms | req/s | peak RSS after load MiB | "
+        "| server | requests | connection errors | p50 ms | mean ms | p99 ms | req/s | peak RSS after load MiB | "
         "peak RSS after hostile MiB |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, r in runs:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "0"
-        lines.append(f"| {label} | {r['n']} | {errors} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rps']:.0f} | "
+        lines.append(f"| {label} | {r['n']} | {errors} | {r['p50']:.1f} | {r['mean']:.1f} | {r['p99']:.1f} | "
+                     f"{r['rps']:.0f} | "
                      f"{r['peak_after_load']:.0f} | {r['peak_after_hostile']:.0f} |")
     lines += ["", "| server | hostile request | answer |", "| --- | --- | --- |"]
     for label, r in runs:

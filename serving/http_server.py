@@ -13,6 +13,7 @@ place, ``_Connection``:
 * request line + headers at most ``rest_max_header_bytes`` (else 431); a body at most ``rest_max_body_bytes``: a
   larger Content-Length is answered 413 before any of the body is read, a chunked body is cut off at the limit;
   h11 rejects malformed framing (a non-numeric or conflicting Content-Length is 400);
+* the bodies held at once, over all connections, are at most ``rest_max_inflight_bytes`` (else 503);
 * requests run on ``workers`` threads; an answer not ready after ``rest_request_timeout`` is a 504 (the thread
   finishes its work, the pool stays bounded).
 
@@ -54,6 +55,7 @@ class _Connection:
         self.server, self.limits = server, server.limits
         self.reader, self.writer = reader, writer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.rest_max_header_bytes)
+        self.held = 0  # body bytes this connection counts against the server's in-flight budget
 
     async def run(self) -> None:
         while True:
@@ -71,6 +73,8 @@ class _Connection:
                                  "application/json", close=True)
                 return
             status, payload, content_type = await self._answer(request, body)
+            del body
+            self.release()
             await self._send(status, payload, content_type)
             if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is not h11.DONE:
                 return
@@ -121,11 +125,19 @@ class _Connection:
                 if size > self.limits.rest_max_body_bytes:
                     raise _Refused(413, f"Payload Too Large: the body may have at most "
                                         f"{self.limits.rest_max_body_bytes} bytes")
+                if self.server.inflight + len(event.data) > self.limits.rest_max_inflight_bytes:
+                    raise _Refused(503, "Service Unavailable: too many request bytes in flight; retry")
+                self.server.inflight += len(event.data)
+                self.held += len(event.data)
                 chunks.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 return b"".join(chunks)
             else:  # ConnectionClosed or None mid-body
                 raise _Refused(400, "the connection closed before the body was complete")
+
+    def release(self) -> None:
+        self.server.inflight -= self.held
+        self.held = 0
 
     async def _answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes, str | None]:
         loop = asyncio.get_running_loop()
@@ -134,6 +146,7 @@ class _Connection:
         try:
             return await asyncio.wait_for(asyncio.shield(work), self.limits.rest_request_timeout)
         except TimeoutError:
+            work.cancel()  # not started yet: it never will be (a running one finishes on its bounded pool)
             return 504, _error_body("Deadline Exceeded: the request took too long"), "application/json"
         except Exception as exc:  # noqa: BLE001 - an answer, never a dropped connection
             log.exception("REST %s failed", method)
@@ -180,6 +193,7 @@ class HttpServer:
         self.pool = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="odal-rest")
         self._loop = asyncio.new_event_loop()
         self._open = 0
+        self.inflight = 0  # body bytes held by all connections (only touched on the loop thread)
         self._server = self._loop.run_until_complete(asyncio.start_server(
             self._connection, host, port, backlog=limits.rest_backlog, reuse_address=True))
         self.port = self._server.sockets[0].getsockname()[1]
@@ -187,8 +201,8 @@ class HttpServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open += 1
+        connection = _Connection(self, reader, writer)
         try:
-            connection = _Connection(self, reader, writer)
             if self._open > self.limits.rest_max_connections:
                 await connection._send(503, _error_body("Service Unavailable: too many open connections"),
                                        "application/json", close=True)
@@ -200,6 +214,7 @@ class HttpServer:
             log.exception("REST connection failed")
         finally:
             self._open -= 1
+            connection.release()
             writer.close()
 
     def start(self) -> None:

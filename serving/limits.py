@@ -21,6 +21,7 @@ class Limits:
     rest_request_timeout: float = 30.0  # TF Serving's --rest_api_timeout_in_ms: to receive a request, and to answer
     rest_idle_timeout: float = 30.0  # a keep-alive connection with no request in flight is closed after this
     rest_max_connections: int = 256  # open connections beyond this are answered 503 and closed
+    rest_max_inflight_bytes: int = 512 * MiB  # request bodies held at once, all connections; beyond: 503
     rest_backlog: int = 1024  # listen(2) backlog (the kernel caps it at net.core.somaxconn)
     rest_workers: int = 0  # threads running requests (TF Serving's --rest_api_num_threads); 0 = 4 per CPU
     rest_max_error_chars: int = 1024  # an error message longer than this is cut (never echoes a whole input)

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="larger REST bodies are answered 413 without being read")
     add("--rest_api_idle_timeout_seconds", type=float, default=_D.rest_idle_timeout,
         help="close a REST connection with no request in flight after this")
+    add("--rest_api_max_inflight_bytes", type=int, default=_D.rest_max_inflight_bytes,
+        help="REST request bodies held at once over all connections; beyond this 503")
     add("--rest_api_max_connections", type=int, default=_D.rest_max_connections,
         help="open REST connections beyond this are answered 503")
     add("--grpc_max_message_bytes", type=int, default=_D.grpc_max_message_bytes,
@@ -86,8 +88,9 @@ def limits_from(args) -> Limits:
                     rest_request_timeout=args.rest_api_timeout_in_ms / 1000,
                     rest_idle_timeout=args.rest_api_idle_timeout_seconds,
                     rest_max_connections=args.rest_api_max_connections, rest_workers=args.rest_api_num_threads,
+                    rest_max_inflight_bytes=args.rest_api_max_inflight_bytes,
                     grpc_max_message_bytes=args.grpc_max_message_bytes, max_tensor_bytes=args.max_tensor_bytes)
-    for name in ("rest_max_body_bytes", "rest_request_timeout", "rest_idle_timeout", "rest_max_connections",
+    for name in ("rest_max_body_bytes", "rest_max_inflight_bytes", "rest_request_timeout", "rest_idle_timeout", "rest_max_connections",
                  "grpc_max_message_bytes", "max_tensor_bytes"):
         if getattr(limits, name) <= 0:
             raise ServingError("INVALID_ARGUMENT", f"{name} must be positive, got {getattr(limits, name)}")

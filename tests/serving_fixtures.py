@@ -11,6 +11,7 @@ import pytest
 REQUEST_TIMEOUT = 3.0  # --rest_api_timeout_in_ms of the shared server (default 30 s)
 IDLE_TIMEOUT = 2.0  # --rest_api_idle_timeout_seconds (default 30 s)
 BODY_LIMIT = 8 << 20  # --rest_api_max_body_bytes (default 64 MiB)
+INFLIGHT_LIMIT = 16 << 20  # --rest_api_max_inflight_bytes (default 512 MiB)
 
 
 def save_small_model(folder: Path, filler_floats: int = 0) -> Path:
@@ -69,7 +70,8 @@ def small_server(small_model_base, tmp_path_factory):
     with ServerProcess(log, "--model_name=m", f"--model_base_path={small_model_base}",
                        f"--rest_api_timeout_in_ms={int(REQUEST_TIMEOUT * 1000)}",
                        f"--rest_api_idle_timeout_seconds={IDLE_TIMEOUT}",
-                       f"--rest_api_max_body_bytes={BODY_LIMIT}") as process:
+                       f"--rest_api_max_body_bytes={BODY_LIMIT}",
+                       f"--rest_api_max_inflight_bytes={INFLIGHT_LIMIT}") as process:
         with ServingClient(process.address, timeout=60) as client:
             client.wait_until_available("m", timeout=180)
         yield process
