@@ -1,9 +1,9 @@
 """A bounded HTTP/1.1 server: asyncio for the connections, h11 for the protocol, a thread pool for the work.
 
 Why not the standard library's ThreadingHTTPServer: it gives every connection a thread for as long as the client
-keeps it open, trusts Content-Length, and has no deadline for receiving a request.  Why not uvicorn or aiohttp:
-neither bounds the time to receive a request (a client trickling one byte at a time holds a connection for ever),
-and that is the bound a public listener needs most.  Here every limit of ``limits.Limits`` is enforced in one
+keeps it open, trusts Content-Length, and has no deadline for receiving a request.  Why not uvicorn: it bounds
+only the idle time between requests, reset by every byte received (a client trickling one byte at a time holds a
+connection for ever), and the time to receive a request is the bound a public listener needs most.  Here every limit of ``limits.Limits`` is enforced in one
 place, ``_Connection``:
 
 * listen backlog ``rest_backlog``; at most ``rest_max_connections`` open connections (the next is answered 503
