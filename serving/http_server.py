@@ -23,6 +23,7 @@ place, ``_Connection``:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,7 @@ class _Refused(Exception):
 
 
 def _error_body(message: str) -> bytes:
-    return ('{"error": "' + message.replace('"', "'") + '"}').encode()
+    return json.dumps({"error": message}).encode()
 
 
 class _Connection:
@@ -56,6 +57,7 @@ class _Connection:
         self.reader, self.writer = reader, writer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.rest_max_header_bytes)
         self.held = 0  # body bytes this connection counts against the server's in-flight budget
+        self._deadline: float | None = None  # when the request being received must be complete (loop time)
 
     async def run(self) -> None:
         while True:

@@ -17,9 +17,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from odal.serving import tensors
-from odal.serving.preview import preview as _text
 from odal.serving._protos import types_pb2
 from odal.serving.errors import ServingError, invalid_argument
+from odal.serving.preview import preview as _text
 
 ROW, COLUMNAR = "row", "columnar"
 _FLOAT32_MAX_INT = (1 << 24) - 1
