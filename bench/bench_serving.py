@@ -6,6 +6,15 @@ One 640x480 RGB image; concurrency 1, 4 and 16 (threads sharing one gRPC channel
 connection each); bounded loops after a warm-up; loopback only.  The in-process baseline is the same SavedModel
 loaded here with ``tf.saved_model.load`` and called the way the server calls it (all outputs to numpy).  Prints
 a markdown table and writes it to bench/results/serving.md.  Not a test.
+
+    python bench/bench_serving.py --rest-load [--clients 32] [--per-client 200] [--compare-commit 0b708e0]
+
+Hostile-client mode (bench/results/serving_hostile.md): a small real SavedModel (input uint8 [1,-1,-1,3], a
+4x5 image), ``--clients`` threads each sending ``--per-client`` REST predicts, each on a new connection (what
+overflows a short listen backlog), then a 40-byte gRPC request declaring a [1,10000,10000,3] uint8 tensor, a
+6 MB malformed REST body and a 10^15 Content-Length; reports connection errors, latency, and the server's peak
+RSS.  With ``--compare-commit`` that commit's ``serving/`` (extracted with ``git archive``) serves too, and the
+load alternates between the two servers in 4 slices, so before and after see the same machine load.
 """
 
 from __future__ import annotations
@@ -96,12 +105,21 @@ def _start_server(saved_model: Path, workdir: Path) -> ServerProcess:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--saved-model", type=Path, required=True, help="an exported OD API SavedModel folder")
+    parser.add_argument("--rest-load", action="store_true", help="the hostile-client mode (see the docstring)")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--per-client", type=int, default=200)
+    parser.add_argument("--compare-commit", default="", help="also run the server of this commit, first")
+    parser.add_argument("--saved-model", type=Path, help="an exported OD API SavedModel folder")
     parser.add_argument("--requests", type=int, default=60, help="measured requests per gRPC/in-process row")
     parser.add_argument("--rest-requests", type=int, default=8, help="measured requests per REST row")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.rest_load:
+        from bench_serving_load import run_hostile
+        return run_hostile(args.clients, args.per_client, args.compare_commit, HERE / "results" / "serving_hostile.md")
+    if args.saved_model is None:
+        parser.error("--saved-model is required")
 
     image = _image()
     batch = image[np.newaxis]

@@ -58,3 +58,12 @@ def not_found(message: str) -> ServingError:
 
 def failed_precondition(message: str) -> ServingError:
     return ServingError("FAILED_PRECONDITION", message)
+
+
+def capped(text: str, limit: int = 1024) -> str:
+    """``text`` cut to at most ``limit`` characters, saying how much was left out (error messages never echo a
+    whole input back)."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 40, 0)
+    return f"{text[:keep]}... ({len(text) - keep} more characters)"

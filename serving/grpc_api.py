@@ -11,14 +11,15 @@ import grpc
 from odal.serving import predict, tensors
 from odal.serving._protos import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
                                   model_service_pb2_grpc, prediction_service_pb2_grpc, predict_pb2)
-from odal.serving.errors import ServingError, code_value, invalid_argument
+from odal.serving.errors import ServingError, capped, code_value, invalid_argument
+from odal.serving.limits import DEFAULT, Limits
 from odal.serving.registry import Registry
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_DEF_FIELD = "signature_def"
-MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving lifts gRPC's 4 MB default the same way
 RELOAD_WAIT_SECONDS = 300.0
+_MAX_ERROR_CHARS = DEFAULT.rest_max_error_chars
 
 
 def _target(spec) -> predict.Target:
@@ -38,10 +39,10 @@ def _statused(method):
         try:
             return method(self, request, context)
         except ServingError as exc:
-            context.abort(grpc.StatusCode[exc.code], exc.message)
+            context.abort(grpc.StatusCode[exc.code], capped(exc.message, _MAX_ERROR_CHARS))
         except Exception as exc:  # noqa: BLE001 - never leak a traceback as the status
             log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            context.abort(grpc.StatusCode.INTERNAL, capped(f"{type(exc).__name__}: {exc}", _MAX_ERROR_CHARS))
 
     return wrapper
 
@@ -77,12 +78,14 @@ def status_response(registry: Registry, target: predict.Target) -> get_model_sta
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, limits: Limits = DEFAULT):
         self._registry = registry
+        self._limits = limits
 
     @_statused
     def Predict(self, request, context):
-        inputs = {alias: tensors.from_proto(proto) for alias, proto in request.inputs.items()}
+        inputs = {alias: tensors.from_proto(proto, self._limits.max_tensor_bytes, self._limits.max_fill_bytes)
+                  for alias, proto in request.inputs.items()}
         result = predict.run(self._registry, _target(request.model_spec), request.model_spec.signature_name,
                              inputs, list(request.output_filter))
         response = predict_pb2.PredictResponse()
@@ -122,15 +125,19 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return model_management_pb2.ReloadConfigResponse()
 
 
-def make_server(registry: Registry, address: str, max_workers: int = 16) -> tuple[grpc.Server, int]:
-    """A gRPC server for both services bound to ``address``; returns it (not started) and the bound port."""
+def make_server(registry: Registry, address: str, max_workers: int = 16,
+                limits: Limits = DEFAULT) -> tuple[grpc.Server, int]:
+    """A gRPC server for both services bound to ``address``; returns it (not started) and the bound port.
+    Messages are bounded by ``limits.grpc_max_message_bytes`` (TF Serving lifts gRPC's 4 MB default to 2 GB; a
+    detector's image needs a few MB) and RPCs in flight by ``limits.grpc_max_concurrent_rpcs``."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="odal-grpc"),
-        options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        options=[("grpc.max_send_message_length", limits.grpc_max_message_bytes),
+                 ("grpc.max_receive_message_length", limits.grpc_max_message_bytes),
                  ("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=limits.grpc_max_concurrent_rpcs,
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(registry), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(registry, limits), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)
     port = server.add_insecure_port(address)
     if port == 0:

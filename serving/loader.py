@@ -73,7 +73,11 @@ class Servable:
         try:
             self._model = tf.saved_model.load(export_dir, tags=[SERVE_TAG])
         except Exception as exc:  # noqa: BLE001 - reported as the version's load error
-            raise as_serving_error(exc) from exc
+            error = as_serving_error(exc)
+        else:
+            error = None
+        if error is not None:  # raised outside the handler: no chain back to the half-loaded model's frames
+            raise error
         self._functions = {name: self._model.signatures[name]
                            for name in self.signature_defs if name in self._model.signatures}
 

@@ -41,6 +41,20 @@ def signature_def(servable, signature_name: str):
     return name, signature
 
 
+def check_input(alias: str, value: np.ndarray, info) -> None:
+    """An input's rank and fixed sizes against the signature's TensorInfo, before TensorFlow sees it (a
+    mismatch inside a traced function is a Python TypeError/ValueError, not a status)."""
+    shape = info.tensor_shape
+    if shape.unknown_rank:
+        return
+    want = [dim.size for dim in shape.dim]
+    got = list(np.shape(value))
+    if len(got) != len(want) or any(w >= 0 and w != g for w, g in zip(want, got)):
+        shown = ",".join("?" if w < 0 else str(w) for w in want)
+        raise invalid_argument(f"input {alias} has shape [{','.join(map(str, got))}], the signature takes "
+                               f"[{shown}]")
+
+
 def run(registry: Registry, target: Target, signature_name: str, inputs: Mapping[str, np.ndarray],
         output_filter: Sequence[str] = ()) -> Result:
     """Validate a predict request against the signature (TF Serving's checks and messages) and run it."""
@@ -58,6 +72,8 @@ def run(registry: Registry, target: Target, signature_name: str, inputs: Mapping
     for alias in sorted(sent - expected):
         raise invalid_argument(f"input tensor alias not found in signature: {alias}. Inputs expected to be in the "
                                f"set {{{','.join(sorted(expected))}}}.")
+    for alias in sorted(sent):
+        check_input(alias, inputs[alias], signature.inputs[alias])
     outputs: list[str] = []
     for alias in output_filter:
         if alias not in signature.outputs:

@@ -16,6 +16,7 @@ variable; ``load_fn`` (which is where TensorFlow comes in) is called outside it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -297,13 +298,7 @@ class Registry:
             self._cond.notify_all()
         log.info("Loading servable: {name: %s version: %d} from %s", model.name, number, path)
         started = time.monotonic()
-        try:
-            servable = self._load_fn(path)
-            error = None
-        except ServingError as exc:
-            servable, error = None, exc
-        except Exception as exc:  # noqa: BLE001 - any failure is this version's status
-            servable, error = None, ServingError("UNKNOWN", f"{type(exc).__name__}: {exc}")
+        servable, error = self._try_load(path)
         with self._cond:
             version.error = error
             if error is None:
@@ -319,6 +314,20 @@ class Registry:
                 version.state = END
                 log.error("Loading servable: {name: %s version: %d} failed: %s", model.name, number, error)
             self._cond.notify_all()
+
+    def _try_load(self, path: str) -> tuple[Any, ServingError | None]:
+        """(servable, None) or (None, the error as code and message only).  A failed load's exception chain holds
+        the frames of the half-built model (hundreds of MB for a detector); keeping it in the version's status
+        kept all of that alive, so only a fresh error is kept and the cycles are collected now."""
+        failure = None
+        try:
+            return self._load_fn(path), None
+        except ServingError as exc:
+            failure = (exc.code, exc.message)
+        except Exception as exc:  # noqa: BLE001 - any failure is this version's status
+            failure = ("UNKNOWN", f"{type(exc).__name__}: {exc}")
+        gc.collect()
+        return None, ServingError(*failure)
 
     def _unload(self, model: _Model, number: int) -> None:
         with self._cond:

@@ -1,4 +1,4 @@
-"""TF Serving's REST API (``/v1/models/...``) on the standard library's threading HTTP server.
+"""TF Serving's REST API (``/v1/models/...``) on odal's bounded HTTP server (``http_server``).
 
 Routes, as TF Serving parses them (case-insensitive, model name and label URL-decoded):
 
@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from google.protobuf import json_format
 
 from odal.serving import grpc_api, predict, rest_json
-from odal.serving.errors import ServingError, invalid_argument
+from odal.serving.errors import ServingError, capped, invalid_argument
+from odal.serving.http_server import HttpServer
+from odal.serving.limits import DEFAULT, Limits
 from odal.serving.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -46,17 +46,20 @@ def _target(name: str, version: str | None, label: str | None) -> predict.Target
 class RestApi:
     """The request logic, independent of the HTTP server: (method, path, body) -> (HTTP status, JSON text)."""
 
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, max_error_chars: int = DEFAULT.rest_max_error_chars):
         self._registry = registry
+        self._max_error_chars = max_error_chars
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
         try:
             return 200, self._dispatch(method, path, body)
         except ServingError as exc:
-            return exc.http_status, json.dumps({"error": exc.message})
+            return exc.http_status, json.dumps({"error": capped(exc.message, self._max_error_chars)})
+        except RecursionError:
+            return 400, json.dumps({"error": "the request is nested too deeply"})
         except Exception as exc:  # noqa: BLE001 - an answer, never a dropped connection
-            log.exception("REST %s %s failed", method, path)
-            return 500, json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+            log.exception("REST %s %s failed", method, capped(path, 200))
+            return 500, json.dumps({"error": capped(f"{type(exc).__name__}: {exc}", self._max_error_chars)})
 
     def _dispatch(self, method: str, path: str, body: bytes) -> str:
         malformed = invalid_argument(f"Malformed request: {method} {path}")
@@ -107,53 +110,26 @@ def _metadata_json(response) -> str:
     return '{\n"model_spec":' + spec + ',\n"metadata": {"signature_def": ' + signature_def + "}\n}\n"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "odal-serve"
-    api: RestApi  # set on the subclass made per server
-
-    def _serve(self) -> None:
-        path = urllib.parse.urlsplit(self.path).path
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
-        if not _V1.fullmatch(path):
-            self._reply(404, b"")
-            return
-        status, text = self.api.handle(self.command, path, body)
-        self._reply(status, text.encode("utf-8"), "application/json")
-
-    def _reply(self, status: int, payload: bytes, content_type: str | None = None) -> None:
-        self.send_response(status)
-        if content_type:
-            self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the stdlib's signature
-        log.debug("rest %s", format % args)
-
-
 class RestServer:
-    """A ThreadingHTTPServer for the REST API, run on its own thread; ``close()`` stops and joins it."""
+    """The REST API on the bounded HTTP server (``http_server``), run on its own thread; ``close()`` stops it."""
 
-    def __init__(self, registry: Registry, host: str, port: int):
-        handler = type("Handler", (_Handler,), {"api": RestApi(registry)})
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="odal-rest", daemon=True)
+    def __init__(self, registry: Registry, host: str, port: int, limits: Limits = DEFAULT):
+        self._api = RestApi(registry, limits.rest_max_error_chars)
+        self._http = HttpServer(self._serve, host, port, limits)
+        self.port = self._http.port
+
+    def _serve(self, method: str, target: str, body: bytes) -> tuple[int, bytes, str | None]:
+        path = urllib.parse.urlsplit(target).path
+        if not _V1.fullmatch(path):
+            return 404, b"", None
+        status, text = self._api.handle(method, path, body)
+        return status, text.encode("utf-8"), "application/json"
 
     def start(self) -> None:
-        self._thread.start()
+        self._http.start()
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(10)
+        self._http.close()
 
 
 __all__ = ["RestApi", "RestServer"]

@@ -19,6 +19,7 @@ import numpy as np
 from odal.serving import tensors
 from odal.serving._protos import types_pb2
 from odal.serving.errors import ServingError, invalid_argument
+from odal.serving.preview import preview as _text
 
 ROW, COLUMNAR = "row", "columnar"
 _FLOAT32_MAX_INT = (1 << 24) - 1
@@ -26,8 +27,8 @@ _FLOAT64_MAX_INT = (1 << 53) - 1
 _INT32 = (-(2**31), 2**31 - 1)
 
 
-def _text(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+_INT_RANGES = {types_pb2.DT_INT64: (-(2**63), 2**63 - 1), types_pb2.DT_UINT32: (0, 2**32 - 1),
+               types_pb2.DT_UINT64: (0, 2**64 - 1)}
 
 
 def _json_type(value: Any) -> str:
@@ -51,7 +52,9 @@ def parse_body(body: bytes) -> dict:
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
         doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: the document is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
         raise invalid_argument(f"JSON Parse error: {getattr(exc, 'msg', exc)} at offset: "
                                f"{getattr(exc, 'pos', 0)}") from None
     if not isinstance(doc, dict):
@@ -108,7 +111,10 @@ def _leaf(value: Any, dtype: int) -> Any:
     if dtype == types_pb2.DT_STRING:
         if not isinstance(value, str):
             raise _type_error(value, dtype)
-        return value.encode("utf-8")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise invalid_argument(f"JSON Value: {_text(value)} is not valid UTF-8 (a lone surrogate)") from None
     if dtype == types_pb2.DT_BOOL:
         if not is_bool:
             raise _type_error(value, dtype)
@@ -116,18 +122,27 @@ def _leaf(value: Any, dtype: int) -> Any:
     if is_bool or not isinstance(value, (int, float)):
         raise _type_error(value, dtype)
     if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
-        _check_lossless(np.array([value]), dtype, value)
+        if isinstance(value, int):
+            limit = _FLOAT32_MAX_INT if dtype == types_pb2.DT_FLOAT else _FLOAT64_MAX_INT
+            if abs(value) > limit:
+                raise _lossy(value, dtype)
+        else:
+            _check_lossless(np.array([value]), dtype, value)
         return value
     if not isinstance(value, int):
         raise _type_error(value, dtype)
-    if dtype in (types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8, types_pb2.DT_UINT8):
-        if not _INT32[0] <= value <= _INT32[1]:
-            raise _type_error(value, dtype)
+    low, high = _INT_RANGES.get(dtype, _INT32)
+    if not low <= value <= high:
+        raise _type_error(value, dtype)
     return value
 
 
-def _check_lossless(array: np.ndarray, dtype: int, sample: Any = None) -> None:
+def _lossy(value: Any, dtype: int) -> ServingError:
     target = "float" if dtype == types_pb2.DT_FLOAT else "double"
+    return invalid_argument(f"Cannot convert JSON value: {_text(value)} to {target} without loss of precision.")
+
+
+def _check_lossless(array: np.ndarray, dtype: int, sample: Any = None) -> None:
     if array.size == 0:
         return
     if array.dtype.kind in "iu":
@@ -140,7 +155,7 @@ def _check_lossless(array: np.ndarray, dtype: int, sample: Any = None) -> None:
         return
     if np.any(bad):
         value = sample if sample is not None else array.reshape(-1)[np.argmax(np.asarray(bad).reshape(-1))].item()
-        raise invalid_argument(f"Cannot convert JSON value: {_text(value)} to {target} without loss of precision.")
+        raise _lossy(value, dtype)
 
 
 def _walk(value: Any, level: int, shape: list[int], dtype: int, out: list) -> None:
@@ -164,18 +179,22 @@ def _walk(value: Any, level: int, shape: list[int], dtype: int, out: list) -> No
 def tensor_from_json(value: Any, dtype: int) -> np.ndarray:
     """A JSON value (scalar or nested lists) as an array of ``dtype``."""
     shape = _dense_shape(value)
+    if len(shape) > tensors.MAX_RANK:
+        raise invalid_argument(f"JSON Value: {_text(value)} is nested {len(shape)} lists deep, more than "
+                               f"{tensors.MAX_RANK}")
     target = tensors.numpy_dtype(dtype)
     if dtype not in (types_pb2.DT_STRING, types_pb2.DT_BOOL) and dtype in _NUMERIC:
         try:
             array = np.array(value)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             array = None
         if array is not None and list(array.shape) == shape and array.dtype.kind in "iuf":
+            low, high = _INT_RANGES.get(dtype, _INT32)
             if array.dtype.kind == "f" and dtype not in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF):
                 pass  # a decimal where an integer is expected: the slow path names the value
-            elif array.dtype.kind in "iu" and dtype in _SMALL_INTS and array.size and (
-                    array.min() < _INT32[0] or array.max() > _INT32[1]):
-                pass
+            elif array.dtype.kind in "iu" and dtype not in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE) and \
+                    array.size and (array.min() < low or array.max() > high):
+                pass  # out of the type's range: the slow path names the value
             else:
                 if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
                     _check_lossless(array, dtype)

@@ -19,6 +19,8 @@ import threading
 
 from odal.serving import discovery
 from odal.serving.errors import ServingError
+from odal.serving.limits import DEFAULT as _D
+from odal.serving.limits import Limits
 
 log = logging.getLogger("odal.serving")
 
@@ -53,7 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True, default=False,
         help="let a label name a version that is not loaded yet")
     add("--grpc_max_threads", type=int, default=16, help="gRPC worker threads")
-    add("--rest_api_num_threads", type=int, default=0, help="accepted for TF Serving compatibility; unused")
+    add("--rest_api_num_threads", type=int, default=0, help="threads running REST requests; 0 = 4 per CPU")
+    add("--rest_api_timeout_in_ms", type=int, default=int(_D.rest_request_timeout * 1000),
+        help="time to receive a REST request, and to answer it (504 after)")
+    add("--rest_api_max_body_bytes", type=int, default=_D.rest_max_body_bytes,
+        help="larger REST bodies are answered 413 without being read")
+    add("--rest_api_idle_timeout_seconds", type=float, default=_D.rest_idle_timeout,
+        help="close a REST connection with no request in flight after this")
+    add("--rest_api_max_inflight_bytes", type=int, default=_D.rest_max_inflight_bytes,
+        help="REST request bodies held at once over all connections; beyond this 503")
+    add("--rest_api_max_connections", type=int, default=_D.rest_max_connections,
+        help="open REST connections beyond this are answered 503")
+    add("--grpc_max_message_bytes", type=int, default=_D.grpc_max_message_bytes,
+        help="largest gRPC message received or sent (TF Serving: 2 GB)")
+    add("--max_tensor_bytes", type=int, default=_D.max_tensor_bytes,
+        help="a request tensor declaring more bytes than this is INVALID_ARGUMENT")
     add("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -64,6 +80,21 @@ def _initial_config(args) -> discovery.ModelServerConfig:
     if args.model_base_path:
         return discovery.single_model_config(args.model_name, args.model_base_path)
     raise ServingError("INVALID_ARGUMENT", "Both server_model_config_file and model_base_path are empty!")
+
+
+def limits_from(args) -> Limits:
+    """The request bounds the flags ask for (validated once, here)."""
+    limits = Limits(rest_max_body_bytes=args.rest_api_max_body_bytes,
+                    rest_request_timeout=args.rest_api_timeout_in_ms / 1000,
+                    rest_idle_timeout=args.rest_api_idle_timeout_seconds,
+                    rest_max_connections=args.rest_api_max_connections, rest_workers=args.rest_api_num_threads,
+                    rest_max_inflight_bytes=args.rest_api_max_inflight_bytes,
+                    grpc_max_message_bytes=args.grpc_max_message_bytes, max_tensor_bytes=args.max_tensor_bytes)
+    for name in ("rest_max_body_bytes", "rest_max_inflight_bytes", "rest_request_timeout", "rest_idle_timeout", "rest_max_connections",
+                 "grpc_max_message_bytes", "max_tensor_bytes"):
+        if getattr(limits, name) <= 0:
+            raise ServingError("INVALID_ARGUMENT", f"{name} must be positive, got {getattr(limits, name)}")
+    return limits
 
 
 def _watch_config_file(registry, path: str, every: int, stop: threading.Event) -> None:
@@ -103,6 +134,7 @@ def _serve(args, stop: threading.Event) -> int:
     from odal.serving.registry import Registry
 
     config = _initial_config(args)
+    limits = limits_from(args)
     registry = Registry(loader.Servable, poll_seconds=args.file_system_poll_wait_seconds,
                         max_load_retries=args.max_num_load_retries,
                         retry_interval=args.load_retry_interval_micros / 1e6,
@@ -113,12 +145,13 @@ def _serve(args, stop: threading.Event) -> int:
     registry.start()
     try:
         grpc_host = args.grpc_host or args.host
-        grpc_server, grpc_port = grpc_api.make_server(registry, f"{grpc_host}:{args.port}", args.grpc_max_threads)
+        grpc_server, grpc_port = grpc_api.make_server(registry, f"{grpc_host}:{args.port}", args.grpc_max_threads,
+                                                      limits)
         grpc_server.start()
         log.info("Running gRPC ModelServer at %s:%d ...", grpc_host, grpc_port)
         if args.rest_api_port:
             rest_host = args.rest_api_host or args.host
-            rest_server = rest_api.RestServer(registry, rest_host, args.rest_api_port)
+            rest_server = rest_api.RestServer(registry, rest_host, args.rest_api_port, limits)
             rest_server.start()
             log.info("Exporting HTTP/REST API at:%s:%d ...", rest_host, rest_server.port)
         if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:

@@ -12,6 +12,7 @@ import numpy as np
 
 from odal.serving._protos import tensor_pb2, types_pb2
 from odal.serving.errors import invalid_argument
+from odal.serving.limits import DEFAULT as _LIMITS
 
 # DataType -> (numpy dtype, typed field of TensorProto)
 _BY_ENUM: dict[int, tuple[np.dtype, str]] = {
@@ -46,7 +47,11 @@ def numpy_dtype(enum: int) -> np.dtype:
     try:
         return _BY_ENUM[enum][0]
     except KeyError:
-        raise invalid_argument(f"unsupported tensor type: {types_pb2.DataType.Name(enum)}") from None
+        try:
+            name = types_pb2.DataType.Name(enum)
+        except ValueError:
+            name = f"DataType {enum}"
+        raise invalid_argument(f"unsupported tensor type: {name}") from None
 
 
 def data_type(array: np.ndarray) -> int:
@@ -84,16 +89,55 @@ def shape_of(proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
     return tuple(dim.size for dim in proto.tensor_shape.dim)
 
 
-def from_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """The numpy array a TensorProto holds (DT_STRING gives an object array of bytes)."""
+MAX_RANK = 32  # numpy's own limit is 64; no image model takes more than a handful
+_STRING_ITEM_BYTES = 8  # an object array holds one pointer per value
+
+
+def _data_bytes(proto: tensor_pb2.TensorProto, itemsize: int) -> int:
+    """How many bytes of values the message itself carries (what a fill would expand from)."""
+    if proto.dtype == types_pb2.DT_STRING:
+        return len(proto.string_val) * _STRING_ITEM_BYTES
+    if proto.tensor_content:
+        return len(proto.tensor_content)
+    field = _BY_ENUM[proto.dtype][1]
+    per_value = 2 if field in ("scomplex_val", "dcomplex_val") else 1
+    return len(getattr(proto, field)) // per_value * itemsize
+
+
+def checked_shape(proto: tensor_pb2.TensorProto, max_bytes: int = _LIMITS.max_tensor_bytes,
+                  max_fill_bytes: int = _LIMITS.max_fill_bytes) -> tuple[tuple[int, ...], int, np.dtype]:
+    """(shape, element count, numpy dtype) of a TensorProto, checked before anything is allocated: no negative
+    size, at most ``max_bytes`` declared, and no more than ``max_fill_bytes`` made up by TF's fill rule beyond
+    the values the message carries.  Sizes are multiplied as Python integers (no int64 wrap-around)."""
     shape = shape_of(proto)
-    count = int(np.prod(shape, dtype=np.int64))
+    if len(shape) > MAX_RANK:
+        raise invalid_argument(f"tensor has {len(shape)} dimensions, more than {MAX_RANK}")
     if any(size < 0 for size in shape):
         raise invalid_argument(f"tensor shape has a negative size: {list(shape)}")
+    dtype = numpy_dtype(proto.dtype)
+    itemsize = _STRING_ITEM_BYTES if proto.dtype == types_pb2.DT_STRING else dtype.itemsize
+    count, extent = 1, 1
+    for size in shape:
+        count *= size
+        extent *= max(size, 1)  # numpy refuses even an empty array whose other sizes overflow
+    declared = count * itemsize
+    if max(declared, extent * itemsize) > max_bytes:
+        raise invalid_argument(f"tensor {dtype_name(proto.dtype)} {list(shape)} declares {declared} bytes, more "
+                               f"than the server accepts ({max_bytes})")
+    carried = _data_bytes(proto, itemsize)
+    if declared > carried and declared - carried > max_fill_bytes:
+        raise invalid_argument(f"tensor {dtype_name(proto.dtype)} {list(shape)} declares {declared} bytes but "
+                               f"carries {carried}")
+    return shape, count, dtype
+
+
+def from_proto(proto: tensor_pb2.TensorProto, max_bytes: int = _LIMITS.max_tensor_bytes,
+               max_fill_bytes: int = _LIMITS.max_fill_bytes) -> np.ndarray:
+    """The numpy array a TensorProto holds (DT_STRING gives an object array of bytes); see ``checked_shape``."""
+    shape, count, dtype = checked_shape(proto, max_bytes, max_fill_bytes)
     if proto.dtype == types_pb2.DT_STRING:
         values = list(proto.string_val)
         return _fill(np.array(values, dtype=object) if values else np.empty(0, dtype=object), count, shape, proto)
-    dtype = numpy_dtype(proto.dtype)
     if proto.tensor_content:
         if len(proto.tensor_content) != count * dtype.itemsize:
             raise invalid_argument(
@@ -102,13 +146,25 @@ def from_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
         return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
     field = _BY_ENUM[proto.dtype][1]
     raw = getattr(proto, field)
-    if field == "half_val":
-        flat = np.array(raw, dtype="<u2").view("<f2")
-    elif field in ("scomplex_val", "dcomplex_val"):
-        pairs = np.array(raw, dtype=dtype.type(0).real.dtype)
-        flat = (pairs[0::2] + 1j * pairs[1::2]).astype(dtype)
-    else:
-        flat = np.array(raw).astype(dtype, copy=False) if len(raw) else np.empty(0, dtype=dtype)
+    try:
+        if field == "half_val":
+            flat = np.array(raw, dtype=np.int64).astype("<u2").view("<f2") if len(raw) else np.empty(0, "<f2")
+        elif field in ("scomplex_val", "dcomplex_val"):
+            if len(raw) % 2:
+                raise invalid_argument(f"{field} has an odd number of values ({len(raw)}): real/imaginary pairs")
+            pairs = np.array(raw, dtype=dtype.type(0).real.dtype)
+            flat = (pairs[0::2] + 1j * pairs[1::2]).astype(dtype)
+        elif len(raw):
+            wide = np.array(raw)
+            if wide.dtype.kind in "iu" and dtype.kind in "iu":
+                info = np.iinfo(dtype)
+                if wide.min() < info.min or wide.max() > info.max:
+                    raise invalid_argument(f"{field} holds a value outside {dtype_name(proto.dtype)}'s range")
+            flat = wide.astype(dtype, copy=False)
+        else:
+            flat = np.empty(0, dtype=dtype)
+    except (OverflowError, ValueError) as exc:
+        raise invalid_argument(f"{field}: {type(exc).__name__}: {exc}") from None
     return _fill(flat, count, shape, proto)
 
 
