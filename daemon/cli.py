@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-round", type=int, default=None, help="annotations the annotator adds per round")
     p.add_argument("--steps", type=int, default=None, help="train steps per round")
     p.add_argument("--no-serve", action="store_true", help="do not start the embedded TF-Serving server")
+    p.add_argument("--model", choices=("ssdlite", "tiny"), default="ssdlite",
+                   help="ssdlite: fine-tune the pretrained start (default); tiny: the small SSD from scratch")
     sub.add_parser("serve", help="the embedded TF-Serving-compatible server (TF Serving's flags)")
     from odal.daemon import workspace_init
 
@@ -204,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
             logs.configure("warning")
             return run_demo(Path(args.workspace), args.rounds, Path(args.images) if args.images else None,
-                            per_round=args.per_round, steps=args.steps, serve=not args.no_serve)
+                            per_round=args.per_round, steps=args.steps, serve=not args.no_serve,
+                            model=args.model)
         if args.command in ("init", "pretrained"):
             from odal.daemon import workspace_init
 
