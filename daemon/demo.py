@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 from odal.daemon import datasets, workspace_init
-from odal.daemon.atomic import atomic_write_text
 from odal.daemon.cli import rounds_table
 from odal.daemon.history import History
 from odal.serving.process import ServerProcess, stop_process_group
