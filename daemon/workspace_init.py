@@ -25,7 +25,7 @@ MODELS = {
     "ssdlite": ASSETS / "ssdlite_mobilenet_v2_finetune.config",  # pretrained start (default)
     "tiny": ASSETS / "ssd_mobilenet_v2_tiny.config",  # from scratch
 }
-START_TYPE = "detection"  # what of the start is restored: the feature extractor (with the extra SSD layers)
+START_TYPE = "full"  # restore all of the start: feature extractor, extra SSD layers, box head (+ the fresh class head)
 PLACEHOLDER = '"PRETRAINED_START"'
 DEFAULT_STEPS = {"ssdlite": 150, "tiny": 200}
 
@@ -69,7 +69,7 @@ def write_workspace(workspace: Path, data_dir: Path, labels: list[str], model: s
         # convention) and in odal.toml, which odal reads for the first round.
         prefix = write_start(workspace / "pretrained", labels, MODELS[model])
         pipeline = pipeline.replace(PLACEHOLDER, f'"{prefix}"')
-        pipeline = pipeline.replace('fine_tune_checkpoint_type: "detection"',
+        pipeline = pipeline.replace('fine_tune_checkpoint_type: "full"',
                                     f'fine_tune_checkpoint_type: "{START_TYPE}"')
         fine_tune = (f'fine_tune_checkpoint = "{prefix}"   # the pretrained start, for the first round\n'
                      f'fine_tune_checkpoint_type = "{START_TYPE}"\n')

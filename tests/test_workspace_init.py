@@ -37,9 +37,9 @@ def test_init_writes_a_workspace_the_daemon_accepts_that_fine_tunes_the_pretrain
     cfg = config_module.load(workspace / "odal.toml")
     assert (workspace / "exports").is_dir() and cfg.label_map.read_text().count("item {") == 2
     start = cfg.fine_tune_checkpoint
-    assert Path(start + ".index").is_file() and cfg.fine_tune_checkpoint_type == "detection"
+    assert Path(start + ".index").is_file() and cfg.fine_tune_checkpoint_type == "full"
     pipeline = cfg.pipeline_config.read_text()  # the OD API's own convention names the same start
-    assert f'fine_tune_checkpoint: "{start}"' in pipeline and 'fine_tune_checkpoint_type: "detection"' in pipeline
+    assert f'fine_tune_checkpoint: "{start}"' in pipeline and 'fine_tune_checkpoint_type: "full"' in pipeline
     # The start: the converted feature extractor and box head; the class head is new (2 classes, not person).
     converted = checkpoint_prefix()
     ours, theirs = _values(start, "/_feature_extractor/"), _values(converted, "/_feature_extractor/")
@@ -84,11 +84,15 @@ def test_first_round_of_an_init_workspace_trains_from_the_pretrained_weights(wor
     proc = subprocess.run([sys.executable, "-c", _FIRST_ROUND, str(workspace), str(tmp_path)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trained = _values(proc.stdout.split("RESULT", 1)[1].strip(), "/_feature_extractor/")
-    start = _values(config_module.load(workspace / "odal.toml").fine_tune_checkpoint, "/_feature_extractor/")
+    start_prefix = config_module.load(workspace / "odal.toml").fine_tune_checkpoint
+    trained, start = {}, {}
+    for part in ("/_feature_extractor/", "/box_encodings/"):  # backbone with the extra layers, and the box head
+        trained.update(_values(proc.stdout.split("RESULT", 1)[1].strip(), part))
+        start.update(_values(start_prefix, part))
     kernels = [key for key in start if "kernel/" in key]
-    assert len(kernels) > 50 and set(kernels) <= set(trained)
-    # One step moves the pretrained weights a little; a model that ignored the start would be unrelated to them.
+    assert len(kernels) > 60 and set(kernels) <= set(trained)
+    # One step moves the pretrained weights a little; a model that ignored the start (or restored only part of
+    # it) would have kernels unrelated to them.
     corr = {key: np.corrcoef(trained[key].ravel(), start[key].ravel())[0, 1] for key in kernels}
     assert min(corr.values()) > 0.99, sorted(corr.items(), key=lambda kv: kv[1])[:3]
 
