@@ -5,7 +5,8 @@ Data: ``../shared/datasets/raccoon`` (200 photos, one class).  A fixed seeded sh
 which the first 40, 80, 120 are "annotated".  Each run trains one fresh model for the same number of steps with the
 round worker's own session (``odal.daemon.worker.session``: the same train step and COCO evaluation a round uses)
 and evaluates it on the test (or validation) set.  Both starts use the same pipeline (odal init's ssdlite config);
-"scratch" only leaves out the fine-tuning checkpoint.
+"scratch" only leaves out the fine-tuning checkpoint.  ``--starts tiny``: the tiny SSD config as it is (128 px,
+its own Adam recipe) from scratch, odal's model before the pretrained start, for the same steps.
 
     nice -n 10 .venv/bin/python bench/bench_pretrained.py                     # the table -> bench/results/pretrained.md
     nice -n 10 .venv/bin/python bench/bench_pretrained.py --tune --sizes 40 \\
@@ -54,11 +55,14 @@ def write_round(round_dir: Path, train: list, held_out: list) -> None:
     write_records(round_dir / "annotations.jsonl", round_dir)
 
 
-def pipeline(recipe: dict, path: Path) -> Path:
-    """odal init's ssdlite pipeline.config with the recipe's changes."""
+def pipeline(recipe: dict, path: Path, model: str = "ssdlite") -> Path:
+    """odal init's ssdlite pipeline.config with the recipe's changes (or the tiny config as it is)."""
     from google.protobuf import text_format
     from object_detection.protos import pipeline_pb2
 
+    if model == "tiny":
+        path.write_text(MODELS["tiny"].read_text())
+        return path
     proto = pipeline_pb2.TrainEvalPipelineConfig()
     text_format.Merge(MODELS["ssdlite"].read_text().replace('"PRETRAINED_START"', '""'), proto)
     resizer = proto.model.ssd.image_resizer.fixed_shape_resizer
@@ -79,7 +83,7 @@ def pipeline(recipe: dict, path: Path) -> Path:
 def run(recipe: dict, start: str, train: list, held_out: list, root: Path, label_map: Path) -> dict:
     round_dir = root / f"{start}-{len(train)}-{time.monotonic_ns()}"
     write_round(round_dir, train, held_out)
-    config = pipeline(recipe, round_dir / "recipe.config")
+    config = pipeline(recipe, round_dir / "recipe.config", "tiny" if start == "tiny" else "ssdlite")
     configs = sessions.load_configs(config, label_map, 1, round_dir / "train.record", round_dir / "eval.record")
     fine_tune = None
     if start == "pretrained":
@@ -100,7 +104,8 @@ def run(recipe: dict, start: str, train: list, held_out: list, root: Path, label
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="40,80,120")
-    parser.add_argument("--starts", default="pretrained,scratch")
+    parser.add_argument("--starts", default="pretrained,scratch", help="pretrained, scratch (the same SSDLite "
+                        "pipeline from random weights), tiny (the tiny SSD config from scratch, as it is)")
     parser.add_argument("--tune", action="store_true", help="evaluate on the validation set, not the test set")
     parser.add_argument("--set", action="append", default=[], help="recipe KEY=VALUE (size, lr, steps, type, "
                         "schedule, crop)")
