@@ -1,4 +1,5 @@
-"""Command line: ``odal-daemon --config FILE`` and ``odal {daemon,status,logs,rollback,retry,demo,serve,install-service}``.
+"""Command line: ``odal-daemon --config FILE`` and ``odal {daemon,status,logs,rollback,retry,demo,serve,install-service,
+init,pretrained}``.
 
 Exit codes come only from here: 0 ok, 1 error, 2 configuration, 3 workspace locked.
 """
@@ -166,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-round", type=int, default=None, help="annotations the annotator adds per round")
     p.add_argument("--steps", type=int, default=None, help="train steps per round")
     p.add_argument("--no-serve", action="store_true", help="do not start the embedded TF-Serving server")
+    p.add_argument("--model", choices=("ssdlite", "tiny"), default="ssdlite",
+                   help="ssdlite: fine-tune the pretrained start (default); tiny: the small SSD from scratch")
     sub.add_parser("serve", help="the embedded TF-Serving-compatible server (TF Serving's flags)")
+    from odal.daemon import workspace_init
+
+    workspace_init.add_parsers(sub)
     p = sub.add_parser("install-service", help="write the systemd unit and environment file")
     p.add_argument("--config", required=True)
     p.add_argument("--user", default="odal")
@@ -208,7 +214,12 @@ def main(argv: list[str] | None = None) -> int:
 
             logs.configure("warning")
             return run_demo(Path(args.workspace), args.rounds, Path(args.images) if args.images else None,
-                            per_round=args.per_round, steps=args.steps, serve=not args.no_serve)
+                            per_round=args.per_round, steps=args.steps, serve=not args.no_serve,
+                            model=args.model)
+        if args.command in ("init", "pretrained"):
+            from odal.daemon import workspace_init
+
+            return workspace_init.run(args)
         if args.command == "install-service":
             from odal.daemon.service import install_service
 

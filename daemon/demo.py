@@ -1,7 +1,8 @@
 """``odal demo``: the whole loop for real on this machine, with a simulated annotator in place of Prodigy.
 
-1. A workspace: ``odal.toml``, the tiny SSD ``pipeline.config``, a label map, and images (generated shapes, or a
-   PASCAL VOC folder such as ``../shared/datasets/raccoon`` used in place).
+1. A workspace as ``odal init`` writes it: ``odal.toml``, a ``pipeline.config`` that fine-tunes the pretrained
+   SSDLite (``--model ssdlite``, the default) or the tiny SSD from scratch (``--model tiny``), a label map, and
+   images (generated shapes, or a PASCAL VOC folder such as ``../shared/datasets/raccoon`` used in place).
 2. The embedded TF-Serving-compatible server (``odal serve``) on loopback, watching the model base path.
 3. The real daemon (``odal-daemon``) as a child process.
 4. The annotator appends a batch of ``prodigy db-out`` records to ``exports/annotations.jsonl`` (mostly accepts,
@@ -19,56 +20,22 @@ import sys
 import time
 from pathlib import Path
 
-from odal.daemon import datasets
-from odal.daemon.atomic import atomic_write_text
+from odal.daemon import datasets, workspace_init
 from odal.daemon.cli import rounds_table
 from odal.daemon.history import History
 from odal.serving.process import ServerProcess, stop_process_group
 
-ASSETS = Path(__file__).parent / "assets"
 MARKER = ".odal-demo"
+DEMO_STEPS = {"ssdlite": 150, "tiny": 150}  # train steps a round; make demo (3 rounds) stays within 6 minutes
 
 
 def write_workspace(workspace: Path, data_dir: Path, labels: list[str], steps: int, per_round: int,
-                    serving_address: str = "") -> Path:
-    """A complete workspace folder; returns its ``odal.toml``."""
-    workspace.mkdir(parents=True, exist_ok=True)
-    (workspace / "exports").mkdir(exist_ok=True)
-    shutil.copyfile(ASSETS / "ssd_mobilenet_v2_tiny.config", workspace / "pipeline.config")
-    datasets.write_label_map(workspace / "label_map.pbtxt", labels)
-    config = workspace / "odal.toml"
-    atomic_write_text(config, f"""# odal workspace (written by `odal demo`)
-[prodigy]
-export_dir = "exports"
-
-[paths]
-data_dir = "{data_dir}"
-work_dir = "work"
-
-[model]
-name = "odal"
-pipeline_config = "pipeline.config"
-label_map = "label_map.pbtxt"
-base_path = "models/odal"
-
-[training]
-steps_per_round = {steps}
-min_new_annotations = {per_round}
-debounce_seconds = 1.0
-eval_fraction = 0.2
-
-[retention]
-versions = 3
-checkpoints = 2
-
-[serving]
-address = "{serving_address}"
-confirm_timeout_seconds = 120
-
-[log]
-file = "work/logs/daemon.jsonl"
-""")
-    return config
+                    serving_address: str = "", model: str = "tiny") -> Path:
+    """A complete workspace folder (as ``odal init`` writes it, debounced for a scripted annotator); its
+    ``odal.toml``.  The tests' workspaces keep the default, the tiny SSD (seconds a round); the demo passes its
+    ``--model`` (ssdlite unless told)."""
+    return workspace_init.write_workspace(workspace, data_dir, labels, model, steps, per_round, serving_address,
+                                          debounce_seconds=1.0, header="odal demo")
 
 
 def _append(path: Path, records: list[dict]) -> None:
@@ -99,7 +66,7 @@ def _wait_for_round(ledger_path: Path, done_before: int, timeout: float, daemon:
 
 
 def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: int | None = None,
-             steps: int | None = None, serve: bool = True) -> int:
+             steps: int | None = None, serve: bool = True, model: str = "ssdlite") -> int:
     workspace = workspace.resolve()
     if workspace.exists():
         if not (workspace / MARKER).exists():
@@ -114,10 +81,10 @@ def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: i
         items = datasets.read_voc(voc.resolve())
         data_dir = (voc / "images").resolve()
         per_round = per_round or 24
-        steps = steps or 200
+        steps = steps or DEMO_STEPS[model]
     else:
         per_round = per_round or 16
-        steps = steps or 150
+        steps = steps or DEMO_STEPS[model]
         items = datasets.generate_shapes(workspace / "images", per_round * rounds + 2 * rounds, seed=1)
         data_dir = workspace / "images"
     labels = datasets.labels_of(items)
@@ -130,9 +97,9 @@ def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: i
                                f"--model_base_path={workspace / 'models' / 'odal'}", append=True)
         address = server.address
         print(f"embedded TF-Serving-compatible server: gRPC {address}, REST 127.0.0.1:{server.rest_port}")
-    config = write_workspace(workspace, data_dir, labels, steps, per_round, address)
-    print(f"workspace {workspace}: {len(items)} images, labels {labels}, {per_round} annotations and "
-          f"{steps} steps per round")
+    config = write_workspace(workspace, data_dir, labels, steps, per_round, address, model)
+    print(f"workspace {workspace}: {len(items)} images, labels {labels}, model {model}, {per_round} annotations "
+          f"and {steps} steps per round")
 
     daemon = subprocess.Popen([sys.executable, "-m", "odal.daemon", "--config", str(config)],
                               stdout=subprocess.DEVNULL, stderr=open(workspace / "daemon.log", "ab"),
