@@ -319,11 +319,27 @@ def test_a_retried_line_does_not_override_a_newer_answer_read_meanwhile(ws):
     image, away = _move_image_away(ws, 1)
     ws.append(first)
     ws.ingest()
-    ws.append(later)  # the annotator changed their mind
-    ws.ingest()
+    other = ws.export.with_name("later-session.jsonl")
+    ws.append(later, path=other)  # the annotator changed their mind, in another export
+    ws.ingest(other)
     away.rename(image)
     stats = retry_waiting(image, ws.ledger, LABELS, ws.data, ws.blobs)
     assert stats["stale"] == 1 and ws.ledger.counts()["rejected"] == 1 and ws.ledger.counts()["accepted"] == 0
+
+
+def test_a_corrected_answer_appended_later_takes_the_bad_line_off_the_set_aside_list(ws):
+    """Prodigy appends a re-annotation; the old bad line of that input is no longer something to fix."""
+    bad = ws.record(1, spans=[dict(ws.record(1)["spans"][0], label="raccoon")])
+    ws.append(ws.record(0), bad, ws.record(2))
+    ws.ingest()
+    assert [i["line"] for i in ws.ledger.invalid_items()] == [2]
+    ws.append(ws.record(1, timestamp=2000))  # the corrected answer, line 4
+    stats = ws.ingest()
+    assert stats["cleared"] == 1 and ws.ledger.invalid_items() == []
+    assert ws.ledger.counts() == {"accepted": 3, "rejected": 0, "ignored": 0, "invalid": 0}
+    ws.append(bad)  # a bad line AFTER the good one is the newest word on that input: it stays listed
+    ws.ingest()
+    assert [i["line"] for i in ws.ledger.invalid_items()] == [5]
 
 
 def test_lines_that_cannot_get_better_by_an_image_arriving_do_not_wait(ws):
