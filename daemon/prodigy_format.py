@@ -29,7 +29,7 @@ from pathlib import Path
 from odal.daemon.atomic import atomic_write_bytes
 from odal.daemon.errors import InvalidRecord
 from odal.daemon.label_map import load_label_map  # noqa: F401 - re-exported: it was defined here
-from odal.daemon.limits import MAX_DIMENSION, MAX_HASH_DIGITS, MAX_SHOWN_CHARS
+from odal.daemon.limits import MAX_DIMENSION, MAX_HASH_DIGITS, MAX_SHOWN_CHARS, MAX_SPANS
 
 ANSWERS = ("accept", "reject", "ignore")
 MAX_PIXELS = 100_000_000
@@ -113,15 +113,22 @@ def parse_record(obj: dict, labels: Collection[str]) -> Annotation:
     if not isinstance(spans, list):
         problems.append(f"spans must be a list, not {type(spans).__name__}")
         spans = []
+    elif len(spans) > MAX_SPANS:
+        problems.append(f"too many spans ({len(spans)} > {MAX_SPANS})")
+        spans = []
     boxes: list[Box | None] = []
     if answer == "accept" and spans:  # only accepted boxes are trained on; a rejected suggestion's spans are not
         if width is None or height is None:
             if not dimensions_bad:
                 problems.append("an accepted record with spans needs width and height > 0")
         else:
-            boxes = [check(_box, span, index, labels, width, height) for index, span in enumerate(spans)]
+            for index, span in enumerate(spans):
+                if len(problems) >= _SHOWN_PROBLEMS:  # a million bad spans: bounded time and message
+                    problems.append(f"spans {index} to {len(spans) - 1} not checked")
+                    break
+                boxes.append(check(_box, span, index, labels, width, height))
     if problems:
-        raise InvalidRecord(_joined(problems), input_hash=input_hash)
+        raise InvalidRecord("; ".join(problems), input_hash=input_hash)
     annotator = obj.get("_annotator_id") or obj.get("_session_id")
     return Annotation(
         input_hash=input_hash, task_hash=task_hash, timestamp=timestamp, answer=answer, image_ref=image_ref,
@@ -130,14 +137,7 @@ def parse_record(obj: dict, labels: Collection[str]) -> Annotation:
     )
 
 
-def _joined(problems: list[str], shown: int = 20) -> str:
-    """Every problem in one message; past ``shown`` of them (a list of a million bad spans), a count of the rest."""
-    text = "; ".join(problems[:shown])
-    if len(problems) > shown:
-        text += f"; and {len(problems) - shown} more problem(s)"
-    return text
-
-
+_SHOWN_PROBLEMS = 20
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = MAX_SHOWN_CHARS // 2
 _REPR.maxlevel = 3

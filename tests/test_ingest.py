@@ -327,21 +327,6 @@ def test_a_retried_line_does_not_override_a_newer_answer_read_meanwhile(ws):
     assert stats["stale"] == 1 and ws.ledger.counts()["rejected"] == 1 and ws.ledger.counts()["accepted"] == 0
 
 
-def test_a_corrected_answer_appended_later_takes_the_bad_line_off_the_set_aside_list(ws):
-    """Prodigy appends a re-annotation; the old bad line of that input is no longer something to fix."""
-    bad = ws.record(1, spans=[dict(ws.record(1)["spans"][0], label="raccoon")])
-    ws.append(ws.record(0), bad, ws.record(2))
-    ws.ingest()
-    assert [i["line"] for i in ws.ledger.invalid_items()] == [2]
-    ws.append(ws.record(1, timestamp=2000))  # the corrected answer, line 4
-    stats = ws.ingest()
-    assert stats["cleared"] == 1 and ws.ledger.invalid_items() == []
-    assert ws.ledger.counts() == {"accepted": 3, "rejected": 0, "ignored": 0, "invalid": 0}
-    ws.append(bad)  # a bad line AFTER the good one is the newest word on that input: it stays listed
-    ws.ingest()
-    assert [i["line"] for i in ws.ledger.invalid_items()] == [5]
-
-
 def test_lines_that_cannot_get_better_by_an_image_arriving_do_not_wait(ws):
     ws.append(ws.record(0, image="https://example.com/a.jpg"), ws.record(1, path="../../etc/passwd",
                                                                            image="../../etc/passwd"))
