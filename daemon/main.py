@@ -31,10 +31,11 @@ from odal.daemon.handlers import ingest, ingest_db, publish
 from odal.daemon.handlers.active_queue import ActiveQueue
 from odal.daemon.handlers.round import Abandoned, Worker, run_round
 from odal.daemon.history import History
+from odal.daemon.label_map import load_label_map
 from odal.daemon.ledger import Ledger
+from odal.daemon.limits import MAX_ERROR_CHARS
 from odal.daemon.lock import WorkspaceLock
 from odal.daemon.metrics import Metrics
-from odal.daemon.label_map import load_label_map
 from odal.daemon.sdnotify import Notifier, watchdog_interval
 from odal.daemon.statusfile import StatusFile
 from odal.daemon.watchers.events import ExportChanged, ImageChanged, ProdigyDbChanged
@@ -127,8 +128,7 @@ class Daemon:
             signal.signal(signum, lambda number, _frame: self._signals.append(number))
 
     def _take_signals(self) -> None:
-        """Act on the signals recorded since the last call (main thread only); raises :class:`Stopping` once
-        SIGTERM/SIGINT arrived while a long read is under way."""
+        """Act on the signals recorded since the last call (main thread only): log each, set its request flag."""
         while self._signals:
             number = self._signals.popleft()
             log.info("signal_received", signal=signal.Signals(number).name)
@@ -202,7 +202,7 @@ class Daemon:
         except Exception as error:  # noqa: BLE001 - one bad source never stops the daemon
             source = getattr(event, "path", repr(event))  # structlog's own first argument is named `event`
             log.error("event_failed", source=source, kind=type(event).__name__, error_class=type(error).__name__,
-                      error=str(error)[:2000], exc_info=True)
+                      error=str(error)[:MAX_ERROR_CHARS], exc_info=True)
             self.metrics.error("event")
 
     @property
