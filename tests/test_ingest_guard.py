@@ -29,7 +29,7 @@ def test_a_line_with_several_problems_names_every_one_of_them_in_one_message(ws)
     with capture_logs() as logs:
         ws.ingest()
     (event,) = set_aside_events(logs)
-    assert event["line"] == 2
+    assert event["line"] == 2 and event["error_class"] == "InvalidRecord" and event["file"] == str(ws.export)
     for problem in ("_timestamp must be a finite number", "span 0 (label 'raccoon'): label not in the label set",
                     f"span 2 (label {span['label']!r}): point [nan, 1] is not finite", "span 3 is not an object"):
         assert problem in event["error"]

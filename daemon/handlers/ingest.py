@@ -91,7 +91,7 @@ class RecordBatch:
         except InvalidRecord as error:
             self.set_aside(raw, line, str(error), error.image, error.input_hash)
         except Exception as error:  # a bug must not stop the other records nor crash the daemon
-            self.set_aside(raw, line, f"internal error: {type(error).__name__}: {error}", error_class=error)
+            self.set_aside(raw, line, f"internal error: {type(error).__name__}: {error}", unexpected=error)
 
     def too_long(self, start: bytes, line: int, size: int) -> None:
         """Set aside a line longer than :data:`MAX_LINE_BYTES`, of which only ``start`` was read."""
@@ -150,16 +150,17 @@ class RecordBatch:
         self._rows.append((ann, image_path, width, height, self.file, line))
 
     def set_aside(self, raw: bytes | str, line: int, error: str, image: str | None = None,
-                  input_hash: str | None = None, error_class: Exception | None = None) -> None:
-        """Log the line once (file, line, error, and ``error_class`` for an unexpected error) and keep it in the
-        set-aside list.  ``error_class``: the unexpected exception, whose traceback goes into the log."""
+                  input_hash: str | None = None, unexpected: Exception | None = None) -> None:
+        """Log the line once (file, line, error, ``error_class``) and keep it in the set-aside list.
+
+        ``unexpected``: the exception that was not an :class:`InvalidRecord` (a bug); its traceback is logged."""
         self.stats["set_aside"] += 1
         if len(error) > MAX_ERROR_CHARS:
             error = error[:MAX_ERROR_CHARS] + "..."
-        fields = {"error_class": type(error_class).__name__} if error_class is not None else {}
+        fields = {"error_class": type(unexpected).__name__ if unexpected is not None else "InvalidRecord"}
         if image is not None:
             fields["waits_for"] = image
-        self.log.error("record_set_aside", line=line, error=error, exc_info=error_class, **fields)
+        self.log.error("record_set_aside", line=line, error=error, exc_info=unexpected, **fields)
         self._invalid.append((self.file, line, error, raw, image, input_hash))
 
     def commit(self, name: str, state: dict | None, *, restart: bool = False, replace: Iterable[int] = ()) -> None:
@@ -189,7 +190,7 @@ class RecordBatch:
                     raise
                 self.stats[row[0].answer] -= 1
                 self.set_aside(excerpt, row[5], f"internal error: {type(error).__name__}: {error}",
-                               input_hash=row[0].input_hash, error_class=error)
+                               input_hash=row[0].input_hash, unexpected=error)
         for row in self._invalid:
             try:
                 add_stats(total, self.ledger.commit(name, None, invalid=[row]))
