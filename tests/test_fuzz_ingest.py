@@ -34,7 +34,7 @@ from test_ingest_db import PRODIGY_SCHEMA
 
 LONG = os.environ.get("ODAL_FUZZ_LONG") == "1"
 MAX_LINES = 60 if LONG else 12
-FUZZ = settings(max_examples=4000 if LONG else 150, deadline=None, database=None, print_blob=True,
+FUZZ = settings(max_examples=4000 if LONG else 120, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.large_base_example])
 
@@ -157,9 +157,9 @@ def _prodigy_db(path: Path, batch: list[Line], storage: list[str]) -> None:
 
 
 @FUZZ
-@given(batch=batches(ITEMS, MAX_LINES), storage=st.lists(st.sampled_from(["text", "blob"]), min_size=60,
-                                                         max_size=60))
-@example(batch=[_good(0), _bad(b'{"image": "\xff\xfe.jpg"}'), _good(2)], storage=["text"] * 60)  # was: every
+@given(batch=batches(ITEMS, MAX_LINES), storage=st.lists(st.sampled_from(["text", "blob"]), min_size=MAX_LINES,
+                                                         max_size=MAX_LINES))
+@example(batch=[_good(0), _bad(b'{"image": "\xff\xfe.jpg"}'), _good(2)], storage=["text"] * MAX_LINES)  # was: every
 # later row unreadable ("Could not decode to UTF-8 column 'content'"), the dataset stuck for good
 def test_hostile_rows_in_prodigys_database_never_escape_and_every_good_row_is_ingested_once(batch, storage):
     LINES_RUN["db"] += len(batch)
@@ -176,9 +176,9 @@ def test_hostile_rows_in_prodigys_database_never_escape_and_every_good_row_is_in
             ledger.close()
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def _report_lines():
     yield
     if LONG:
-        print(f"\nfuzzed lines: export {LINES_RUN['export']}, Prodigy database {LINES_RUN['db']}")
+        print(f"\nfuzzed lines so far: export {LINES_RUN['export']}, Prodigy database {LINES_RUN['db']}")
 
