@@ -33,10 +33,16 @@ from odal.daemon.ledger import Ledger
 from test_ingest_db import PRODIGY_SCHEMA
 
 LONG = os.environ.get("ODAL_FUZZ_LONG") == "1"
-MAX_LINES = 60 if LONG else 12
-FUZZ = settings(max_examples=4000 if LONG else 120, deadline=None, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.large_base_example])
+MAX_LINES = 60 if LONG else 12  # lines per batch; the long mode runs ~107k export lines and ~30k database rows
+
+
+def _fuzz(long_examples: int):
+    return settings(max_examples=long_examples if LONG else 120, deadline=None, database=None, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.large_base_example])
+
+
+LONG_MODE = pytest.mark.timeout(0 if LONG else 600)  # the long mode runs for an hour on a busy machine
 
 # On a tmpfs when there is one: each example's ledger is a real SQLite file, without paying the disk's fsyncs.
 _ROOT = Path(tempfile.mkdtemp(prefix="odal-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
@@ -76,6 +82,13 @@ REGRESSIONS = [
 ]
 
 
+def _count(source: str, lines: int) -> None:
+    before = LINES_RUN[source]
+    LINES_RUN[source] += lines
+    if LONG and before // 10_000 != LINES_RUN[source] // 10_000:
+        print(f"fuzzed {source} lines: {LINES_RUN[source]}", flush=True)
+
+
 def _write(path: Path, lines: list[Line]) -> None:
     with open(path, "ab") as out:
         out.write(b"".join(line.raw + b"\n" for line in lines))
@@ -110,7 +123,8 @@ def _check(batch: list[Line], ledger: Ledger, source: str, lines: list[int], log
     assert not [e for e in logs if e["event"] in ("source_failed", "export_unreadable", "prodigy_db_unreadable")]
 
 
-@FUZZ
+@LONG_MODE
+@_fuzz(3500)
 @given(batch=batches(ITEMS, MAX_LINES), cut=st.floats(0, 1))
 @example(batch=REGRESSIONS[0], cut=0.5)
 @example(batch=REGRESSIONS[1], cut=0.0)
@@ -122,7 +136,7 @@ def _check(batch: list[Line], ledger: Ledger, source: str, lines: list[int], log
 @example(batch=REGRESSIONS[7], cut=0.5)
 @example(batch=REGRESSIONS[8], cut=0.5)
 def test_hostile_export_lines_never_escape_and_every_good_line_is_ingested_once(batch, cut):
-    LINES_RUN["export"] += len(batch)
+    _count("export", len(batch))
     with tempfile.TemporaryDirectory(dir=_ROOT) as tmp:
         export = Path(tmp) / "annotations.jsonl"
         ledger = Ledger(Path(tmp) / "ledger.sqlite")
@@ -156,13 +170,14 @@ def _prodigy_db(path: Path, batch: list[Line], storage: list[str]) -> None:
     conn.close()
 
 
-@FUZZ
+@LONG_MODE
+@_fuzz(1000)
 @given(batch=batches(ITEMS, MAX_LINES), storage=st.lists(st.sampled_from(["text", "blob"]), min_size=MAX_LINES,
                                                          max_size=MAX_LINES))
 @example(batch=[_good(0), _bad(b'{"image": "\xff\xfe.jpg"}'), _good(2)], storage=["text"] * MAX_LINES)  # was: every
 # later row unreadable ("Could not decode to UTF-8 column 'content'"), the dataset stuck for good
 def test_hostile_rows_in_prodigys_database_never_escape_and_every_good_row_is_ingested_once(batch, storage):
-    LINES_RUN["db"] += len(batch)
+    _count("db", len(batch))
     with tempfile.TemporaryDirectory(dir=_ROOT) as tmp:
         db = Path(tmp) / "prodigy.db"
         _prodigy_db(db, batch, storage)
