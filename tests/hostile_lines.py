@@ -141,10 +141,10 @@ raw_bad_lines = st.one_of(
 
 
 @st.composite
-def batches(draw, items, max_lines: int = 12) -> list[Line]:
+def batches(draw, items, max_lines: int = 12, min_lines: int = 1) -> list[Line]:
     """Known-good lines interleaved with bad and maybe-good ones; every line distinct."""
     lines = []
-    for n in range(draw(st.integers(1, max_lines))):
+    for n in range(draw(st.integers(min_lines, max_lines))):
         kind = draw(st.sampled_from(["good", "good", "bad", "bad_record", "maybe"]))
         if kind == "good":
             record = good_record(items, n, n, draw(st.sampled_from(["accept", "accept", "reject", "ignore"])))

@@ -33,11 +33,12 @@ from odal.daemon.ledger import Ledger
 from test_ingest_db import PRODIGY_SCHEMA
 
 LONG = os.environ.get("ODAL_FUZZ_LONG") == "1"
-MAX_LINES = 60 if LONG else 12  # lines per batch; the long mode runs ~107k export lines and ~30k database rows
+MIN_LINES, MAX_LINES = (30, 60) if LONG else (1, 12)  # lines per batch
 
 
 def _fuzz(long_examples: int):
-    return settings(max_examples=long_examples if LONG else 120, deadline=None, database=None, print_blob=True,
+    examples = int(os.environ.get("ODAL_FUZZ_EXAMPLES", long_examples)) if LONG else 120
+    return settings(max_examples=examples, deadline=None, database=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.large_base_example])
 
@@ -124,8 +125,8 @@ def _check(batch: list[Line], ledger: Ledger, source: str, lines: list[int], log
 
 
 @LONG_MODE
-@_fuzz(3500)
-@given(batch=batches(ITEMS, MAX_LINES), cut=st.floats(0, 1))
+@_fuzz(2400)  # ~108k lines in the long mode
+@given(batch=batches(ITEMS, MAX_LINES, MIN_LINES), cut=st.floats(0, 1))
 @example(batch=REGRESSIONS[0], cut=0.5)
 @example(batch=REGRESSIONS[1], cut=0.0)
 @example(batch=REGRESSIONS[2], cut=1.0)
@@ -171,9 +172,9 @@ def _prodigy_db(path: Path, batch: list[Line], storage: list[str]) -> None:
 
 
 @LONG_MODE
-@_fuzz(1000)
-@given(batch=batches(ITEMS, MAX_LINES), storage=st.lists(st.sampled_from(["text", "blob"]), min_size=MAX_LINES,
-                                                         max_size=MAX_LINES))
+@_fuzz(700)  # ~31k rows in the long mode
+@given(batch=batches(ITEMS, MAX_LINES, MIN_LINES),
+       storage=st.lists(st.sampled_from(["text", "blob"]), min_size=MAX_LINES, max_size=MAX_LINES))
 @example(batch=[_good(0), _bad(b'{"image": "\xff\xfe.jpg"}'), _good(2)], storage=["text"] * MAX_LINES)  # was: every
 # later row unreadable ("Could not decode to UTF-8 column 'content'"), the dataset stuck for good
 def test_hostile_rows_in_prodigys_database_never_escape_and_every_good_row_is_ingested_once(batch, storage):
