@@ -26,11 +26,14 @@ class InvalidRecord(OdalError):
 
     ``image`` is set when the record itself is fine but its image file is missing, empty or cannot be decoded
     (yet): the resolved path the record waits for.  When that file appears or changes, the line is tried again.
+    ``input_hash`` is set when the record's ``_input_hash`` could be read: a later good line of the same input
+    takes the set-aside line off the list.
     """
 
-    def __init__(self, message: str, image: str | None = None) -> None:
+    def __init__(self, message: str, image: str | None = None, input_hash: str | None = None) -> None:
         super().__init__(message)
         self.image = image
+        self.input_hash = input_hash
 
 
 class SchemaError(OdalError):

@@ -12,7 +12,9 @@ its own (``IF NOT EXISTS``) and versions them in ``ledger_meta``.
 A set-aside line is not final: a line whose only problem is its image (missing, empty, not decodable yet) keeps
 the full line and the image path it waits for, and :meth:`Ledger.commit` can replace such rows when the line is
 tried again; a source read again from its start drops its old set-aside rows (each line still bad is set aside
-again), so the list always describes the sources as they are now.
+again), so the list always describes the sources as they are now.  A set-aside line whose ``_input_hash`` could be
+read also leaves the list when a later line of the same source (a corrected answer) is ingested for that input.
+Text from outside (paths, messages) is stored as valid UTF-8 whatever it holds (lone surrogates are escaped).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Iterable
 from odal.daemon import store
 from odal.daemon.prodigy_format import Annotation
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 EXCERPT_CHARS = 300
 WAITING_LINE_BYTES = 1 << 20  # longer lines waiting for an image are kept as excerpts only
 
@@ -60,18 +62,21 @@ CREATE TABLE IF NOT EXISTS invalid (
     at REAL NOT NULL,
     image TEXT,
     raw BLOB,
+    input_hash TEXT,
     UNIQUE (source, line, digest)
 );
 CREATE INDEX IF NOT EXISTS invalid_image ON invalid (image) WHERE image IS NOT NULL;
+CREATE INDEX IF NOT EXISTS invalid_input ON invalid (input_hash) WHERE input_hash IS NOT NULL;
 CREATE TABLE IF NOT EXISTS sources (name TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL);
 """
 
 # (annotation, image_path, width, height, source, line)
 AnnotationRow = tuple[Annotation, "str | Path | None", "int | None", "int | None", str, int]
-# (source, line, error, raw line, image the line waits for or None)
-InvalidRow = tuple[str, int, str, "str | bytes", "str | None"]
+# (source, line, error, raw line, image the line waits for or None[, the line's input hash or None])
+InvalidRow = tuple
 # schema version -> statements that bring the previous version's tables to it
-_MIGRATIONS = {2: ("ALTER TABLE invalid ADD COLUMN image TEXT", "ALTER TABLE invalid ADD COLUMN raw BLOB")}
+_MIGRATIONS = {2: ("ALTER TABLE invalid ADD COLUMN image TEXT", "ALTER TABLE invalid ADD COLUMN raw BLOB"),
+               3: ("ALTER TABLE invalid ADD COLUMN input_hash TEXT",)}
 
 
 class Ledger:
@@ -139,19 +144,27 @@ class Ledger:
         set-aside rows of source ``clear_invalid`` (a source read again from its start) and the rows with the ids
         ``replace_invalid`` (lines being tried again) are dropped.  Stats: ``inserted``, ``updated``,
         ``unchanged``, ``stale`` (older than the stored answer), ``invalid`` (newly set aside), ``cleared``
-        (set-aside rows dropped).
+        (set-aside rows dropped, also those superseded by a later line of the same input), and ``new_accept``,
+        ``new_reject``, ``new_ignore``: the inserted or updated rows by answer (what a metric may count; a line
+        read again adds nothing).
         """
-        stats = {"inserted": 0, "updated": 0, "unchanged": 0, "stale": 0, "invalid": 0, "cleared": 0}
+        stats = {"inserted": 0, "updated": 0, "unchanged": 0, "stale": 0, "invalid": 0, "cleared": 0,
+                 "new_accept": 0, "new_reject": 0, "new_ignore": 0}
         now = time.time()
+        name = _text(name)
         with self._transaction() as conn:
             if clear_invalid is not None:
-                stats["cleared"] += conn.execute("DELETE FROM invalid WHERE source = ?", (clear_invalid,)).rowcount
+                stats["cleared"] += conn.execute("DELETE FROM invalid WHERE source = ?",
+                                                 (_text(clear_invalid),)).rowcount
             for row_id in replace_invalid:
                 stats["cleared"] += conn.execute("DELETE FROM invalid WHERE id = ?", (row_id,)).rowcount
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM annotations").fetchone()[0]
+            written = []  # (input_hash, source, line) of each good line, for the set-aside lines it supersedes
             for ann, image_path, width, height, source, line in annotations:
-                values = (ann.task_hash, ann.timestamp, ann.answer, None if image_path is None else str(image_path),
-                          width, height, _boxes_json(ann))
+                source = _text(source)
+                written.append((ann.input_hash, source, line))
+                values = (ann.task_hash, ann.timestamp, ann.answer,
+                          None if image_path is None else _text(str(image_path)), width, height, _boxes_json(ann))
                 old = conn.execute(
                     "SELECT task_hash, timestamp, answer, image_path, width, height, boxes FROM annotations "
                     "WHERE input_hash = ?", (ann.input_hash,)).fetchone()
@@ -160,6 +173,7 @@ class Ledger:
                     conn.execute("INSERT INTO annotations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
                                  (ann.input_hash, *values, source, line, seq, now))
                     stats["inserted"] += 1
+                    stats["new_" + ann.answer] += 1
                 elif ann.timestamp < old["timestamp"]:
                     stats["stale"] += 1
                 elif tuple(old) == values:
@@ -171,16 +185,22 @@ class Ledger:
                         "boxes=?, source=?, line=?, seq=?, ingested_at=?, prev_answer=? WHERE input_hash=?",
                         (*values, source, line, seq, now, old["answer"], ann.input_hash))
                     stats["updated"] += 1
-            for source, line, error, raw, image in invalid:
+                    stats["new_" + ann.answer] += 1
+            for source, line, error, raw, image, *more in invalid:
+                input_hash = more[0] if more else None
                 raw_bytes = raw.encode("utf-8", "replace") if isinstance(raw, str) else bytes(raw)
                 keep = raw_bytes if image is not None and len(raw_bytes) <= WAITING_LINE_BYTES else None
                 cursor = conn.execute(
-                    "INSERT OR IGNORE INTO invalid (source, line, digest, error, excerpt, at, image, raw) "
-                    "VALUES (?,?,?,?,?,?,?,?)",
-                    (source, line, hashlib.sha256(raw_bytes).hexdigest(), error,
+                    "INSERT OR IGNORE INTO invalid (source, line, digest, error, excerpt, at, image, raw, input_hash) "
+                    "VALUES (?,?,?,?,?,?,?,?,?)",
+                    (_text(source), line, hashlib.sha256(raw_bytes).hexdigest(), _text(error),
                      raw_bytes[:EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS], now,
-                     image if keep is not None else None, keep))
+                     _text(image) if keep is not None else None, keep, input_hash))
                 stats["invalid"] += cursor.rowcount
+            for input_hash, source, line in written:  # a corrected answer appended later replaces the bad line
+                stats["cleared"] += conn.execute(
+                    "DELETE FROM invalid WHERE input_hash = ? AND source = ? AND line < ?",
+                    (input_hash, source, line)).rowcount
             if state is not None:
                 conn.execute("INSERT INTO sources VALUES (?,?,?) ON CONFLICT (name) DO UPDATE "
                              "SET state = excluded.state, updated_at = excluded.updated_at",
@@ -218,7 +238,7 @@ class Ledger:
         return (rows[0]["image_path"], rows[0]["width"], rows[0]["height"]) if rows else None
 
     def source_state(self, name: str) -> dict | None:
-        row = self._query("SELECT state FROM sources WHERE name = ?", (name,))
+        row = self._query("SELECT state FROM sources WHERE name = ?", (_text(name),))
         return json.loads(row[0]["state"]) if row else None
 
     def counts(self) -> dict[str, int]:
@@ -266,6 +286,18 @@ class Ledger:
     def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
+
+
+def _text(value: str | None) -> str | None:
+    """``value`` as text SQLite can store: a lone surrogate (a file name that is not UTF-8, a hostile record) is
+    escaped instead of failing the whole transaction."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def _boxes_json(ann: Annotation) -> str:

@@ -7,13 +7,16 @@ accepted annotations and a quiet ``debounce_seconds`` -> ``handlers/round.py`` r
 ``<base_path>/<version>`` -> TF Serving loads it (``handlers/confirm.py`` checks it answers).
 
 Threads: the watchdog observer (queues events), this main loop (ingest, triggers, sd_notify), and at most one
-round thread.  SIGTERM/SIGINT: stop watching, abandon the round (the worker child is stopped politely), exit 0.
+round thread.  Signal handlers only record the signal (no lock, no log: the interrupted main thread may hold the
+log writer's lock); the loop acts on it within a tick, and a long read stops at its next line.
+SIGTERM/SIGINT: stop watching, abandon the round (the worker child is stopped politely), exit 0.
 SIGHUP: reload the configuration (a changed label map reads every source again).  SIGUSR1 (``odal retry``): read
 every source again from its start, so lines fixed since they were set aside are ingested.
 """
 
 from __future__ import annotations
 
+import collections
 import queue
 import signal
 import sqlite3
@@ -30,10 +33,11 @@ from odal.daemon.handlers import ingest, ingest_db, publish
 from odal.daemon.handlers.active_queue import ActiveQueue
 from odal.daemon.handlers.round import Abandoned, Worker, run_round
 from odal.daemon.history import History
+from odal.daemon.label_map import load_label_map
 from odal.daemon.ledger import Ledger
+from odal.daemon.limits import MAX_ERROR_CHARS
 from odal.daemon.lock import WorkspaceLock
 from odal.daemon.metrics import Metrics
-from odal.daemon.prodigy_format import load_label_map
 from odal.daemon.sdnotify import Notifier, watchdog_interval
 from odal.daemon.statusfile import StatusFile
 from odal.daemon.watchers.events import ExportChanged, ImageChanged, ProdigyDbChanged
@@ -42,7 +46,12 @@ from odal.serving.client import ServingClient
 
 log = logs.get("odal.daemon")
 
-_TICK = 0.25  # how often the loop wakes without events (debounce resolution, watchdog pings)
+_TICK = 0.25  # how often the loop wakes without events (debounce resolution, watchdog pings, signals)
+
+
+class Stopping(BaseException):
+    """Raised in the main thread at the next line of a long read once SIGTERM/SIGINT arrived (not an ``Exception``:
+    no guarded boundary catches it); nothing half-read is committed, so the next start reads it again."""
 
 
 class Daemon:
@@ -50,6 +59,7 @@ class Daemon:
         self.cfg = cfg
         self.notifier = notifier or Notifier(unset_environment=True)  # the worker child must not notify
         self.events: queue.Queue = queue.Queue()
+        self._signals: collections.deque = collections.deque()  # appended by signal handlers, drained by the loop
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self.retry_requested = threading.Event()
@@ -98,6 +108,8 @@ class Daemon:
                 self._ingest_all()
                 self._set_status("idle")
                 self._loop()
+            except Stopping:
+                pass
             finally:
                 self.notifier.stopping()
                 observer.stop()
@@ -116,18 +128,28 @@ class Daemon:
         return 0
 
     def install_signal_handlers(self) -> None:
-        def stop(signum, _frame):
-            log.info("signal_received", signal=signal.Signals(signum).name)
-            self.stop_requested.set()
-            self.events.put(None)  # wake the loop
+        """Each handler only appends the signal number to a deque (atomic, takes no lock): a handler that logged,
+        or set a ``threading.Event``, or put on a queue, could wait for a lock the interrupted thread holds."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(signum, lambda number, _frame: self._signals.append(number))
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, lambda *_: (self.reload_requested.set(), self.events.put(None)))
-        signal.signal(signal.SIGUSR1, lambda *_: (self.retry_requested.set(), self.events.put(None)))
+    def _take_signals(self) -> None:
+        """Act on the signals recorded since the last call (main thread only): log each, set its request flag."""
+        while self._signals:
+            number = self._signals.popleft()
+            log.info("signal_received", signal=signal.Signals(number).name)
+            if number in (signal.SIGTERM, signal.SIGINT):
+                self.stop_requested.set()
+            elif number == signal.SIGHUP:
+                self.reload_requested.set()
+            elif number == signal.SIGUSR1:
+                self.retry_requested.set()
 
     def _loop(self) -> None:
-        while not self.stop_requested.is_set():
+        while True:
+            self._take_signals()
+            if self.stop_requested.is_set():
+                return
             try:
                 event = self.events.get(timeout=_TICK)
             except queue.Empty:
@@ -159,7 +181,11 @@ class Daemon:
             self._keepalive()
 
     def _keepalive(self) -> None:
-        """The systemd watchdog ping, at most every half period: from the loop, and per line of a long read."""
+        """The systemd watchdog ping, at most every half period: from the loop, and per line of a long read (which
+        stops there once the daemon is asked to stop)."""
+        self._take_signals()
+        if self.stop_requested.is_set():
+            raise Stopping
         now = time.monotonic()
         if now - self._last_ping >= self._ping_every:
             self.notifier.watchdog()
@@ -167,6 +193,8 @@ class Daemon:
 
     # -- events --------------------------------------------------------------------------------------------------------
     def _handle(self, event) -> None:
+        """The guarded boundary of one event: anything it raises is logged once and the daemon goes on (each
+        source guards its own lines; what comes up here is a storage error or a bug)."""
         self._last_event = time.monotonic()
         try:
             if isinstance(event, ExportChanged):
@@ -182,14 +210,16 @@ class Daemon:
                 self.queue.image_changed(event.path, event.deleted)
                 if not event.deleted:  # lines set aside until this image appeared (or finished copying)
                     stats = ingest.retry_waiting(Path(event.path), self.ledger, self.labels, self.cfg.data_dir,
-                                                 self._blob_dir)
+                                                 self._blob_dir, heartbeat=self._keepalive)
                     if stats["retried"]:
                         self._log_ingest(event.path, stats)
         except Exception as error:  # noqa: BLE001 - one bad source never stops the daemon
             if is_disk_error(error):  # not the source's fault: the same event is tried again with backoff
                 self._disk_failed(f"handling {type(event).__name__} {getattr(event, 'path', '')}", error, event)
                 return
-            log.exception("event_failed", event=repr(event), error=str(error))
+            source = getattr(event, "path", repr(event))  # structlog's own first argument is named `event`
+            log.error("event_failed", source=source, kind=type(event).__name__, error_class=type(error).__name__,
+                      error=str(error)[:MAX_ERROR_CHARS], exc_info=True)
             self.metrics.error("event")
 
     def _disk_failed(self, what: str, error: BaseException, event=None) -> None:

@@ -8,8 +8,8 @@ The daemon owns one :class:`Metrics`, tells it what happened (:meth:`Metrics.ing
     odal_round_in_progress                        gauge     1 while a round runs
     odal_stage_duration_seconds{stage}            histogram records/train/evaluate/export/publish/confirm/total
     odal_stage_last_duration_seconds{stage}       gauge     the newest round's duration of each stage
-    odal_annotations_ingested_total{answer}       counter   records read, by answer (accept/reject/ignore; a source
-                                                            read again, e.g. a fresh db-out, counts again)
+    odal_annotations_ingested_total{answer}       counter   answers written to the ledger (new or changed), by answer
+                                                            (a line read again, e.g. a fresh db-out, adds nothing)
     odal_set_aside_total                          counter   lines added to the set-aside list since the daemon started
     odal_set_aside_items                          gauge     lines in the ledger's set-aside table
     odal_versions_published_total                 counter
@@ -34,7 +34,7 @@ _META = {
     "odal_round_in_progress": ("gauge", "1 while a training round runs."),
     "odal_stage_duration_seconds": ("histogram", "Duration of round stages."),
     "odal_stage_last_duration_seconds": ("gauge", "Duration of each stage in the newest round that ran it."),
-    "odal_annotations_ingested_total": ("counter", "Annotation records ingested, by answer."),
+    "odal_annotations_ingested_total": ("counter", "Answers written to the ledger (new or changed), by answer."),
     "odal_set_aside_total": ("counter", "Lines added to the set-aside list since the daemon started."),
     "odal_set_aside_items": ("gauge", "Records in the ledger's set-aside table."),
     "odal_versions_published_total": ("counter", "Model versions published since the daemon started."),
@@ -89,9 +89,9 @@ class Metrics:
 
     # -- what the daemon reports ---------------------------------------------------------------------------------------
     def ingested(self, stats: dict, set_aside_items: int | None = None) -> None:
-        for answer in ("accept", "reject", "ignore"):
-            if stats.get(answer):
-                self.inc("odal_annotations_ingested_total", stats[answer], answer=answer)
+        for answer in ("accept", "reject", "ignore"):  # rows the ledger inserted or changed, not lines read
+            if stats.get("new_" + answer):
+                self.inc("odal_annotations_ingested_total", stats["new_" + answer], answer=answer)
         added = stats.get("invalid", 0) - stats.get("cleared", 0)
         if added > 0:  # a source read again sets its still-bad lines aside again: only the growth counts
             self.inc("odal_set_aside_total", added)

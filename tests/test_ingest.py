@@ -319,8 +319,9 @@ def test_a_retried_line_does_not_override_a_newer_answer_read_meanwhile(ws):
     image, away = _move_image_away(ws, 1)
     ws.append(first)
     ws.ingest()
-    ws.append(later)  # the annotator changed their mind
-    ws.ingest()
+    other = ws.export.with_name("later-session.jsonl")
+    ws.append(later, path=other)  # the annotator changed their mind, in another export
+    ws.ingest(other)
     away.rename(image)
     stats = retry_waiting(image, ws.ledger, LABELS, ws.data, ws.blobs)
     assert stats["stale"] == 1 and ws.ledger.counts()["rejected"] == 1 and ws.ledger.counts()["accepted"] == 0

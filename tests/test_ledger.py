@@ -29,7 +29,8 @@ def ledger(tmp_path):
 def test_commit_inserts_rows_and_source_state_and_counts_answers(ledger):
     stats = ledger.commit("export.jsonl", {"offset": 30}, [row(ann("1")), row(ann("2", answer="reject")),
                                                            row(ann("3", answer="ignore"))])
-    assert stats == {"inserted": 3, "updated": 0, "unchanged": 0, "stale": 0, "invalid": 0, "cleared": 0}
+    assert stats == {"inserted": 3, "updated": 0, "unchanged": 0, "stale": 0, "invalid": 0, "cleared": 0,
+                     "new_accept": 1, "new_reject": 1, "new_ignore": 1}
     assert ledger.counts() == {"accepted": 1, "rejected": 1, "ignored": 1, "invalid": 0}
     assert ledger.source_state("export.jsonl") == {"offset": 30}
     assert ledger.source_state("other") is None
@@ -210,7 +211,8 @@ def test_a_version_1_ledger_is_migrated_in_place_and_keeps_its_rows(tmp_path):
         led.commit("f", None, invalid=[("f", 4, "image file not found", "{}", "/d/x.jpg")])
         assert [w["line"] for w in led.waiting_for("/d/x.jpg")] == [4]
     check = sqlite3.connect(path)
-    assert check.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert check.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone() == ("3",)
+    assert "input_hash" in {row[1] for row in check.execute("PRAGMA table_info(invalid)")}
     check.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import urllib.request
 
 import pytest
@@ -26,11 +27,14 @@ def test_a_published_round_counts_stages_version_and_map():
 
 def test_ingest_and_errors_are_counted_by_answer_and_kind():
     metrics = Metrics()
-    metrics.ingested({"accept": 3, "reject": 1, "set_aside": 2, "invalid": 2}, set_aside_items=5)
-    metrics.ingested({"accept": 3, "set_aside": 2, "invalid": 2, "cleared": 2}, set_aside_items=5)  # read again
+    metrics.ingested({"accept": 3, "reject": 1, "new_accept": 3, "new_reject": 1, "set_aside": 2, "invalid": 2},
+                     set_aside_items=5)
+    metrics.ingested({"accept": 3, "set_aside": 2, "invalid": 2, "cleared": 2, "unchanged": 3},  # read again
+                     set_aside_items=5)
+    metrics.ingested({"accept": 1, "new_accept": 1, "updated": 1})  # a corrected answer
     metrics.round_finished("failed")
     text = metrics.render()
-    assert 'odal_annotations_ingested_total{answer="accept"} 6' in text
+    assert 'odal_annotations_ingested_total{answer="accept"} 4' in text
     assert 'odal_annotations_ingested_total{answer="ignore"} 0' in text
     assert "odal_set_aside_total 2" in text and "odal_set_aside_items 5" in text
     assert 'odal_errors_total{kind="round"} 1' in text
@@ -75,6 +79,11 @@ def test_the_real_daemon_serves_its_ingest_counts_on_the_configured_address(tmp_
         assert daemon.wait_event("metrics_serving", 60) and daemon.wait_event("ingested", 60)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'odal_annotations_ingested_total{answer="accept"} 2' in text
+        assert "odal_set_aside_total 1" in text and "odal_set_aside_items 1" in text
+        daemon.proc.send_signal(signal.SIGUSR1)  # `odal retry`: every source read again, nothing new in it
+        assert daemon.wait_event("sources_reread", 30)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'odal_annotations_ingested_total{answer="accept"} 2' in text  # a line read again is not counted
         assert "odal_set_aside_total 1" in text and "odal_set_aside_items 1" in text
         assert daemon.terminate() == 0
     finally:

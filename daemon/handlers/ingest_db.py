@@ -4,7 +4,9 @@ Prodigy's schema (v1.6+, peewee): ``dataset(id, name UNIQUE, created, meta, sess
 ``example(id, input_hash, task_hash, content)`` with the whole task as JSON in ``content``, and
 ``link(id, example_id, dataset_id)``.  It is not a public contract, so :func:`check_schema` verifies it.  New
 rows are those with ``example.id`` above the last one read, linked to the named dataset; their content goes through
-the same code path as an export line.  A locked database is not an error: the daemon retries on the next change.
+the same code path as an export line (text is read as bytes, so content that is not UTF-8 is one bad line, not an
+unreadable database).  A locked database is not an error: the daemon retries on the next change.  Like an export
+file, one dataset is a guarded boundary: only the ledger's storage errors are raised.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from urllib.parse import quote
 import structlog
 
 from odal.daemon.errors import SchemaError
-from odal.daemon.handlers.ingest import CHUNK_LINES, RecordBatch
+from odal.daemon.degraded import is_disk_error
+from odal.daemon.handlers.ingest import CHUNK_LINES, RecordBatch, storage_error
 from odal.daemon.ledger import Ledger
 
 log = structlog.get_logger("odal.ingest")
@@ -43,7 +46,9 @@ def connect_readonly(db_path: Path, timeout: float = 1.0) -> sqlite3.Connection:
     if not db_path.is_file():
         raise SchemaError(f"Prodigy database {db_path} does not exist")
     uri = f"file:{quote(str(db_path.absolute()))}?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.text_factory = bytes  # a TEXT value that is not UTF-8 must not make every later row unreadable
+    return conn
 
 
 def check_schema(db_path: Path) -> None:
@@ -62,7 +67,7 @@ def _check(conn: sqlite3.Connection, db_path: Path) -> None:
     problems = []
     try:
         for table, columns in SCHEMA.items():
-            found = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            found = {row[1].decode("utf-8", "replace") for row in conn.execute(f"PRAGMA table_info({table})")}
             if not found:
                 problems.append(f"table {table} is missing")
                 continue
@@ -116,19 +121,27 @@ def ingest_prodigy_db(db_path: Path, dataset: str, ledger: Ledger, labels: Colle
             if not rows:
                 break
             for example_id, content in rows:
-                batch.add_line(content if isinstance(content, (bytes, str)) else str(content), example_id)
+                batch.add_line(content if isinstance(content, bytes) else str(content), example_id)
                 last_id = example_id
             batch.commit(name, {"last_id": last_id}, restart=restart)
             restart = False
         if restart:
             batch.commit(name, {"last_id": 0}, restart=True)
     except sqlite3.OperationalError as error:  # rows not committed yet are read again next time
+        if is_disk_error(error):  # the ledger's disk, not Prodigy's database: the daemon degrades and retries
+            raise
         if "locked" in str(error) or "busy" in str(error):
             log.warning("prodigy_db_locked", file=str(db_path), dataset=dataset, error=str(error))
             stats["locked"] = True
         else:
             log.error("prodigy_db_unreadable", file=str(db_path), dataset=dataset, error=str(error))
             stats["error"] = str(error)
+    except Exception as error:  # noqa: BLE001 - one source never stops the daemon; read again on the next change
+        if storage_error(error) or isinstance(error, SchemaError):
+            raise
+        log.error("source_failed", file=str(db_path), dataset=dataset, error=f"{type(error).__name__}: {error}",
+                  error_class=type(error).__name__, exc_info=True)
+        stats["error"] = str(error)
     finally:
         conn.close()
     return stats
