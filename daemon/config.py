@@ -103,7 +103,7 @@ class Config:
 
     @property
     def limits(self):
-        from odal.daemon.safe_files import Limits
+        from odal.daemon.limits import Limits
 
         return Limits(self.image_max_bytes, self.image_max_pixels, self.image_settle_seconds)
 

@@ -1,4 +1,4 @@
-"""Decoding images the daemon did not make, within the limits of :mod:`odal.daemon.safe_files`.
+"""Decoding images the daemon did not make, within the limits of :mod:`odal.daemon.limits`.
 
 * :func:`header_size` reads only the header (Pillow opens lazily) and refuses an image over the pixel limit, a
   decompression bomb included, before a single pixel is decoded.
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from odal.daemon import safe_files
+from odal.daemon.limits import limits
 from odal.daemon.atomic import atomic_write_bytes
 from odal.daemon.errors import InvalidRecord, OdalError
 
@@ -65,7 +66,7 @@ def _open(source):
         except Exception as error:  # Pillow raises many types (SyntaxError, struct.error, ValueError, ...)
             raise Undecodable(f"{type(error).__name__}: {error}") from error
     width, height = image.size
-    limit = safe_files.limits().max_image_pixels
+    limit = limits().max_image_pixels
     if width * height > limit:
         image.close()
         raise TooLarge(f"image is too large ({width}x{height} > {limit} pixels)")
@@ -161,7 +162,7 @@ def locate(ref: str, meta_file: str | None, data_dir: Path, blob_dir: Path) -> I
     if not data:
         if complete:
             raise InvalidRecord(f"{COMPLETE_BUT} empty (0 bytes, unchanged for "
-                                f"{safe_files.limits().settle_seconds:g} s): {resolved}", image=str(resolved))
+                                f"{limits().settle_seconds:g} s): {resolved}", image=str(resolved))
         raise InvalidRecord(f"image is empty (0 bytes): {resolved}", image=str(resolved))
     try:
         width, height = check_decodes(data)
@@ -170,7 +171,7 @@ def locate(ref: str, meta_file: str | None, data_dir: Path, blob_dir: Path) -> I
     except Undecodable as error:
         if complete:
             raise InvalidRecord(f"{COMPLETE_BUT} cannot be decoded (unchanged for "
-                                f"{safe_files.limits().settle_seconds:g} s): {resolved}: {error}",
+                                f"{limits().settle_seconds:g} s): {resolved}: {error}",
                                 image=str(resolved)) from None
         raise InvalidRecord(f"image cannot be decoded (yet: still being written?): {resolved}: {error}",
                             image=str(resolved)) from None
@@ -217,7 +218,7 @@ def _store_data_uri(uri: str, blob_dir: Path) -> ImageFile:
     ext = _EXTENSIONS.get(match.group(1).lower())
     if ext is None:
         raise InvalidRecord(f"unsupported data URI image type image/{match.group(1)}")
-    limit = safe_files.limits().max_image_bytes
+    limit = limits().max_image_bytes
     if (len(uri) - match.end()) * 3 // 4 > limit + 3:
         raise InvalidRecord(f"data URI image is too large (more than {limit} bytes)")
     try:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from odal.daemon import log as logs
-from odal.daemon import safe_files
+from odal.daemon import limits
 from odal.daemon import watchers
 from odal.daemon.config import Config
 from odal.daemon.degraded import Degraded, is_disk_error
@@ -64,7 +64,7 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.retry_requested = threading.Event()
         self.labels = load_label_map(cfg.label_map)
-        safe_files.configure(cfg.limits)
+        limits.configure(cfg.limits)
         self.degraded = Degraded()  # a full disk: events retried with backoff, shown in status, never an exit
         self.rechecks = SettleRechecks(cfg.limits.settle_seconds + 1.0)
         self.worker = Worker(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups,
@@ -345,7 +345,7 @@ class Daemon:
             labels = load_label_map(new.label_map)
             changed = labels != self.labels
             self.cfg, self.labels = new, labels
-            safe_files.configure(new.limits)
+            limits.configure(new.limits)
             self.rechecks.delay = new.limits.settle_seconds + 1.0
             log.info("config_reloaded", config=str(new.path), labels_changed=changed)
             if changed:  # lines set aside for a label that is known now get their chance

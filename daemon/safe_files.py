@@ -6,8 +6,7 @@ of the allowed roots; it is ``stat``-ed before it is opened and must be a regula
 limit (a FIFO, a device, a socket or a folder is never opened); it is opened ``O_NONBLOCK | O_NOFOLLOW`` and
 checked again with ``fstat`` (a file swapped meanwhile is refused); reads stop at the byte limit.
 
-The limits live here, in one place: :func:`configure` is called once by the daemon at start (and on reload) from
-the ``[limits]`` section; :func:`reset` restores the defaults (the tests call it).
+The limits are :mod:`odal.daemon.limits`'s (every bound on outside input lives there).
 """
 
 from __future__ import annotations
@@ -17,39 +16,11 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from odal.daemon.errors import OdalError
-
-
-@dataclass(frozen=True)
-class Limits:
-    """``max_image_bytes``: bigger files are refused unread; ``max_image_pixels``: checked in the image header,
-    before decoding; ``settle_seconds``: a file unchanged this long is complete (a broken one is not still being
-    copied)."""
-
-    max_image_bytes: int = 64 << 20
-    max_image_pixels: int = 50_000_000
-    settle_seconds: float = 5.0
-
-
-DEFAULT_LIMITS = Limits()
-_limits = DEFAULT_LIMITS
-
-
-def limits() -> Limits:
-    return _limits
-
-
-def configure(new: Limits) -> None:
-    global _limits
-    _limits = new
-
-
-def reset() -> None:
-    configure(DEFAULT_LIMITS)
+from odal.daemon.limits import limits
 
 
 class Refused(OdalError):
@@ -92,7 +63,7 @@ def check_file(path: str | os.PathLike, roots: Iterable[Path], max_bytes: int | 
 def _check_stat(path, st: os.stat_result, max_bytes: int | None) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise Refused(f"{path}: is {kind(st.st_mode)}, not a regular file")
-    limit = _limits.max_image_bytes if max_bytes is None else max_bytes
+    limit = limits().max_image_bytes if max_bytes is None else max_bytes
     if st.st_size > limit:
         raise Refused(f"{path}: is too large ({st.st_size} bytes > {limit})")
 
@@ -120,7 +91,7 @@ def open_file(path: str | os.PathLike, roots: Iterable[Path], max_bytes: int | N
 def read_file(path: str | os.PathLike, roots: Iterable[Path], max_bytes: int | None = None
               ) -> tuple[Path, os.stat_result, bytes]:
     """(resolved path, stat, bytes) of a file :func:`open_file` accepts; never reads more than the limit."""
-    limit = _limits.max_image_bytes if max_bytes is None else max_bytes
+    limit = limits().max_image_bytes if max_bytes is None else max_bytes
     with open_file(path, roots, limit) as (resolved, st, handle):
         data = handle.read(limit + 1)
     if len(data) > limit:  # it grew after the fstat
@@ -133,4 +104,4 @@ def settled(st: os.stat_result, now: float | None = None) -> bool:
 
     ctime as well as mtime: ``cp -p`` and ``rsync -t`` set an old mtime, but any change moves the ctime."""
     now = time.time() if now is None else now
-    return now - max(st.st_mtime, st.st_ctime) >= _limits.settle_seconds
+    return now - max(st.st_mtime, st.st_ctime) >= limits().settle_seconds

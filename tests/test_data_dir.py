@@ -14,7 +14,7 @@ import pytest
 
 from hostile import jpeg, make
 
-from odal.daemon import safe_files
+from odal.daemon import limits, safe_files
 from odal.daemon.handlers.active_queue import ActiveQueue
 from odal.daemon.handlers.ingest import ingest_export_file, retry_waiting
 from odal.daemon.handlers.round import with_images
@@ -27,9 +27,9 @@ HOSTILE = ("fifo", "dev_zero_link", "dev_node", "loop", "self_loop", "escaping_l
 
 @pytest.fixture(autouse=True)
 def _limits():
-    safe_files.reset()
+    limits.reset()
     yield
-    safe_files.reset()
+    limits.reset()
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ def test_the_ingest_sets_aside_lines_whose_image_is_special_a_link_out_or_a_bomb
 
 def test_a_truncated_jpeg_waits_while_it_may_be_copied_then_is_set_aside_as_complete_but_broken(tmp_path):
     """Defect: a complete truncated JPEG was listed as "waiting for the image" for ever."""
-    safe_files.configure(safe_files.Limits(settle_seconds=0.5))
+    limits.configure(limits.Limits(settle_seconds=0.5))
     data, work = tmp_path / "data", tmp_path / "work"
     data.mkdir()
     good = jpeg((96, 80))

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from hostile import KINDS, jpeg, make
 
-from odal.daemon import safe_files
+from odal.daemon import limits, safe_files
 from odal.daemon.handlers.active_queue import ActiveQueue
 from odal.daemon.handlers.ingest import ingest_export_file
 from odal.daemon.handlers.round import with_images
@@ -132,5 +132,5 @@ def test_hostile_entries_never_stop_the_queue_the_ingest_or_the_snapshot_and_goo
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-        safe_files.reset()
+        limits.reset()
         shutil.rmtree(root, ignore_errors=True)
