@@ -2,6 +2,8 @@
 
 Relative paths are relative to the folder of the TOML file.  Every problem is reported as one
 :class:`~odal.daemon.errors.ConfigError` that names the key (``training.steps_per_round: must be >= 1``).
+The pipeline.config it names is read too (:mod:`odal.daemon.pipeline_check`): its fine-tune checkpoint and the
+settings odal cannot feed are checked here, once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from odal.daemon import pipeline_check
 from odal.daemon.errors import ConfigError
 
 # section -> key -> (type, default); a default of ... means required.
@@ -29,8 +32,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "pipeline_config": (str, ...),
         "label_map": (str, ...),
         "base_path": (str, ...),
-        "fine_tune_checkpoint": (str, ""),
-        "fine_tune_checkpoint_type": (str, "detection"),
+        "fine_tune_checkpoint": (str, ""),  # overrides pipeline.config's train_config.fine_tune_checkpoint
+        "fine_tune_checkpoint_type": (str, ""),  # overrides pipeline.config's; "" = pipeline.config's
     },
     "training": {
         "steps_per_round": (int, 200),
@@ -76,7 +79,7 @@ class Config:
     pipeline_config: Path
     label_map: Path
     base_path: Path
-    fine_tune_checkpoint: str
+    fine_tune_checkpoint: str  # absolute checkpoint prefix the first round starts from, "" = none
     fine_tune_checkpoint_type: str
     steps_per_round: int
     min_new_annotations: int
@@ -95,6 +98,7 @@ class Config:
     image_max_bytes: int = 64 << 20
     image_max_pixels: int = 50_000_000
     image_settle_seconds: float = 5.0
+    fine_tune: pipeline_check.FineTune = pipeline_check.FineTune()  # where fine_tune_checkpoint came from
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -165,8 +169,9 @@ def parse(data: dict, path: Path) -> Config:
         ("retention", "checkpoints", lambda v: v >= 1, "must be >= 1"),
         ("serving", "confirm_timeout_seconds", lambda v: v > 0, "must be > 0"),
         ("model", "name", lambda v: v.replace("_", "").replace("-", "").isalnum(), "letters, digits, - and _"),
-        ("model", "fine_tune_checkpoint_type", lambda v: v in ("detection", "classification", "full"),
-         "detection, classification or full"),
+        ("model", "fine_tune_checkpoint_type", lambda v: v in ("", "detection", "classification", "full",
+                                                                "fine_tune"),
+         "detection, classification, full or fine_tune"),
         ("log", "level", lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
         ("log", "max_mb", lambda v: v >= 0, "must be >= 0 (0: never rotate)"),
         ("log", "backups", lambda v: 0 <= v <= 100, "must be in 0..100"),
@@ -182,6 +187,12 @@ def parse(data: dict, path: Path) -> Config:
     if metrics_address and not (host and port.isdigit() and int(port) <= 65535):
         raise ConfigError(f"metrics.address: HOST:PORT (e.g. 127.0.0.1:9464), got {metrics_address!r}")
 
+    pipeline_config = resolve("model", "pipeline_config", "file")
+    pipeline = pipeline_check.read(pipeline_config)
+    pipeline_check.unsupported(pipeline, pipeline_config)
+    fine_tune = pipeline_check.fine_tune(pipeline, pipeline_config, values["model", "fine_tune_checkpoint"],
+                                         values["model", "fine_tune_checkpoint_type"], base)
+
     return Config(
         path=path,
         export_dir=export_dir,
@@ -190,11 +201,11 @@ def parse(data: dict, path: Path) -> Config:
         data_dir=resolve("paths", "data_dir", "dir"),
         work_dir=resolve("paths", "work_dir"),
         model_name=values["model", "name"],
-        pipeline_config=resolve("model", "pipeline_config", "file"),
+        pipeline_config=pipeline_config,
         label_map=resolve("model", "label_map", "file"),
         base_path=resolve("model", "base_path"),
-        fine_tune_checkpoint=values["model", "fine_tune_checkpoint"],
-        fine_tune_checkpoint_type=values["model", "fine_tune_checkpoint_type"],
+        fine_tune_checkpoint=fine_tune.checkpoint,
+        fine_tune_checkpoint_type=fine_tune.type,
         steps_per_round=values["training", "steps_per_round"],
         min_new_annotations=values["training", "min_new_annotations"],
         debounce_seconds=values["training", "debounce_seconds"],
@@ -212,6 +223,7 @@ def parse(data: dict, path: Path) -> Config:
         image_max_bytes=int(values["limits", "image_max_mb"] * (1 << 20)),
         image_max_pixels=int(values["limits", "image_max_megapixels"] * 1_000_000),
         image_settle_seconds=values["limits", "image_settle_seconds"],
+        fine_tune=fine_tune,
         raw=data,
     )
 

@@ -102,6 +102,10 @@ class Daemon:
             log.info("daemon_started", config=str(cfg.path), export_dir=str(cfg.export_dir or ""),
                      prodigy_db=str(cfg.prodigy_db or ""), data_dir=str(cfg.data_dir), base_path=str(cfg.base_path),
                      labels=self.labels, abandoned_rounds=abandoned)
+            fine_tune = cfg.fine_tune
+            if fine_tune.checkpoint:  # where round 1 starts from (a round with an earlier checkpoint continues it)
+                log.info("fine_tune_checkpoint", path=fine_tune.checkpoint, type=fine_tune.type,
+                         source=fine_tune.source, **({"override": fine_tune.note} if fine_tune.note else {}))
             try:
                 self.notifier.ready()  # the watchers run; what they see meanwhile waits on the queue
                 self._set_status("reading annotation sources")

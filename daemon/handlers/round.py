@@ -283,7 +283,8 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
                              metrics=metrics, timings=timings)
         bound.info("round_trained", global_step=result["train"]["global_step"], loss=result["train"]["loss"],
                    session_reused=result["session_reused"], export=result["export"], metrics=metrics,
-                   timings=timings)
+                   timings=timings, learning_rate=result["train"].get("learning_rate"),
+                   fine_tune=result["train"].get("fine_tune"), adjusted=result.get("adjusted"))
 
         status(f"round {round_id}: publishing")
         publish_started = time.monotonic()

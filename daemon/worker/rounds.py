@@ -62,11 +62,12 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
     try:
         configs = sessions.load_configs(
             Path(job["pipeline_config"]), Path(job["label_map"]), job["num_classes"],
-            round_dir / "train.record", round_dir / "eval.record",
+            round_dir / "train.record", round_dir / "eval.record", job.get("fine_tune"),
         )
     except Exception as error:  # text_format.ParseError and friends do not name the file
         raise ValueError(f"{job['pipeline_config']} is not a usable pipeline config: "
                          f"{type(error).__name__}: {error}") from error
+    adjusted = sessions.adjustments(configs)
     sessions.write_pipeline(configs, round_dir / "pipeline.config")
 
     started = stage("train")
@@ -105,6 +106,7 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
         "train": train,
         "session_reused": reused,
         "export": export_mode,
+        "adjusted": adjusted,
         "checkpoint": prefix,
         "metrics": metrics,
         "timings": timings,

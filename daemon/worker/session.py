@@ -10,6 +10,18 @@ Export the same way: only the first export of a session writes a whole SavedMode
 the weights do, so later exports write the first one's ``saved_model.pb`` again and only ``variables/``, under the
 checkpoint keys the SavedModel's restore op names (what TF Serving reads), in well under a second.
 
+The OD API's own conventions hold (each measured to break otherwise):
+
+* The learning rate.  The global step carries across rounds, so a config's decaying schedule evaluated at the global
+  step reached 0 after ``num_steps`` and every later round trained nothing.  Instead, each round runs the config's
+  whole schedule (warm-up, decay) compressed into its own steps: at a round's step ``i`` of ``n`` the rate is the
+  schedule's at ``i * num_steps / n`` (``num_steps`` from the config; 0 = unscaled).  Every round so starts with the
+  config's warm-up (which protects fine-tuned weights from the restart) and ends annealed, as the config's author
+  meant a finished training to end: a warm restart per round.  The global step still counts every step (TensorBoard).
+* ``use_bfloat16`` is turned off off-TPU, as the stock train loop does.
+* A fine-tune start is restored as ``model_lib_v2`` does it, and reports how many variables it restored and skipped.
+* Checkpoints carry ``save_counter`` and a ``checkpoint`` state file, so the OD API's own exporter re-exports them.
+
 Stages take explicit inputs and write only where they are told to.
 """
 
@@ -29,14 +41,19 @@ from object_detection import exporter_lib_v2, inputs, model_lib_v2
 from object_detection.builders import model_builder, optimizer_builder
 from object_detection.utils import config_util
 
+from google.protobuf import text_format
+from tensorflow.python.training import checkpoint_state_pb2
+
 from odal.daemon.atomic import atomic_write_text, remove_tree
 
 Progress = Callable[[int, int, float], None]
 
 
 def load_configs(pipeline_config: Path, label_map: Path, num_classes: int, train_record: Path,
-                 eval_record: Path) -> dict:
-    """The user's pipeline.config with this round's inputs, label map and class count filled in."""
+                 eval_record: Path, fine_tune: dict | None = None) -> dict:
+    """The user's pipeline.config with this round's inputs, label map, class count and fine-tune start (the
+    daemon's resolved one, which it read from this file or odal.toml) filled in, adjusted as the stock train
+    loop adjusts it on this machine (see :func:`adjustments`)."""
     configs = config_util.get_configs_from_pipeline_file(str(pipeline_config))
     configs = config_util.merge_external_params_with_configs(
         configs,
@@ -48,7 +65,19 @@ def load_configs(pipeline_config: Path, label_map: Path, num_classes: int, train
     )
     model_config = configs["model"]
     getattr(model_config, model_config.WhichOneof("model")).num_classes = num_classes
+    if fine_tune:
+        configs["train_config"].fine_tune_checkpoint = fine_tune["path"]
+        configs["train_config"].fine_tune_checkpoint_type = fine_tune["type"]
     return configs
+
+
+def adjustments(configs: dict) -> list[str]:
+    """Make ``configs`` what the stock TF2 train loop runs on a CPU or GPU; a note for each change made."""
+    notes = []
+    if configs["train_config"].use_bfloat16:  # model_lib_v2.train_loop: use_bfloat16 and use_tpu
+        configs["train_config"].use_bfloat16 = False
+        notes.append("train_config.use_bfloat16: off (not a TPU; as the stock train loop)")
+    return notes
 
 
 def session_key(configs: dict) -> str:
@@ -65,7 +94,10 @@ class ModelSession:
         self.train_config = train_config
         self.model = model_builder.build(model_config=self.model_config, is_training=True)
         self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="global_step")
-        self.optimizer, _ = optimizer_builder.build(train_config.optimizer, global_step=self.global_step)
+        # The step the learning-rate schedule is evaluated at: set before each train step (see the module's doc).
+        self.schedule_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="schedule_step")
+        self.optimizer, rates = optimizer_builder.build(train_config.optimizer, global_step=self.schedule_step)
+        self._rate = rates[0] if rates else None
         self.checkpoint = tf.train.Checkpoint(step=self.global_step, model=self.model, optimizer=self.optimizer)
         self.weights_from: str | None = None  # the checkpoint the live weights equal, None if none (or unknown)
         self.trained = False  # whether the live weights have moved from their starting point
@@ -88,14 +120,23 @@ class ModelSession:
         if self.trained:
             raise RuntimeError("a session that has trained cannot start from scratch again; use a new session")
         if fine_tune:
-            model_lib_v2.load_fine_tune_checkpoint(
-                self.model, fine_tune["path"], fine_tune["type"], self.train_config.fine_tune_checkpoint_version,
-                True, dataset, self.train_config.unpad_groundtruth_tensors,
-            )
+            return restore_fine_tune(self.model, fine_tune["path"], fine_tune["type"], self.train_config, dataset)
+        return None
 
     def save(self, checkpoint_dir: Path) -> str:
-        """Write the live weights, step and optimiser state into ``checkpoint_dir`` (the caller publishes it)."""
-        return self.checkpoint.write(str(checkpoint_dir / "ckpt"))  # durable when the caller publishes it
+        """Write the live weights, step and optimiser state into ``checkpoint_dir`` (the caller publishes it), as
+        ``tf.train.CheckpointManager`` would: with ``save_counter`` and a ``checkpoint`` state file naming it
+        (relative), which is what the OD API's exporter (``exporter_main_v2``) restores and checks."""
+        self.checkpoint.save_counter.assign_add(1)  # creates it on first use: then it is part of what is written
+        prefix = self.checkpoint.write(str(checkpoint_dir / "ckpt"))  # durable when the caller publishes it
+        state = checkpoint_state_pb2.CheckpointState(model_checkpoint_path="ckpt", all_model_checkpoint_paths=["ckpt"])
+        atomic_write_text(checkpoint_dir / "checkpoint", text_format.MessageToString(state))
+        return prefix
+
+    def learning_rate(self) -> float:
+        """The rate the next train step uses."""
+        rate = self._rate() if callable(self._rate) else self._rate
+        return float(rate) if rate is not None else float("nan")
 
     # -- train -------------------------------------------------------------------------------------------------------
     def _make_train_step(self):
@@ -146,17 +187,24 @@ class ModelSession:
               progress: Progress, summary_dir: Path | None = None) -> dict:
         """Continue from ``init_checkpoint`` (or ``fine_tune``, or scratch) for ``steps`` steps on all train data."""
         dataset = self._dataset(configs, "train")
-        self.restore(init_checkpoint, fine_tune, dataset)
+        restored = self.restore(init_checkpoint, fine_tune, dataset)
         if self._train_step is None:
             self._train_step = self._make_train_step()
         iterator = iter(dataset)
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
+        num_steps = configs["train_config"].num_steps
+        scale = num_steps / steps if num_steps > 0 else 1.0  # the config's whole schedule within this round
         started = time.monotonic()
         first_step_seconds = None
         loss = float("nan")
+        rates = []
         self.weights_from, self.trained = None, True  # from the first step on, no checkpoint equals the weights
         with writer.as_default():
             for done in range(1, steps + 1):
+                self.schedule_step.assign(int((done - 1) * scale))
+                if done == 1 or done % 10 == 0 or done == steps:
+                    rates.append(self.learning_rate())
+                    tf.summary.scalar("learning_rate", rates[-1], step=self.global_step)
                 loss = float(self._train_step(iterator))
                 if first_step_seconds is None:
                     first_step_seconds = time.monotonic() - started
@@ -164,8 +212,12 @@ class ModelSession:
                     tf.summary.scalar("loss/total", loss, step=self.global_step)
                     progress(done, steps, loss)
         writer.flush()
-        return {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss,
-                "first_step_seconds": first_step_seconds, "seconds": time.monotonic() - started}
+        result = {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss,
+                  "first_step_seconds": first_step_seconds, "seconds": time.monotonic() - started,
+                  "learning_rate": {"first": rates[0], "last": rates[-1], "max": max(rates)}}
+        if restored is not None:
+            result["fine_tune"] = restored
+        return result
 
     # -- evaluate ----------------------------------------------------------------------------------------------------
     def evaluate(self, configs: dict, summary_dir: Path | None = None) -> dict:
@@ -201,6 +253,27 @@ class ModelSession:
                 remove_tree(out_dir)
         self._graph = SavedGraph.save(module, concrete, out_dir)
         return how
+
+
+def restore_fine_tune(model, path: str, kind: str, train_config, dataset) -> dict:
+    """``model_lib_v2.load_fine_tune_checkpoint`` (build the model on a batch, restore the objects that ``kind``
+    names, same checks), counting what was restored: the checkpoint's variables matched and not matched (e.g. an
+    optimiser's, or a class head of other classes), and the model's variables left at their fresh values."""
+    if not model_lib_v2.is_object_based_checkpoint(path):
+        raise IOError(f"train_config.fine_tune_checkpoint: {path} is not an object-based (TF2) checkpoint")
+    if train_config.run_fine_tune_checkpoint_dummy_computation:
+        model_lib_v2._ensure_model_is_built(model, dataset, train_config.unpad_groundtruth_tensors)  # noqa: SLF001
+    restore_map = model.restore_from_objects(fine_tune_checkpoint_type=kind)
+    model_lib_v2.validate_tf_v2_checkpoint_restore_map(restore_map)
+    status = tf.train.Checkpoint(**restore_map).restore(path).expect_partial()
+    status.assert_existing_objects_matched()
+    coordinator = status._checkpoint  # noqa: SLF001 - TF keeps what matched only here
+    with_values = [node_id for node_id, node in enumerate(coordinator.object_graph_proto.nodes) if node.attributes]
+    matched = [coordinator.object_by_proto_id.get(node_id) for node_id in with_values]
+    restored_ids = {id(obj) for obj in matched if obj is not None}
+    return {"checkpoint": path, "type": kind, "restored": len(restored_ids),
+            "skipped": sum(obj is None for obj in matched),
+            "fresh": sum(id(variable) not in restored_ids for variable in model.variables)}
 
 
 class SavedGraph:
@@ -261,7 +334,5 @@ class SavedGraph:
 
 def write_pipeline(configs: dict, path: Path) -> None:
     """The effective pipeline config of a round, for the record (and for TF Serving users who re-export)."""
-    from google.protobuf import text_format
-
     atomic_write_text(path, text_format.MessageToString(config_util.create_pipeline_proto_from_configs(configs)))
 

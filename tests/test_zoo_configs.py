@@ -1,0 +1,85 @@
+"""The OD API's sample TF2 configs train through odal: SSD MobileNetV2 FPN-lite, Faster R-CNN ResNet50, CenterNet
+ResNet50 v2 and EfficientDet-D0, each shrunk for a CPU (tests/fixtures/zoo/: model sections as upstream but the
+input size) train a step, evaluate and export a SavedModel that predicts, in one real worker child.
+
+``make test`` runs the first (the cheapest); all four take several minutes on 2 cores:
+``ODAL_ZOO_CONFIGS=1 .venv/bin/python -m pytest tests/test_zoo_configs.py``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from odal.daemon import datasets
+
+pytestmark = pytest.mark.slow
+
+ZOO = Path(__file__).parent / "fixtures" / "zoo"
+MODELS = ["ssd_mobilenet_v2_fpnlite", "faster_rcnn_resnet50", "centernet_resnet50_v2", "ssd_efficientdet_d0"]
+_CHOSEN = os.environ.get("ODAL_ZOO_CONFIGS", "")  # "1": all four; or names, comma-separated
+RUN = MODELS if _CHOSEN == "1" else [name for name in MODELS if name in _CHOSEN.split(",")] or MODELS[:1]
+
+
+@pytest.fixture(scope="module")
+def zoo_rounds(tmp_path_factory):
+    """One round of one step per model, all in one worker process; {name: (job, result message)}."""
+    root = tmp_path_factory.mktemp("zoo")
+    items = datasets.generate_shapes(root / "images", 6, seed=3)
+    labels = list(datasets.SHAPE_LABELS)
+    datasets.write_label_map(root / "label_map.pbtxt", labels)
+    lines = []
+    for index, item in enumerate(items):
+        boxes = [{"label": label, "label_id": labels.index(label) + 1, "xmin": x0 / item.width,
+                  "ymin": y0 / item.height, "xmax": x1 / item.width, "ymax": y1 / item.height}
+                 for label, x0, y0, x1, y1 in item.boxes]
+        lines.append(json.dumps({"input_hash": str(index), "image_path": str(item.image), "boxes": boxes,
+                                 "split": "eval" if index == 0 else "train"}) + "\n")
+    jobs = []
+    for name in RUN:
+        round_dir = root / name
+        round_dir.mkdir()
+        (round_dir / "annotations.jsonl").write_text("".join(lines))
+        jobs.append({"round_dir": str(round_dir), "pipeline_config": str(ZOO / f"{name}.config"),
+                     "label_map": str(root / "label_map.pbtxt"), "num_classes": len(labels), "steps": 1,
+                     "fine_tune": None, "init_checkpoint": None, "checkpoint_dir": str(root / "ckpt" / name),
+                     "export_dir": str(root / "export" / name), "tensorboard_dir": None})
+    proc = subprocess.run([sys.executable, "-m", "odal.daemon.worker"],
+                          input="".join(json.dumps(job) + "\n" for job in jobs),
+                          capture_output=True, text=True, timeout=1800)
+    results = [json.loads(line) for line in proc.stdout.splitlines() if '"result"' in line]
+    assert proc.returncode == 0 and len(results) == len(jobs), proc.stderr[-4000:]
+    return {"image": items[0].image, "stderr": proc.stderr,
+            **{name: (job, result) for name, job, result in zip(RUN, jobs, results)}}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_sample_config_trains_evaluates_and_exports_a_savedmodel_that_predicts(name, request):
+    if name not in RUN:
+        pytest.skip("set ODAL_ZOO_CONFIGS=1 to train all four sample configs (several minutes)")
+    zoo_rounds = request.getfixturevalue("zoo_rounds")
+    job, result = zoo_rounds[name]
+    assert result["ok"], result.get("error", "") + zoo_rounds["stderr"][-3000:]
+    assert result["train"]["global_step"] == 1 and math.isfinite(result["train"]["loss"])
+    assert 0.0 <= result["metrics"]["DetectionBoxes_Precision/mAP@.50IOU"] <= 1.0
+    assert result["export"] == "full"
+    image = tf.constant(np.asarray(Image.open(zoo_rounds["image"]).convert("RGB"))[np.newaxis])
+    detections = tf.saved_model.load(job["export_dir"]).signatures["serving_default"](input_tensor=image)
+    boxes, scores = detections["detection_boxes"].numpy(), detections["detection_scores"].numpy()
+    assert boxes.shape[0] == 1 and boxes.shape[-1] == 4 and scores.shape == boxes.shape[:2]
+    assert np.isfinite(boxes).all() and ((scores >= 0) & (scores <= 1)).all()
+    # (After one step from scratch a model may detect nothing above its threshold; its weights must be numbers.)
+    reader = tf.train.load_checkpoint(result["checkpoint"])
+    weights = [reader.get_tensor(key) for key, _ in tf.train.list_variables(result["checkpoint"]) if "/model/" in
+               f"/{key}" and "OPTIMIZER_SLOT" not in key]
+    assert weights and all(np.isfinite(w).all() for w in weights if w.dtype.kind == "f")
+    if "use_bfloat16: true" in Path(job["pipeline_config"]).read_text():  # a TPU setting, off as the stock loop
+        assert result["adjusted"] == ["train_config.use_bfloat16: off (not a TPU; as the stock train loop)"]
