@@ -5,13 +5,14 @@
         [--batch-size 10] [--wait 60] [--data-dir DIR]
 
 ``--workspace`` is the daemon's workspace folder (with ``odal.toml``) or that ``odal.toml``, as for ``odal
-status``; the labels, in the label map's order, the data dir, the work dir (queue, answered images), the serving
-address and the model name come from it (:mod:`odal.recipe.workspace`). ``--label`` only chooses which labels
-are shown.  Works with Prodigy >= 1.12 (``prodigy.core.recipe`` + ``Arg``) and older releases (``prodigy.recipe``
+status`` (default: ``$ODAL_CONFIG``, else the current folder); the labels, in the label map's order, the data
+dir, the work dir (queue, answered images), the serving address and the model name come from it
+(:mod:`odal.recipe.workspace`). ``--label`` only chooses which labels are shown.  Works with Prodigy >= 1.12 (``prodigy.core.recipe`` + ``Arg``) and older releases (``prodigy.recipe``
 with tuple annotations); without Prodigy this module still imports (nothing is registered) and :func:`correct`
 can be called.  Install: recipe/README.md.
 """
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -33,7 +34,7 @@ ARGS = {
     "order": (("--order", "-o"), "Task order: uncertainty (most informative first), file or random", str),
     "batch_size": (("--batch-size", "-b"), "Tasks per batch sent to the web app", int),
     "workspace": (("--workspace", "-w"), "The workspace folder (with odal.toml) or its odal.toml, as for "
-                                         "`odal status` (default: the current folder)", str),
+                                         "`odal status` (default: $ODAL_CONFIG, else the current folder)", str),
     "data_dir": (("--data-dir", "-d"), "Saved paths are relative to this folder (default: the workspace's "
                                        "paths.data_dir)", str),
     "wait": (("--wait", "-W"), "Seconds to wait for a model that is still loading before the first images", float),
@@ -44,7 +45,7 @@ def correct(dataset: str, source: str, label: Optional[List[str]] = None, server
             model: Optional[str] = None, threshold: float = 0.3, order: str = "uncertainty", batch_size: int = 10,
             workspace: Optional[str] = None, data_dir: Optional[str] = None, wait: float = 60.0,
             hasher=None) -> dict:
-    ws = load_workspace(workspace or ".")
+    ws = load_workspace(workspace or os.environ.get("ODAL_CONFIG") or ".")
     options = StreamOptions(  # validated here, once
         source=Path(source), labels=ws.labels, shown=select_labels(ws.labels, label, ws.label_map),
         threshold=threshold, order=order, batch_size=batch_size, work_dir=ws.work_dir,
@@ -79,7 +80,7 @@ def _register() -> str | None:
 
     def odal_correct(dataset: str, source: str, label: Optional[List[str]] = None, server: Optional[str] = None,
                      model: Optional[str] = None, threshold: float = 0.3, order: str = "uncertainty",
-                     batch_size: int = 10, workspace: str = ".", data_dir: Optional[str] = None,
+                     batch_size: int = 10, workspace: Optional[str] = None, data_dir: Optional[str] = None,
                      wait: float = 60.0) -> dict:
         """Correct the served model's boxes on SOURCE's images, most informative first (never trains)."""
         return correct(dataset, source, label, server, model, threshold, order, batch_size, workspace, data_dir,

@@ -116,7 +116,8 @@ def test_label_is_optional_and_checked_against_the_label_map_from_the_command_li
     assert module.PRODIGY_API == api
     ws, _items = _workspace(tmp_path, ["disc", "square"])
     source = str(tmp_path / "data")
-    components = prodigy.run("odal.correct", ["shapes", source, "--workspace", str(ws / "odal.toml")])
+    standin.setenv("ODAL_CONFIG", str(ws / "odal.toml"))  # no --workspace: the service's variable, as the CLI
+    components = prodigy.run("odal.correct", ["shapes", source])
     components["on_exit"](None)
     assert components["config"]["labels"] == ["disc", "square"]  # every label, in the label map's order
     components = prodigy.run("odal.correct", ["shapes", source, "-w", str(ws), "--label", "square, disc"])
