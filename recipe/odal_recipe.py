@@ -7,9 +7,11 @@
 ``--workspace`` is the daemon's workspace folder (with ``odal.toml``) or that ``odal.toml``, as for ``odal
 status`` (default: ``$ODAL_CONFIG``, else the current folder); the labels, in the label map's order, the data
 dir, the work dir (queue, answered images), the serving address and the model name come from it
-(:mod:`odal.recipe.workspace`). ``--label`` only chooses which labels are shown.  Works with Prodigy >= 1.12 (``prodigy.core.recipe`` + ``Arg``) and older releases (``prodigy.recipe``
-with tuple annotations); without Prodigy this module still imports (nothing is registered) and :func:`correct`
-can be called.  Install: recipe/README.md.
+(:mod:`odal.recipe.workspace`). ``--label`` only chooses which labels are shown.
+
+Works with Prodigy >= 1.12 (``prodigy.core.recipe`` + ``Arg``) and older releases (``prodigy.recipe`` with tuple
+annotations); without Prodigy this module still imports (nothing is registered) and :func:`correct` can be called.
+Install: recipe/README.md.
 """
 
 import os
