@@ -5,7 +5,7 @@
 * ``uncertainty`` (default): images the daemon's active-learning queue has scored come first, most uncertain
   first (rows scored by an older version than the queue's newest are stale and not used for ranking); the other
   images follow in file order.  Every batch is also scored on the fly and sorted by its live uncertainty, so an
-  empty or stale queue (or no ``workspace``) still puts the most informative images of each batch first.
+  empty or stale queue (or no ``work_dir``) still puts the most informative images of each batch first.
 * ``file``: sorted by path.  ``random``: shuffled with ``seed``.
 
 A background thread reads images, asks the model, builds and hashes tasks, and keeps at most ``prefetch`` of them
@@ -37,20 +37,23 @@ class StreamOptions:
     """Validated once, when built."""
 
     source: Path
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # the whole label map, by id: the model's class k is labels[k - 1]
     threshold: float = 0.3
     order: str = "uncertainty"
     batch_size: int = 10
     data_dir: Path | None = None
-    workspace: Path | None = None
+    work_dir: Path | None = None  # the daemon's work dir: its queue orders images, its ledger says what is answered
     prefetch: int = 32
     seed: int = 0
+    shown: tuple[str, ...] | None = None  # the labels suggested to the annotators (None: all)
 
     def __post_init__(self) -> None:
         if not Path(self.source).is_dir():
             raise ValueError(f"source {self.source} is not a folder of images")
         if not self.labels:
-            raise ValueError("give the labels (--label A,B) in label-map order")
+            raise ValueError("the label map has no labels")
+        if self.shown is not None and not set(self.shown) <= set(self.labels):
+            raise ValueError(f"labels {sorted(set(self.shown) - set(self.labels))} are not in the label map")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, not {self.order!r}")
         if not 0.0 <= self.threshold <= 1.0:
@@ -85,24 +88,24 @@ def ordered_paths(files: Sequence[Path], order: str, seed: int = 0,
     return first + [p for p in files if p not in chosen]
 
 
-def queue_state(workspace: Path | None) -> tuple[list[dict], set[str], set[str], Path | None]:
-    """(ranked queue rows, answered input hashes, answered image paths, daemon data dir) of a workspace."""
-    if workspace is None:
+def queue_state(work_dir: Path | None) -> tuple[list[dict], set[str], set[str], Path | None]:
+    """(ranked queue rows, answered input hashes, answered image paths, daemon data dir) of a daemon's work dir."""
+    if work_dir is None:
         return [], set(), set(), None
     from odal.daemon.handlers.active_queue import ActiveQueue
 
     try:
-        with ActiveQueue.reader(Path(workspace)) as active:
+        with ActiveQueue.reader(Path(work_dir)) as active:
             hashes, paths = active.answered()
             try:
                 rows = active.next_images(10**9)
             except Exception as error:  # noqa: BLE001 - no queue table: the daemon runs without one
-                log.info("odal: no active-learning queue in %s (%s); scoring on the fly", workspace, error)
+                log.info("odal: no active-learning queue in %s (%s); scoring on the fly", work_dir, error)
                 rows = []
             return rows, hashes, paths, active.data_dir
-    except Exception as error:  # noqa: BLE001 - never block the annotator on the daemon's workspace
-        log.warning("odal: cannot read the workspace %s (%s); not skipping answered images, scoring on the fly",
-                    workspace, error)
+    except Exception as error:  # noqa: BLE001 - never block the annotator on the daemon's work dir
+        log.warning("odal: cannot read the daemon's ledger in %s (%s); not skipping answered images, scoring on "
+                    "the fly", work_dir, error)
         return [], set(), set(), None
 
 
@@ -150,7 +153,7 @@ class Prefetcher:
 
 def build_stream(options: StreamOptions, predictor, hasher: Hasher = own_hashes) -> Prefetcher:
     """The stream of ``image_manual`` tasks (see the module docstring); ``predictor`` may be None (no model)."""
-    ranked, answered_hashes, answered_paths, queue_data_dir = queue_state(options.workspace)
+    ranked, answered_hashes, answered_paths, queue_data_dir = queue_state(options.work_dir)
     data_dir = options.data_dir or queue_data_dir or options.source
     files = [p for p in list_images(options.source) if str(p) not in answered_paths]
     paths = ordered_paths(files, options.order, options.seed, ranked)
@@ -171,7 +174,8 @@ def build_stream(options: StreamOptions, predictor, hasher: Hasher = own_hashes)
             tasks = []
             for index, (task, image) in enumerate(batch):
                 if found is not None:
-                    task = hasher(add_detections(task, found[index], options.labels, options.threshold), image.data)
+                    task = hasher(add_detections(task, found[index], options.labels, options.threshold, options.shown),
+                                  image.data)
                 tasks.append(task)
             if options.order == "uncertainty":
                 tasks.sort(key=lambda t: -t["meta"].get("uncertainty", 0.0))

@@ -18,7 +18,7 @@ import mimetypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -90,12 +90,14 @@ def rect_span(label: str, x0: float, y0: float, x1: float, y1: float, score: flo
 
 
 def spans_of(detections: Detections, labels: Sequence[str], width: int, height: int,
-             threshold: float = 0.0) -> list[dict]:
-    """Pixel rect spans of the detections scoring at least ``threshold`` (class id ``k`` is ``labels[k-1]``;
-    ids outside the labels are dropped)."""
+             threshold: float = 0.0, shown: Collection[str] | None = None) -> list[dict]:
+    """Pixel rect spans of the detections scoring at least ``threshold``; ``labels`` is the whole label map by id
+    (class id ``k`` is ``labels[k-1]``; ids outside it are dropped), ``shown`` the labels to keep (None: all)."""
     spans = []
     for (ymin, xmin, ymax, xmax), score, cls in zip(detections.boxes, detections.scores, detections.classes):
         if score < threshold or not 1 <= cls <= len(labels):
+            continue
+        if shown is not None and labels[cls - 1] not in shown:
             continue
         x0, x1 = _clip(xmin) * width, _clip(xmax) * width
         y0, y1 = _clip(ymin) * height, _clip(ymax) * height
@@ -111,10 +113,12 @@ def make_task(image: ImageData, data_dir: Path | None) -> dict:
             "height": image.height, "spans": [], "meta": {"file": image.path.name}}
 
 
-def add_detections(task: dict, detections: Detections, labels: Sequence[str], threshold: float) -> dict:
-    """Pre-fill ``spans`` with the detections scoring at least ``threshold``; ``meta`` gets their scores, the
-    image's uncertainty (over all detections) and the model version that answered."""
-    task["spans"] = spans_of(detections, labels, task["width"], task["height"], threshold)
+def add_detections(task: dict, detections: Detections, labels: Sequence[str], threshold: float,
+                   shown: Collection[str] | None = None) -> dict:
+    """Pre-fill ``spans`` with the detections scoring at least ``threshold`` whose label is ``shown`` (see
+    :func:`spans_of`); ``meta`` gets their scores, the image's uncertainty (over all detections) and the model
+    version that answered."""
+    task["spans"] = spans_of(detections, labels, task["width"], task["height"], threshold, shown)
     task["meta"].update(scores=[span["score"] for span in task["spans"]],
                         uncertainty=round(uncertainty(detections.scores), 4),
                         model_version=int(detections.model_version))

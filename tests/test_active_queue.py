@@ -154,7 +154,7 @@ def test_the_recipe_reads_the_queue_read_only_and_follows_its_order(workspace, c
     reader.close()
     predictor = Predictor(server, "bright")
     try:  # batch_size 1: no on-the-fly sorting, the order is the queue's
-        tasks = collect(StreamOptions(data, LABELS, order="uncertainty", batch_size=1, workspace=work), predictor)
+        tasks = collect(StreamOptions(data, LABELS, order="uncertainty", batch_size=1, work_dir=work), predictor)
     finally:
         predictor.close()
     assert [t["meta"]["file"] for t in tasks] == by_uncertainty(paths)

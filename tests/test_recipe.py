@@ -183,7 +183,7 @@ def test_images_already_in_the_ledger_are_skipped(tiny_models, predictor, tmp_pa
     with Ledger(work / "ledger.sqlite") as ledger:
         stats = ingest_export_file(export, ledger, LABELS, source, work / "images")
     assert stats["inserted"] == 2
-    rest = collect(StreamOptions(source, LABELS, order="file", workspace=work), predictor())
+    rest = collect(StreamOptions(source, LABELS, order="file", work_dir=work), predictor())
     assert [t["path"] for t in rest] == [t["path"] for t in first[2:]]
 
 
@@ -192,7 +192,7 @@ def test_serving_down_still_streams_every_image_with_one_warning(tiny_models, tm
     source.mkdir()
     for path in tiny_models["images"][:5]:
         shutil.copy(path, source / path.name)
-    down = Predictor(f"127.0.0.1:{free_port()}", "odal", retry_seconds=0.0)  # asks again at every batch
+    down = Predictor(f"127.0.0.1:{free_port()}", "odal", retry_first=0.0, retry_max=0.0)  # asks at every batch
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="odal.recipe"):
         tasks = collect(StreamOptions(source, LABELS, order="uncertainty", batch_size=2), down)

@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 
 from odal.daemon import datasets
+from odal.daemon.demo import write_workspace
+from odal.daemon.errors import ConfigError
 from odal.serving.process import free_port
 
 RECIPE_FILE = Path(__file__).resolve().parents[1] / "recipe" / "odal_recipe.py"
 STANDIN = Path(__file__).resolve().parent / "prodigy_standin"
-OPTIONS = ("--label", "--server", "--model", "--threshold", "--order", "--batch-size", "--workspace", "--data-dir")
+OPTIONS = ("--label", "--server", "--model", "--threshold", "--order", "--batch-size", "--workspace", "--data-dir",
+           "--wait")
 
 
 @pytest.fixture
@@ -76,15 +79,21 @@ def test_old_api_fallback_registers_with_tuple_annotations(standin):
     assert all(option in text for option in OPTIONS), text
 
 
+def _workspace(root: Path, labels: list[str]) -> tuple[Path, list]:
+    """A workspace whose label map is ``labels`` and whose data dir holds 3 generated images; nothing serves."""
+    items = datasets.generate_shapes(root / "data", 3, seed=1)
+    write_workspace(root / "ws", root / "data", labels, 10, 2, serving_address=f"127.0.0.1:{free_port()}")
+    return root / "ws", items
+
+
 def test_registered_recipe_returns_prodigy_components_and_hashes_with_prodigy(standin, tmp_path):
-    module = _load_recipe_file("odal_recipe_run")
+    _load_recipe_file("odal_recipe_run")
     import prodigy
     from prodigy.util import set_hashes
 
-    items = datasets.generate_shapes(tmp_path / "data", 3, seed=1)
-    server = f"127.0.0.1:{free_port()}"  # nothing listens: tasks still flow, without suggestions
-    components = prodigy.RECIPES["odal.correct"]["func"]("shapes", str(tmp_path / "data"), ["square", "disc"],
-                                                         server=server, order="file")
+    ws, items = _workspace(tmp_path, ["square", "disc"])  # nothing listens: tasks still flow, without suggestions
+    components = prodigy.run("odal.correct", ["shapes", str(tmp_path / "data"), "--workspace", str(ws),
+                                              "--order", "file", "--wait", "5"])
     try:
         tasks = list(components["stream"])
     finally:
@@ -95,3 +104,24 @@ def test_registered_recipe_returns_prodigy_components_and_hashes_with_prodigy(st
     expected = set_hashes({"image": tasks[0]["image"], "spans": []}, overwrite=True)
     assert tasks[0]["_input_hash"] == expected["_input_hash"]  # prodigy.util.set_hashes made the hashes
     assert components["before_db"](tasks)[0]["image"] == items[0].image.name
+
+
+@pytest.mark.parametrize("api", ["core", "legacy"])
+def test_label_is_optional_and_checked_against_the_label_map_from_the_command_line(standin, tmp_path, api):
+    if api == "legacy":
+        standin.setitem(sys.modules, "prodigy.core", None)  # an older Prodigy: plac passes None for --label
+    module = _load_recipe_file(f"odal_recipe_label_{api}")
+    import prodigy
+
+    assert module.PRODIGY_API == api
+    ws, _items = _workspace(tmp_path, ["disc", "square"])
+    source = str(tmp_path / "data")
+    standin.setenv("ODAL_CONFIG", str(ws / "odal.toml"))  # no --workspace: the service's variable, as the CLI
+    components = prodigy.run("odal.correct", ["shapes", source])
+    components["on_exit"](None)
+    assert components["config"]["labels"] == ["disc", "square"]  # every label, in the label map's order
+    components = prodigy.run("odal.correct", ["shapes", source, "-w", str(ws), "--label", "square, disc"])
+    components["on_exit"](None)
+    assert components["config"]["labels"] == ["disc", "square"]
+    with pytest.raises(ConfigError, match=r"--label circle: not in the label map .*label_map\.pbtxt"):
+        prodigy.run("odal.correct", ["shapes", source, "-w", str(ws), "--label", "disc,circle"])

@@ -6,12 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from odal.daemon import datasets
+from odal.daemon.errors import ConfigError
 from odal.recipe.detections import uncertainty
 from odal.recipe.stream import StreamOptions, list_images, ordered_paths
 from odal.recipe.tasks import (add_detections, before_db, content_hash, make_task, own_hashes, read_image,
                                stored_path)
+from odal.recipe.workspace import select_labels
 from odal.serving.client import Detections
 
 
@@ -102,7 +106,8 @@ def test_list_images_is_recursive_sorted_and_skips_hidden_and_other_files(tmp_pa
         ["a.PNG", "b.jpg", "sub/c.jpeg"]
 
 
-@pytest.mark.parametrize("bad", [dict(order="best"), dict(threshold=1.5), dict(labels=()), dict(batch_size=0)])
+@pytest.mark.parametrize("bad", [dict(order="best"), dict(threshold=1.5), dict(labels=()), dict(batch_size=0),
+                                 dict(shown=("b",))])
 def test_stream_options_are_validated_once_when_built(tmp_path, bad):
     with pytest.raises(ValueError):
         StreamOptions(**{"source": tmp_path, "labels": ("a",), **bad})
@@ -111,3 +116,27 @@ def test_stream_options_are_validated_once_when_built(tmp_path, bad):
 def test_a_missing_source_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a folder"):
         StreamOptions(source=Path(tmp_path / "nope"), labels=("a",))
+
+
+NAMES = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters=","), min_size=1,
+                max_size=8).map(str.strip).filter(bool)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(label_map=st.lists(NAMES, min_size=1, max_size=6, unique=True), data=st.data())
+def test_any_label_option_keeps_class_k_named_as_the_label_maps_item_k(image, label_map, data):
+    """Fuzzed --label values (any subset, any order, repeats, spaces, lists or comma strings) never rename a class:
+    class k is the label map's item k or is not shown; a name outside the map is refused, naming the map."""
+    chosen = data.draw(st.lists(st.sampled_from(label_map), max_size=8))
+    spaced = [data.draw(st.sampled_from(["", " ", "  "])) + name for name in chosen]
+    requested = data.draw(st.sampled_from([",".join(spaced), spaced, None]))
+    shown = select_labels(label_map, requested, Path("label_map.pbtxt"))
+    assert shown == (tuple(n for n in label_map if n in set(chosen)) if chosen and requested is not None
+                     else tuple(label_map))  # no --label (or an empty one): every label
+    classes = list(range(1, len(label_map) + 1))
+    found = _detections([[0.1, 0.1, 0.6, 0.6]] * len(classes), [0.9] * len(classes), classes)
+    task = add_detections(make_task(image, None), found, label_map, 0.3, shown)
+    assert [span["label"] for span in task["spans"]] == [n for n in label_map if n in shown]
+    stranger = data.draw(NAMES.filter(lambda n: n not in label_map))
+    with pytest.raises(ConfigError, match=r"not in the label map label_map\.pbtxt"):
+        select_labels(label_map, chosen + [stranger], Path("label_map.pbtxt"))
