@@ -117,13 +117,18 @@ def _metadata_json(response) -> str:
 class RestServer:
     """The REST API on the bounded HTTP server (``http_server``), run on its own thread; ``close()`` stops it."""
 
-    def __init__(self, registry: Registry, host: str, port: int, limits: Limits = DEFAULT):
+    def __init__(self, registry: Registry, host: str, port: int, limits: Limits = DEFAULT,
+                 metrics_path: str | None = None):
         self._api = RestApi(registry, limits.rest_max_error_chars)
+        self._metrics_path = metrics_path  # Prometheus metrics here (--monitoring_config_file), if set
         self._http = HttpServer(self._serve, host, port, limits)
         self.port = self._http.port
 
     def _serve(self, method: str, target: str, body: bytes) -> tuple[int, bytes, str | None]:
         path = urllib.parse.urlsplit(target).path
+        if self._metrics_path is not None and path == self._metrics_path and method == "GET":
+            from odal.serving import metrics
+            return 200, metrics.exposition(), metrics.CONTENT_TYPE
         if not _V1.fullmatch(path):
             return 404, b"", None
         status, text = self._api.handle(method, path, body)

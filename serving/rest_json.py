@@ -23,8 +23,7 @@ from odal.serving.errors import ServingError, invalid_argument
 from odal.serving.preview import preview as _text
 
 ROW, COLUMNAR = "row", "columnar"
-_FLOAT32_MAX_INT = (1 << 24) - 1
-_FLOAT64_MAX_INT = (1 << 53) - 1
+_FLOAT32_MAX_INT, _FLOAT64_MAX_INT = (1 << 24) - 1, (1 << 53) - 1
 _INT32 = (-(2**31), 2**31 - 1)
 _INT_RANGES = {types_pb2.DT_INT64: (-(2**63), 2**63 - 1), types_pb2.DT_UINT32: (0, 2**32 - 1),
                types_pb2.DT_UINT64: (0, 2**64 - 1)}
