@@ -96,14 +96,16 @@ def parse_ints(run: bytes, dtype: int) -> np.ndarray | None:
     limit = _LIMITS.get(dtype)
     if limit is None:
         return None
-    raw = np.frombuffer(run, np.uint8)
-    after = raw[1:][(raw[:-1] - 48) < 10]  # what follows each digit: a digit, "," or "]" (whitespace: slow path)
-    if np.any((after < 44) | (after == 91)):
-        return None  # "1 2" must not become 12, "1[" is not JSON ("1 ," is, and goes the slow way)
     compact = run.translate(None, _SPACE)
+    if len(compact) != len(run):  # whitespace after a digit: "1 2" must not become 12 ("1 ," is valid: slow path)
+        raw = np.frombuffer(run, np.uint8)
+        space = raw[1:] <= 32  # (the only bytes <= 32 here are whitespace)
+        if np.any(space & ((raw[:-1] - 48) < 10)):
+            return None
     chars = np.frombuffer(compact, np.uint8)
-    if np.any(chars[:-1][(chars[1:] - 48) < 10] == 93):
-        return None  # "]1" is not JSON
+    digit = (chars - 48) < 10
+    if np.any(digit[:-1] & (chars[1:] == 91)) or np.any((chars[:-1] == 93) & digit[1:]):
+        return None  # a number touching a bracket from outside: "1[" or "]1"
     shape = _shape(compact.translate(None, _DIGITS))
     if shape is None:
         return None
@@ -115,7 +117,7 @@ def parse_ints(run: bytes, dtype: int) -> np.ndarray | None:
         return None  # an empty number ("[1,,2]", "[]"), or one too long for this path
     if np.any(flat[bounds[:-1][lengths > 1] + 1] == 48):
         return None  # a leading zero (not JSON)
-    values = np.fromstring(text, dtype=np.int64, sep=",")
+    values = np.fromstring(text, dtype=np.int16 if lengths.max() <= 4 else np.int64, sep=",")
     if values.size != lengths.size or values.size != int(np.prod(shape)) or values.max() > limit:
         return None
     return values.astype(tensors.numpy_dtype(dtype)).reshape(shape)
