@@ -5,16 +5,25 @@ Inputs and outputs are numpy arrays keyed by signature alias; the servable (``lo
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from odal.serving import metrics
 from odal.serving.errors import ServingError, invalid_argument
 from odal.serving.registry import Registry
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHODS = ("tensorflow/serving/predict", "tensorflow/serving/classify", "tensorflow/serving/regress")
+_batcher = None  # a batching.Batcher when the server runs with --enable_batching
+
+
+def use_batcher(batcher) -> None:
+    """Run predicts through ``batcher`` (a ``batching.Batcher``), or directly again with None."""
+    global _batcher
+    _batcher = batcher
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,19 @@ def run(registry: Registry, target: Target, signature_name: str, inputs: Mapping
         output_filter: Sequence[str] = ()) -> Result:
     """Validate a predict request against the signature (TF Serving's checks and messages) and run it."""
     version, servable = registry.servable(target.name, target.version, target.label)
+    started = time.perf_counter()
+    try:  # counted once the model is known to exist (a client cannot make up label values)
+        result = _run(version, servable, signature_name, inputs, output_filter)
+    except ServingError as exc:
+        metrics.REQUESTS.labels(target.name, exc.code).inc()
+        raise
+    metrics.REQUESTS.labels(target.name, "OK").inc()
+    metrics.LATENCY.labels(target.name).observe(time.perf_counter() - started)
+    return result
+
+
+def _run(version: int, servable, signature_name: str, inputs: Mapping[str, np.ndarray],
+         output_filter: Sequence[str]) -> Result:
     name, signature = signature_def(servable, signature_name)
     if signature.method_name not in PREDICT_METHODS:
         raise ServingError("INTERNAL", "Expected prediction signature method_name to be one of {"
@@ -84,4 +106,6 @@ def run(registry: Registry, target: Target, signature_name: str, inputs: Mapping
         outputs.append(alias)
     if not outputs:
         outputs = sorted(signature.outputs)
+    if _batcher is not None:
+        return Result(version, name, _batcher.run(servable, name, signature, inputs, outputs))
     return Result(version, name, servable.run(name, inputs, outputs))

@@ -19,7 +19,7 @@ import urllib.parse
 
 from google.protobuf import json_format
 
-from odal.serving import grpc_api, predict, rest_json
+from odal.serving import grpc_api, predict, rest_fast, rest_json
 from odal.serving.errors import ServingError, capped, invalid_argument
 from odal.serving.http_server import HttpServer
 from odal.serving.limits import DEFAULT, Limits
@@ -85,7 +85,8 @@ class RestApi:
         raise malformed
 
     def _predict(self, target: predict.Target, body: bytes) -> str:
-        doc = rest_json.parse_body(body)
+        fast = rest_fast.split(body)
+        doc = fast[0] if fast is not None else rest_json.parse_body(body)
         signature_name = rest_json.signature_name(doc)
         _version, servable = self._registry.servable(target.name, target.version, target.label)
         name = signature_name or predict.DEFAULT_SIGNATURE
@@ -93,7 +94,10 @@ class RestApi:
         if signature is None:
             raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
         dtypes = {alias: info.dtype for alias, info in signature.inputs.items()}
-        fmt, inputs = rest_json.request_tensors(doc, dtypes, signature_name)
+        parsed = rest_fast.request_tensors(fast, dtypes) if fast is not None else None
+        if parsed is None and fast is not None:
+            doc = rest_json.parse_body(body)  # not the fast path's case: the whole body the ordinary way
+        fmt, inputs = parsed if parsed is not None else rest_json.request_tensors(doc, dtypes, signature_name)
         result = predict.run(self._registry, target, signature_name, inputs)
         return rest_json.response_json(result.outputs, fmt)
 
@@ -113,13 +117,18 @@ def _metadata_json(response) -> str:
 class RestServer:
     """The REST API on the bounded HTTP server (``http_server``), run on its own thread; ``close()`` stops it."""
 
-    def __init__(self, registry: Registry, host: str, port: int, limits: Limits = DEFAULT):
+    def __init__(self, registry: Registry, host: str, port: int, limits: Limits = DEFAULT,
+                 metrics_path: str | None = None):
         self._api = RestApi(registry, limits.rest_max_error_chars)
+        self._metrics_path = metrics_path  # Prometheus metrics here (--monitoring_config_file), if set
         self._http = HttpServer(self._serve, host, port, limits)
         self.port = self._http.port
 
     def _serve(self, method: str, target: str, body: bytes) -> tuple[int, bytes, str | None]:
         path = urllib.parse.urlsplit(target).path
+        if self._metrics_path is not None and path == self._metrics_path and method == "GET":
+            from odal.serving import metrics
+            return 200, metrics.exposition(), metrics.CONTENT_TYPE
         if not _V1.fullmatch(path):
             return 404, b"", None
         status, text = self._api.handle(method, path, body)

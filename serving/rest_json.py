@@ -15,6 +15,7 @@ import json
 from typing import Any, Mapping
 
 import numpy as np
+import orjson
 
 from odal.serving import tensors
 from odal.serving._protos import types_pb2
@@ -22,11 +23,8 @@ from odal.serving.errors import ServingError, invalid_argument
 from odal.serving.preview import preview as _text
 
 ROW, COLUMNAR = "row", "columnar"
-_FLOAT32_MAX_INT = (1 << 24) - 1
-_FLOAT64_MAX_INT = (1 << 53) - 1
+_FLOAT32_MAX_INT, _FLOAT64_MAX_INT = (1 << 24) - 1, (1 << 53) - 1
 _INT32 = (-(2**31), 2**31 - 1)
-
-
 _INT_RANGES = {types_pb2.DT_INT64: (-(2**63), 2**63 - 1), types_pb2.DT_UINT32: (0, 2**32 - 1),
                types_pb2.DT_UINT64: (0, 2**64 - 1)}
 
@@ -51,15 +49,22 @@ def parse_body(body: bytes) -> dict:
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
-        doc = json.loads(body)
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = _parse_slowly(body)  # what orjson refuses (NaN, huge integers, lone surrogates...): json's rules
+    if not isinstance(doc, dict):
+        raise invalid_argument(f"JSON Value: {_text(doc)} Is not object")
+    return doc
+
+
+def _parse_slowly(body: bytes) -> Any:
+    try:
+        return json.loads(body)
     except RecursionError:
         raise invalid_argument("JSON Parse error: the document is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
         raise invalid_argument(f"JSON Parse error: {getattr(exc, 'msg', exc)} at offset: "
                                f"{getattr(exc, 'pos', 0)}") from None
-    if not isinstance(doc, dict):
-        raise invalid_argument(f"JSON Value: {_text(doc)} Is not object")
-    return doc
 
 
 def signature_name(doc: dict) -> str:

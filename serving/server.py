@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest gRPC message received or sent (TF Serving: 2 GB)")
     add("--max_tensor_bytes", type=int, default=_D.max_tensor_bytes,
         help="a request tensor declaring more bytes than this is INVALID_ARGUMENT")
+    add("--enable_batching", type=_bool, nargs="?", const=True, default=False,
+        help="run concurrent predicts of a batchable signature as one call (see batching.py)")
+    add("--batching_parameters_file", default="", help="a text BatchingParameters (max_batch_size ...)")
+    add("--monitoring_config_file", default="",
+        help="a text MonitoringConfig; prometheus_config { enable: true } serves metrics on the REST port")
     add("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -133,8 +138,20 @@ def _serve(args, stop: threading.Event) -> int:
     from odal.serving import grpc_api, loader, rest_api
     from odal.serving.registry import Registry
 
+    from odal.serving import batching, config_protos, predict
+
     config = _initial_config(args)
     limits = limits_from(args)
+    metrics_path = config_protos.metrics_path(args.monitoring_config_file) if args.monitoring_config_file else None
+    batcher = None
+    if args.enable_batching:
+        params = batching.Parameters()
+        if args.batching_parameters_file:
+            params = batching.Parameters.from_proto(config_protos.read_text_proto(
+                args.batching_parameters_file, config_protos.BatchingParameters))
+        batcher = batching.Batcher(params)
+        predict.use_batcher(batcher)
+        log.info("batching predicts: %s", params)
     registry = Registry(loader.Servable, poll_seconds=args.file_system_poll_wait_seconds,
                         max_load_retries=args.max_num_load_retries,
                         retry_interval=args.load_retry_interval_micros / 1e6,
@@ -151,7 +168,7 @@ def _serve(args, stop: threading.Event) -> int:
         log.info("Running gRPC ModelServer at %s:%d ...", grpc_host, grpc_port)
         if args.rest_api_port:
             rest_host = args.rest_api_host or args.host
-            rest_server = rest_api.RestServer(registry, rest_host, args.rest_api_port, limits)
+            rest_server = rest_api.RestServer(registry, rest_host, args.rest_api_port, limits, metrics_path)
             rest_server.start()
             log.info("Exporting HTTP/REST API at:%s:%d ...", rest_host, rest_server.port)
         if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
@@ -171,6 +188,9 @@ def _serve(args, stop: threading.Event) -> int:
         if grpc_server is not None:
             grpc_server.stop(grace=5).wait(10)
         registry.stop()
+        if batcher is not None:
+            predict.use_batcher(None)
+            batcher.close()
 
 
 if __name__ == "__main__":
