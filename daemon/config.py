@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from odal.daemon.errors import ConfigError
+from odal.daemon.gate import METRICS
 
 # section -> key -> (type, default); a default of ... means required.
 _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
@@ -56,6 +57,12 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "metrics": {
         "address": (str, ""),  # Prometheus endpoint, e.g. "127.0.0.1:9464"; empty = off
     },
+    "gate": {  # odal.daemon.gate: publish a round's model only if it is not worse than the served version
+        "metric": (str, "mAP@0.5"),
+        "tolerance": (float, 0.0),  # held back when candidate < served - tolerance
+        "eval_export": (str, ""),  # a db-out file of annotations only ever evaluated on, never trained on ...
+        "eval_dataset": (str, ""),  # ... or a dataset of [prodigy] database
+    },
 }
 
 
@@ -87,6 +94,10 @@ class Config:
     log_max_bytes: int = 64 << 20
     log_backups: int = 3
     metrics_address: str = ""
+    gate_metric: str = "mAP@0.5"
+    gate_tolerance: float = 0.0
+    eval_export: Path | None = None
+    eval_dataset: str = ""
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -154,12 +165,15 @@ def parse(data: dict, path: Path) -> Config:
         ("model", "fine_tune_checkpoint_type", lambda v: v in ("detection", "classification", "full"),
          "detection, classification or full"),
         ("log", "level", lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
+        ("gate", "metric", lambda v: v in METRICS, ", ".join(METRICS)),
+        ("gate", "tolerance", lambda v: -1 <= v <= 1, "must be in [-1, 1] (1: publish every round)"),
         ("log", "max_mb", lambda v: v >= 0, "must be >= 0 (0: never rotate)"),
         ("log", "backups", lambda v: 0 <= v <= 100, "must be in 0..100"),
     ]
     for section, key, ok, message in checks:
         if not ok(values[section, key]):
             raise ConfigError(f"{section}.{key}: {message}, got {values[section, key]!r}")
+    eval_export = _eval_source(values, resolve("gate", "eval_export", "file"), export_dir, prodigy_db)
     metrics_address = values["metrics", "address"]
     host, _, port = metrics_address.rpartition(":")
     if metrics_address and not (host and port.isdigit() and int(port) <= 65535):
@@ -192,8 +206,29 @@ def parse(data: dict, path: Path) -> Config:
         log_max_bytes=int(values["log", "max_mb"] * (1 << 20)),
         log_backups=values["log", "backups"],
         metrics_address=metrics_address,
+        gate_metric=values["gate", "metric"],
+        gate_tolerance=values["gate", "tolerance"],
+        eval_export=eval_export,
+        eval_dataset=values["gate", "eval_dataset"],
         raw=data,
     )
+
+
+def _eval_source(values: dict, eval_export: Path | None, export_dir: Path | None, prodigy_db: Path | None):
+    """The fixed eval set must never be read as training data: not a file the export watcher reads, not the
+    training dataset."""
+    dataset = values["gate", "eval_dataset"]
+    if eval_export is not None and dataset:
+        raise ConfigError("gate: set eval_export or eval_dataset, not both")
+    if eval_export is not None and export_dir is not None and eval_export.parent == export_dir:
+        raise ConfigError(f"gate.eval_export: {eval_export} is in prodigy.export_dir, whose files are trained on; "
+                          "keep the eval set in another folder")
+    if dataset and prodigy_db is None:
+        raise ConfigError("gate.eval_dataset: needs prodigy.database (the Prodigy database that holds it)")
+    if dataset and dataset == values["prodigy", "dataset"]:
+        raise ConfigError(f"gate.eval_dataset: {dataset!r} is the training dataset (prodigy.dataset); "
+                          "name the dataset of the held-out annotations")
+    return eval_export
 
 
 def load(path: str | Path) -> Config:
