@@ -76,9 +76,8 @@ def eval_set_warning(eval_annotations: list[dict], labels: list[str]) -> str | N
     short = [label for label in labels if boxes[label] < MIN_EVAL_BOXES_PER_CLASS]
     if not short:
         return None
-    worst = min(boxes[label] for label in short)
-    error = "unmeasured" if worst == 0 else f"+-{0.5 / math.sqrt(worst):.2f}"
-    counts = ", ".join(f"{label} {boxes[label]}" for label in short)
-    return (f"eval set too small for a meaningful mAP: {len(eval_annotations)} images, boxes per class {counts} "
-            f"(fewer than {MIN_EVAL_BOXES_PER_CLASS}); a class's AP with n boxes is measured to about "
-            f"+-0.5/sqrt(n) ({error} here), so smaller differences are noise")
+    parts = [f"{label} {boxes[label]} boxes (AP +-{0.5 / math.sqrt(boxes[label]):.2f})" if boxes[label]
+             else f"{label} no box (AP not measured)" for label in short]
+    return (f"eval set too small for a meaningful mAP ({len(eval_annotations)} images): {'; '.join(parts)}. "
+            f"A class's AP from n boxes is measured to about +-0.5/sqrt(n), so with fewer than "
+            f"{MIN_EVAL_BOXES_PER_CLASS} boxes per class smaller differences are noise")
