@@ -16,6 +16,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -26,6 +27,7 @@ from odal.daemon.handlers import publish
 from odal.daemon.handlers.rollback import rollback
 from odal.daemon.handlers.round import Worker, run_round
 from odal.daemon.history import History
+from odal.daemon.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +75,7 @@ def gated(tmp_path_factory):
     # The annotator also labelled one held-out image in the training export: it must only ever be evaluated.
     training = _accepted(train_items + eval_items[:1])
     worker = Worker(cfg.work_dir / "logs" / "worker.log")
+    Ledger(cfg.ledger_path).close()  # the daemon's tables, as `odal status` expects them
     history = History(cfg.ledger_path)
     outcomes, records, status = [], [], {}
 
@@ -81,6 +84,7 @@ def gated(tmp_path_factory):
         assert outcome.state in ("published", "held_back"), outcome.error
         round_dir = cfg.work_dir / "rounds" / str(outcome.round_id)
         records.append({split: _record_keys(round_dir / f"{split}.record") for split in ("train", "eval")})
+        outcome.versions_after = sorted(publish.version_dirs(cfg.base_path))
         outcomes.append(outcome)
         return outcome
 
@@ -92,6 +96,11 @@ def gated(tmp_path_factory):
         round_(dataclasses.replace(cfg, steps_per_round=10, gate_tolerance=-1.0), training)
         status["json"] = json.loads(odal_cli("status", "--workspace", str(config.parent), "--json").stdout)
         status["text"] = odal_cli("status", "--workspace", str(config.parent)).stdout
+        foreign = cfg.base_path / "3"  # a version odal cannot read (not a SavedModel of this model)
+        (foreign / "variables").mkdir(parents=True)
+        (foreign / "saved_model.pb").write_bytes(b"not a graph")
+        (foreign / "variables" / "variables.index").write_bytes(b"not an index")
+        round_(dataclasses.replace(cfg, steps_per_round=5), training)
         rounds = history.rounds(10)
     finally:
         worker.stop()
@@ -109,18 +118,29 @@ def test_the_first_version_is_published_whatever_its_quality(gated):
 
 
 def test_candidate_and_served_version_are_measured_on_the_same_images_with_the_same_numbers(gated):
-    """Round 2 measures version 1 again on the fixed eval set: exactly round 1's number for it (same weights,
-    same images, same evaluator).  Measured on other images, or with other weights, it would differ."""
-    first, second = gated["outcomes"][:2]
+    """Each round measures the served version again on the fixed eval set: exactly the numbers (every metric and
+    the eval loss) of the round that made it (same weights, same images, same evaluator).  Measured on other
+    images, or with other weights, they would differ."""
+    first, second, third, fourth = gated["outcomes"][:4]
     assert (second.state, second.version) == ("published", 2)
-    assert second.gate["served_version"] == 1 and second.gate["served"] == first.gate["candidate"]
+    assert second.gate["served_version"] == 1 and second.gate["served_metrics"] == first.metrics
+    assert third.gate["served_version"] == 2 and third.gate["served_metrics"] == second.metrics
+    assert fourth.gate["served_version"] == 1 and fourth.gate["served_metrics"] == first.metrics
+    assert first.metrics["loss"] != second.metrics["loss"]  # the numbers do tell the models apart
     assert second.gate["candidate"] == second.metrics["mAP@0.5"]
-    assert gated["records"][0]["eval"] == gated["records"][1]["eval"]  # the fixed set, every round
+    assert gated["records"][0]["eval"] == gated["records"][1]["eval"], gated["records"][:2]  # the fixed set
+    # Evaluating version 1 inside round 2's session must not leave its weights there: version 2 is round 2's.
+    v1 = tf.train.load_checkpoint(str(gated["cfg"].base_path / "1" / "variables" / "variables"))
+    v2_path = Path(gated["rolled"]["moved_to"]) / "variables" / "variables"  # rolled back in round 4
+    v2 = tf.train.load_checkpoint(str(v2_path))
+    names = [name for name, shape in tf.train.list_variables(str(v2_path)) if len(shape) >= 2]  # the kernels
+    assert names and all(v1.get_tensor(n).shape == v2.get_tensor(n).shape for n in names)
+    assert sum(not np.array_equal(v1.get_tensor(n), v2.get_tensor(n)) for n in names) > len(names) // 2
 
 
 def test_a_genuinely_worse_candidate_is_held_back_at_the_default_tolerance(gated):
     """Round 3 learns wrong labels and boxes: it must lose to version 2, which learned the right ones."""
-    _, second, third, _ = gated["outcomes"]
+    _, second, third = gated["outcomes"][:3]
     assert second.gate["candidate"] > 0.3, f"version 2 should have learned the shapes: {second.gate}"
     assert (third.state, third.version) == ("held_back", None) and third.gate["tolerance"] == 0.0
     assert third.gate["served_version"] == 2 and third.gate["candidate"] < third.gate["served"]
@@ -128,12 +148,12 @@ def test_a_genuinely_worse_candidate_is_held_back_at_the_default_tolerance(gated
 
 
 def test_after_a_rollback_the_gate_compares_with_what_serves_and_training_goes_on_from_the_held_back_round(gated):
-    first, _, third, fourth = gated["outcomes"]
+    first, _, third, fourth = gated["outcomes"][:4]
     assert gated["rolled"]["serving"] == 1
     assert (fourth.state, fourth.version) == ("held_back", None)
     assert fourth.gate["served_version"] == 1, "compared against what serves after the rollback, not version 2"
     assert fourth.gate["served"] == first.gate["candidate"] and not fourth.gate["passed"]
-    assert sorted(publish.version_dirs(gated["cfg"].base_path)) == [1], "version 1 still serves; nothing new"
+    assert fourth.versions_after == [1], "version 1 still serves; nothing new"
     assert not list(gated["cfg"].base_path.glob(".staging-*")), "a held-back export was left behind"
     by_id = {r["id"]: r for r in gated["rounds"]}
     assert by_id[fourth.round_id]["global_step"] == by_id[third.round_id]["global_step"] + 10
@@ -161,3 +181,13 @@ def test_the_fixed_eval_set_is_evaluated_every_round_and_never_trained_on(gated)
     gate = gated["outcomes"][0].gate
     assert gate["eval_set"]["set_aside"] == 1 and gate["eval_images"] == 10
     assert "fewer than 50 boxes per class" in gate["warning"]
+
+
+def test_a_served_version_that_cannot_be_evaluated_does_not_block_publishing(gated):
+    """A version folder odal cannot read as this model (changed architecture, foreign files) is no reason to hold
+    every later round back: the round publishes, saying why it was not compared."""
+    fifth = gated["outcomes"][4]
+    assert (fifth.state, fifth.version) == ("published", 4) and fifth.versions_after == [1, 3, 4]
+    assert fifth.gate["passed"] and fifth.gate["served"] is None and fifth.gate["served_version"] == 3
+    assert "served version 3 could not be evaluated" in fifth.gate["reason"]
+    assert fifth.gate["candidate"] == fifth.metrics["mAP@0.5"] is not None

@@ -212,7 +212,8 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
         result = worker.run(job, on_progress)
         metrics = gates.summarize(result["metrics"])
         timings = dict(result["timings"])
-        gate = dict(result["gate"], eval_images=counts["eval"], **eval_info)
+        gate = dict(result["gate"], served_metrics=gates.summarize(result["served_metrics"]),
+                    eval_images=counts["eval"], **eval_info)
         history.update_round(round_id, checkpoint=result["checkpoint"], global_step=result["train"]["global_step"],
                              metrics=metrics, timings=timings, gate=gate)
         bound.info("round_trained", global_step=result["train"]["global_step"], loss=result["train"]["loss"],

@@ -44,3 +44,6 @@ def evaluate_served(session, configs: dict, saved_model_dir: Path, summary_dir: 
     finally:
         for variable, value in zip(weights, live):
             variable.assign(value)
+        # An evaluation that failed half-way leaves the model in inference mode; training must not go on in it.
+        tf.keras.backend.set_learning_phase(True)
+        session.model._is_training = True  # noqa: SLF001 - the OD API toggles this flag itself
