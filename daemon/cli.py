@@ -51,7 +51,7 @@ def status_data(workspace: Path) -> dict:
         out["set_aside"] = ledger.invalid_items(20)
     history = History(cfg.ledger_path, readonly=True)
     try:
-        out["rounds"] = history.rounds(20)
+        out["rounds"] = [dict(r, gate=r.get("gate")) for r in history.rounds(20)]  # gate: None before it ran
         out["versions"] = [
             {"version": v["version"], "path": v["path"], "state": v["state"], "round": v["round_id"],
              "metrics": v["metrics"] or {}, "note": v["note"]}
@@ -83,17 +83,47 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def rounds_table(rounds: list[dict]) -> str:
-    header = ("round", "state", "accepted", "train", "eval", "steps", "mAP", "mAP@0.5", "version", "records s",
-              "train s", "eval s", "export s", "publish s", "confirm s", "total s")
+    header = ("round", "state", "accepted", "train", "eval", "steps", "mAP", "mAP@0.5", "gate: candidate/served",
+              "version", "records s", "train s", "eval s", "served eval s", "export s", "publish s", "confirm s",
+              "total s")
     rows = [header]
     for r in rounds:
         m, t = r.get("metrics") or {}, r.get("timings") or {}
         rows.append((r["id"], r["state"], r.get("accepted"), r.get("n_train"), r.get("n_eval"), r.get("steps"),
-                     m.get("mAP"), m.get("mAP@0.5"), r.get("version"), *(t.get(k) for k in (
-                         "records", "train", "evaluate", "export", "publish", "confirm", "total"))))
-    cells = [[_fmt(c, 1) if isinstance(c, float) and i >= 9 else _fmt(c) for i, c in enumerate(row)] for row in rows]
+                     m.get("mAP"), m.get("mAP@0.5"), _gate_cell(r.get("gate")), r.get("version"), *(t.get(k) for k in (
+                         "records", "train", "evaluate", "evaluate_served", "export", "publish", "confirm", "total"))))
+    cells = [[_fmt(c, 1) if isinstance(c, float) and i >= 10 else _fmt(c) for i, c in enumerate(row)] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+
+
+def _gate_cell(gate: dict | None) -> str | None:
+    """``pass 0.612 >= 0.540`` / ``held 0.310 < 0.540`` / ``pass (first version)`` for the rounds table."""
+    if not gate:
+        return None
+    verdict = "pass" if gate["passed"] else "held"
+    if gate.get("served") is None:
+        return f"{verdict} ({'first version' if gate.get('served_version') is None else 'not compared'})"
+    return f"{verdict} {_fmt(gate['candidate'])} {'>=' if gate['passed'] else '<'} {_fmt(gate['served'])}"
+
+
+def _print_gate(rounds: list[dict]) -> None:
+    """The newest gate decision, what it was measured on, and the eval-set warning."""
+    newest = next((r for r in reversed(rounds) if r.get("gate")), None)
+    if newest is None:
+        return
+    gate = newest["gate"]
+    outcome = "published" if gate["passed"] else "held back"
+    print(f"gate       {gate['metric']} (tolerance {gate['tolerance']:g}): round {newest['id']} {outcome}: "
+          f"{gate.get('reason')}")
+    source = gate.get("eval_set") or {}
+    where = (f"the {source.get('fraction')} eval split of the annotations (changes as they grow)"
+             if source.get("source") == "split" else f"{source.get('source')}, {source.get('set_aside', 0)} line(s) "
+             "set aside")
+    print(f"eval set   {gate.get('eval_images')} images: {where}")
+    for note in [*source.get("notes", []), gate.get("warning")]:
+        if note:
+            print(f"warning    {note}")
 
 
 def _print_status(data: dict) -> None:
@@ -115,6 +145,7 @@ def _print_status(data: dict) -> None:
               f"{q['pending']} to score")
     if data["rounds"]:
         print("\nrounds\n" + rounds_table(data["rounds"]))
+        _print_gate(data["rounds"])
     if data["versions"]:
         print("\nversions")
         for v in data["versions"]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from odal.daemon import pipeline_check
 from odal.daemon.errors import ConfigError
+from odal.daemon.gate import METRICS
 
 # section -> key -> (type, default); a default of ... means required.
 _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
@@ -59,10 +60,16 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "metrics": {
         "address": (str, ""),  # Prometheus endpoint, e.g. "127.0.0.1:9464"; empty = off
     },
-    "limits": {  # what the daemon reads from the data dir (odal.daemon.safe_files)
+    "limits": {  # what the daemon reads from the data dir (odal.daemon.limits)
         "image_max_mb": (float, 64.0),  # bigger image files are refused unread
         "image_max_megapixels": (float, 50.0),  # checked in the header, before decoding
         "image_settle_seconds": (float, 5.0),  # a broken image unchanged this long is complete, not being copied
+    },
+    "gate": {  # odal.daemon.gate: publish a round's model only if it is not worse than the served version
+        "metric": (str, "mAP@0.5"),
+        "tolerance": (float, 0.0),  # held back when candidate < served - tolerance
+        "eval_export": (str, ""),  # a db-out file of annotations only ever evaluated on, never trained on ...
+        "eval_dataset": (str, ""),  # ... or a dataset of [prodigy] database
     },
 }
 
@@ -99,6 +106,10 @@ class Config:
     image_max_pixels: int = 50_000_000
     image_settle_seconds: float = 5.0
     fine_tune: pipeline_check.FineTune = pipeline_check.FineTune()  # where fine_tune_checkpoint came from
+    gate_metric: str = "mAP@0.5"
+    gate_tolerance: float = 0.0
+    eval_export: Path | None = None
+    eval_dataset: str = ""
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -173,6 +184,8 @@ def parse(data: dict, path: Path) -> Config:
                                                                 "fine_tune"),
          "detection, classification, full or fine_tune"),
         ("log", "level", lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
+        ("gate", "metric", lambda v: v in METRICS, ", ".join(METRICS)),
+        ("gate", "tolerance", lambda v: -1 <= v <= 1, "must be in [-1, 1] (1: publish every round)"),
         ("log", "max_mb", lambda v: v >= 0, "must be >= 0 (0: never rotate)"),
         ("log", "backups", lambda v: 0 <= v <= 100, "must be in 0..100"),
         ("limits", "image_max_mb", lambda v: 0 < v <= 4096, "must be in (0, 4096]"),
@@ -182,6 +195,7 @@ def parse(data: dict, path: Path) -> Config:
     for section, key, ok, message in checks:
         if not ok(values[section, key]):
             raise ConfigError(f"{section}.{key}: {message}, got {values[section, key]!r}")
+    eval_export = _eval_source(values, resolve("gate", "eval_export", "file"), export_dir, prodigy_db)
     metrics_address = values["metrics", "address"]
     host, _, port = metrics_address.rpartition(":")
     if metrics_address and not (host and port.isdigit() and int(port) <= 65535):
@@ -224,8 +238,29 @@ def parse(data: dict, path: Path) -> Config:
         image_max_pixels=int(values["limits", "image_max_megapixels"] * 1_000_000),
         image_settle_seconds=values["limits", "image_settle_seconds"],
         fine_tune=fine_tune,
+        gate_metric=values["gate", "metric"],
+        gate_tolerance=values["gate", "tolerance"],
+        eval_export=eval_export,
+        eval_dataset=values["gate", "eval_dataset"],
         raw=data,
     )
+
+
+def _eval_source(values: dict, eval_export: Path | None, export_dir: Path | None, prodigy_db: Path | None):
+    """The fixed eval set must never be read as training data: not a file the export watcher reads, not the
+    training dataset."""
+    dataset = values["gate", "eval_dataset"]
+    if eval_export is not None and dataset:
+        raise ConfigError("gate: set eval_export or eval_dataset, not both")
+    if eval_export is not None and export_dir is not None and eval_export.parent == export_dir:
+        raise ConfigError(f"gate.eval_export: {eval_export} is in prodigy.export_dir, whose files are trained on; "
+                          "keep the eval set in another folder")
+    if dataset and prodigy_db is None:
+        raise ConfigError("gate.eval_dataset: needs prodigy.database (the Prodigy database that holds it)")
+    if dataset and dataset == values["prodigy", "dataset"]:
+        raise ConfigError(f"gate.eval_dataset: {dataset!r} is the training dataset (prodigy.dataset); "
+                          "name the dataset of the held-out annotations")
+    return eval_export
 
 
 def load(path: str | Path) -> Config:

@@ -54,7 +54,8 @@ def _wait_for_round(ledger_path: Path, done_before: int, timeout: float, daemon:
         if ledger_path.exists():
             history = History(ledger_path, readonly=True)
             try:
-                finished = [r for r in history.rounds(100) if r["state"] in ("published", "failed", "skipped")]
+                finished = [r for r in history.rounds(100)
+                            if r["state"] in ("published", "held_back", "failed", "skipped")]
             except Exception:  # noqa: BLE001 - tables not created yet
                 finished = []
             finally:
@@ -127,9 +128,9 @@ def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: i
                 return 1
             metrics = result.get("metrics") or {}
             print(f"  round {result['id']} {result['state']}: version {result.get('version')}, "
-                  f"mAP {metrics.get('mAP')}, {round((result.get('timings') or {}).get('total', 0), 1)} s",
-                  flush=True)
-            if result["state"] != "published":
+                  f"mAP {metrics.get('mAP')}, {round((result.get('timings') or {}).get('total', 0), 1)} s"
+                  + (f"; gate: {result['gate']['reason']}" if result.get("gate") else ""), flush=True)
+            if result["state"] not in ("published", "held_back"):  # held back: the served version was better
                 print(f"round failed: {result.get('error')}; see {workspace / 'daemon.log'}", file=sys.stderr)
                 return 1
     finally:

@@ -1,7 +1,10 @@
 """What the daemon has done: rounds and published model versions (tables in the workspace's ledger database).
 
-A round is ``running`` until it ends ``published``, ``failed``, ``abandoned`` (daemon stopped or crashed) or
-``skipped`` (nothing to train on).  A version row is written after its folder was renamed into the base path.
+A round is ``running`` until it ends ``published``, ``held_back`` (trained and evaluated, but the publish gate
+found it worse than the served version: not published, and the next round trains on from it), ``failed``,
+``abandoned`` (daemon stopped or crashed) or ``skipped`` (nothing to train on).  A round's ``gate`` is the
+decision of :func:`odal.daemon.gate.decide` with the eval set it used.  A version row is written after its folder
+was renamed into the base path.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     metrics TEXT,
     timings TEXT,
     version INTEGER,
-    error TEXT
+    error TEXT,
+    gate TEXT
 );
 CREATE TABLE IF NOT EXISTS versions (
     version INTEGER PRIMARY KEY,
@@ -42,7 +46,8 @@ CREATE TABLE IF NOT EXISTS versions (
 );
 """
 
-_JSON_COLUMNS = ("metrics", "timings")
+_JSON_COLUMNS = ("metrics", "timings", "gate")
+_TRAINED = "('published', 'held_back')"  # rounds whose checkpoint the next round continues from
 
 
 class History:
@@ -50,6 +55,13 @@ class History:
         self._db = store.connect(path, readonly=readonly, timeout=10 if readonly else 30)
         if not readonly:
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(rounds)")}
+            if "gate" not in columns:  # a ledger written before the publish gate
+                try:
+                    self._db.execute("ALTER TABLE rounds ADD COLUMN gate TEXT")
+                except sqlite3.OperationalError as error:  # another connection added it meanwhile
+                    if "duplicate column" not in str(error):
+                        raise
 
     def close(self) -> None:
         self._db.close()
@@ -83,14 +95,14 @@ class History:
         return [_decode(row) for row in reversed(rows)]
 
     def last_trained_seq(self) -> int:
-        """The ledger change counter covered by the newest published round (0 before any)."""
-        row = self._db.execute("SELECT MAX(seq) FROM rounds WHERE state = 'published'").fetchone()
+        """The ledger change counter covered by the newest trained round, published or held back (0 before any)."""
+        row = self._db.execute(f"SELECT MAX(seq) FROM rounds WHERE state IN {_TRAINED}").fetchone()
         return row[0] or 0
 
     def checkpoints(self) -> list[tuple[int, str]]:
-        """(round id, checkpoint prefix) of published rounds, newest first."""
+        """(round id, checkpoint prefix) of trained rounds (published or held back), newest first."""
         return [(r[0], r[1]) for r in self._db.execute(
-            "SELECT id, checkpoint FROM rounds WHERE state = 'published' AND checkpoint IS NOT NULL ORDER BY id DESC")]
+            f"SELECT id, checkpoint FROM rounds WHERE state IN {_TRAINED} AND checkpoint IS NOT NULL ORDER BY id DESC")]
 
     # -- versions ------------------------------------------------------------------------------------------------------
     def record_version(self, version: int, round_id: int | None, path: Path, metrics: dict | None, state: str,

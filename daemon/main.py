@@ -299,7 +299,8 @@ class Daemon:
         try:
             outcome = run_round(self.cfg, history, accepted, seq, self.labels, self.worker, self._set_status,
                                 confirm=self._confirmer())
-            self.metrics.round_finished(outcome.state, outcome.timings, outcome.metrics, outcome.version)
+            self.metrics.round_finished(outcome.state, outcome.timings, outcome.metrics, outcome.version,
+                                        outcome.gate)
             if outcome.state == "failed":
                 self._failed_at_seq = seq
             elif outcome.state == "published" and self.scorer is not None:

@@ -15,6 +15,9 @@ The daemon owns one :class:`Metrics`, tells it what happened (:meth:`Metrics.ing
     odal_versions_published_total                 counter
     odal_model_version                            gauge     newest published version
     odal_last_map                                 gauge     COCO mAP of the newest evaluated round
+    odal_gate_candidate / odal_gate_served        gauge     the gate metric of the newest gated round's candidate
+                                                            and of the version serving then (NaN: not compared)
+    odal_gate_passed                              gauge     1 if that round was published, 0 if held back
     odal_errors_total{kind}                       counter   event (ingest), round, publish ...
 """
 
@@ -41,6 +44,9 @@ _META = {
     "odal_model_version": ("gauge", "Newest published model version."),
     "odal_last_map": ("gauge", "COCO mAP of the newest evaluated round."),
     "odal_errors_total": ("counter", "Errors, by kind."),
+    "odal_gate_candidate": ("gauge", "Gate metric of the newest round's candidate model."),
+    "odal_gate_served": ("gauge", "Gate metric of the version serving during the newest round (NaN: not compared)."),
+    "odal_gate_passed": ("gauge", "1 if the newest gated round was published, 0 if it was held back."),
     "odal_start_time_seconds": ("gauge", "When the daemon started (Unix time)."),
 }
 
@@ -56,7 +62,7 @@ class Metrics:
         self._histograms: dict[tuple[str, Labels], list] = {}  # [bucket counts..., sum, count]
         self.set("odal_start_time_seconds", time.time())
         self.set("odal_round_in_progress", 0)
-        for state in ("published", "failed", "abandoned", "skipped"):
+        for state in ("published", "held_back", "failed", "abandoned", "skipped"):
             self.inc("odal_rounds_total", 0, state=state)
         for answer in ("accept", "reject", "ignore"):
             self.inc("odal_annotations_ingested_total", 0, answer=answer)
@@ -102,7 +108,7 @@ class Metrics:
         self.set("odal_round_in_progress", 1)
 
     def round_finished(self, state: str, timings: dict | None = None, metrics: dict | None = None,
-                       version: int | None = None) -> None:
+                       version: int | None = None, gate: dict | None = None) -> None:
         self.set("odal_round_in_progress", 0)
         self.inc("odal_rounds_total", state=state)
         for stage, seconds in (timings or {}).items():
@@ -111,6 +117,11 @@ class Metrics:
                 self.set("odal_stage_last_duration_seconds", seconds, stage=stage)
         if metrics and isinstance(metrics.get("mAP"), (int, float)):
             self.set("odal_last_map", metrics["mAP"])
+        if gate:
+            for name in ("candidate", "served"):
+                value = gate.get(name)
+                self.set(f"odal_gate_{name}", value if isinstance(value, (int, float)) else math.nan)
+            self.set("odal_gate_passed", int(bool(gate["passed"])))
         if version is not None:
             self.inc("odal_versions_published_total")
             self.set("odal_model_version", version)

@@ -24,8 +24,11 @@ from odal.daemon.history import History
 def make_workspace(root: Path, items: list, steps: int = 10, min_new: int = 2, debounce: float = 0.2,
                    eval_fraction: float = 0.0, versions: int = 3, checkpoints: int = 2,
                    serving_address: str = "", base_path: Path | None = None,
-                   labels: list[str] | None = None) -> Path:
-    """A workspace whose data dir holds ``items``' images; returns its ``odal.toml``."""
+                   labels: list[str] | None = None, gate: str | None = "tolerance = 1.0") -> Path:
+    """A workspace whose data dir holds ``items``' images; returns its ``odal.toml``.
+
+    ``gate``: the body of its ``[gate]`` section.  By default every round publishes (tolerance 1.0): tests of other
+    things must not depend on whether a few training steps made the model better; None leaves odal's default."""
     data_dir = items[0].image.parent if items else root / "images"
     config = write_workspace(root, data_dir, labels or list(datasets.SHAPE_LABELS), steps, min_new,
                              serving_address)
@@ -36,6 +39,8 @@ def make_workspace(root: Path, items: list, steps: int = 10, min_new: int = 2, d
     text = re.sub(r"checkpoints = .*", f"checkpoints = {checkpoints}", text)
     if base_path is not None:
         text = re.sub(r'base_path = .*', f'base_path = "{base_path}"', text)
+    if gate is not None:
+        text += f"\n[gate]\n{gate}\n"
     config.write_text(text)
     return config
 

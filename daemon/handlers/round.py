@@ -7,7 +7,6 @@ cleanly and the next round starts a new child.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from odal.daemon import images, safe_files
+from odal.daemon import gate as gates
 from odal.daemon import log as logs
-from odal.daemon.atomic import atomic_write, remove_tree
+from odal.daemon.atomic import remove_tree
 from odal.daemon.config import Config
 from odal.daemon.errors import RoundFailed
 from odal.daemon.handlers import publish
+from odal.daemon.handlers.round_inputs import image_roots, round_inputs, with_images, write_splits
+from odal.daemon.handlers.round_inputs import split_of, write_annotations  # noqa: F401 - their old home
 from odal.daemon.history import History
 
 log = logs.get("odal.round")
@@ -171,65 +172,7 @@ class RoundOutcome:
     metrics: dict | None = None
     timings: dict | None = None
     error: str | None = None
-
-
-def split_of(input_hash: str, eval_fraction: float) -> str:
-    """A stable train/eval split: the same annotation is always on the same side."""
-    bucket = int.from_bytes(hashlib.sha256(str(input_hash).encode()).digest()[:4], "big") / 2**32
-    return "eval" if bucket < eval_fraction else "train"
-
-
-def with_images(accepted: list[dict], roots: list[Path]) -> tuple[list[dict], list[str]]:
-    """The annotations whose image file is still there and usable, and the paths of those that are not.
-
-    One image deleted from the data folder after it was annotated must not fail every later round; nor may one
-    replaced by a FIFO, a device link, a file over the byte limit or a decompression bomb reach the worker: each is
-    checked through :mod:`odal.daemon.safe_files` (inside ``roots``, regular, bounded) and its header's size."""
-    present, missing = [], []
-    for annotation in accepted:
-        path = annotation.get("image_path")
-        (present if path and _usable(path, roots) else missing).append(annotation)
-    return present, [str(a.get("image_path")) for a in missing]
-
-
-def _usable(path: str, roots: list[Path]) -> bool:
-    try:
-        with safe_files.open_file(path, roots) as (_resolved, _st, handle):
-            images.header_size(handle)
-    except FileNotFoundError:
-        return False
-    except (safe_files.Refused, images.TooLarge, images.Undecodable, OSError) as error:
-        log.warning("image_refused", path=path, error=str(error))
-        return False
-    return True
-
-
-def write_annotations(path: Path, accepted: list[dict], labels: list[str], eval_fraction: float) -> dict:
-    """The round's input list: every accepted annotation with its split and label ids (one JSON a line)."""
-    splits = {str(a["input_hash"]): split_of(a["input_hash"], eval_fraction) for a in accepted}
-    if eval_fraction > 0 and len(accepted) >= 2:
-        # Small data: keep at least one image on each side so both training and COCO eval have data.
-        if "eval" not in splits.values():
-            splits[min(splits, key=lambda h: hashlib.sha256(h.encode()).digest())] = "eval"
-        if "train" not in splits.values():
-            splits[max(splits, key=lambda h: hashlib.sha256(h.encode()).digest())] = "train"
-    counts = {"train": 0, "eval": 0}
-    with atomic_write(path, "w") as out:
-        for annotation in accepted:
-            split = splits[str(annotation["input_hash"])]
-            boxes = [dict(box, label_id=labels.index(box["label"]) + 1) for box in annotation["boxes"]]
-            out.write(json.dumps({"input_hash": str(annotation["input_hash"]), "image_path": annotation["image_path"],
-                                  "boxes": boxes, "split": split}) + "\n")
-            counts[split] += 1
-    return counts
-
-
-def _metrics(raw: dict | None) -> dict | None:
-    if not raw:
-        return None
-    return {"mAP": raw.get("DetectionBoxes_Precision/mAP"), "mAP@0.5": raw.get("DetectionBoxes_Precision/mAP@.50IOU"),
-            "mAP@0.75": raw.get("DetectionBoxes_Precision/mAP@.75IOU"), "AR@100": raw.get("DetectionBoxes_Recall/AR@100"),
-            "loss": raw.get("Loss/total_loss")}
+    gate: dict | None = None
 
 
 def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, labels: list[str], worker: Worker,
@@ -241,10 +184,11 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
     round_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        accepted, missing = with_images(accepted, [cfg.data_dir.resolve(), (cfg.work_dir / "images").resolve()])
+        accepted, missing = with_images(accepted, image_roots(cfg))
         if missing:  # deleted (or moved) since they were annotated: trained on again once the file is back
             bound.warning("images_missing", count=len(missing), images=missing[:10])
-        counts = write_annotations(round_dir / "annotations.jsonl", accepted, labels, cfg.eval_fraction)
+        pairs, eval_info = round_inputs(cfg, accepted, labels, bound)
+        counts = write_splits(round_dir / "annotations.jsonl", pairs, labels)
         history.update_round(round_id, accepted=len(accepted), n_train=counts["train"], n_eval=counts["eval"],
                              steps=cfg.steps_per_round)
         if counts["train"] == 0:
@@ -266,6 +210,7 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
             "init_checkpoint": previous[1] if previous else None, "fine_tune": fine_tune,
             "checkpoint_dir": str(cfg.work_dir / "checkpoints" / f"round-{round_id}"),
             "export_dir": str(staging), "tensorboard_dir": str(cfg.work_dir / "tensorboard"),
+            "gate": {"metric": cfg.gate_metric, "tolerance": cfg.gate_tolerance}, "served": _served(cfg),
         }
 
         def on_progress(message: dict) -> None:
@@ -277,14 +222,26 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
                 bound.info("stage_started", stage=message["stage"])
 
         result = worker.run(job, on_progress)
-        metrics = _metrics(result["metrics"])
+        metrics = gates.summarize(result["metrics"])
         timings = dict(result["timings"])
+        gate = dict(result["gate"], served_metrics=gates.summarize(result["served_metrics"]),
+                    eval_images=counts["eval"], **eval_info)
         history.update_round(round_id, checkpoint=result["checkpoint"], global_step=result["train"]["global_step"],
-                             metrics=metrics, timings=timings)
+                             metrics=metrics, timings=timings, gate=gate)
         bound.info("round_trained", global_step=result["train"]["global_step"], loss=result["train"]["loss"],
                    session_reused=result["session_reused"], export=result["export"], metrics=metrics,
                    timings=timings, learning_rate=result["train"].get("learning_rate"),
-                   fine_tune=result["train"].get("fine_tune"), adjusted=result.get("adjusted"))
+                   fine_tune=result["train"].get("fine_tune"), adjusted=result.get("adjusted"),
+                   gate=gate["reason"])
+        if not gate["passed"]:  # not blessed: an outcome, not an error; the next round trains on from this one
+            remove_tree(staging)
+            timings["total"] = time.monotonic() - started
+            history.finish_round(round_id, "held_back", timings=timings)
+            bound.info("round_held_back", metric=gate["metric"], candidate=gate["candidate"], served=gate["served"],
+                       served_version=gate["served_version"], tolerance=gate["tolerance"],
+                       seconds=round(timings["total"], 2))
+            _retain(cfg, history)
+            return RoundOutcome(round_id, "held_back", None, metrics, timings, gate=gate)
 
         status(f"round {round_id}: publishing")
         publish_started = time.monotonic()
@@ -303,7 +260,7 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
         history.finish_round(round_id, "published", version=version, timings=timings)
         bound.info("round_published", version=version, seconds=round(timings["total"], 2), metrics=metrics)
         _retain(cfg, history)
-        return RoundOutcome(round_id, "published", version, metrics, timings)
+        return RoundOutcome(round_id, "published", version, metrics, timings, gate=gate)
     except Abandoned:
         history.finish_round(round_id, "abandoned", error="daemon stopping")
         bound.warning("round_abandoned")
@@ -342,6 +299,16 @@ def _record_failure(history: History, round_id: int, message: str, worker: Worke
                       retry_in=wait)
             worker.wait_stopping(wait)
             wait = min(wait * 2, max_wait)
+
+
+def _served(cfg: Config) -> dict | None:
+    """The version TF Serving serves now: the newest numbered folder in the base path (a rolled-back or
+    quarantined version is no longer there); None when there is none."""
+    versions = publish.version_dirs(cfg.base_path)
+    if not versions:
+        return None
+    version = max(versions)
+    return {"version": version, "path": str(versions[version])}
 
 
 def _retain(cfg: Config, history: History) -> None:

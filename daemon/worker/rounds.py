@@ -11,6 +11,11 @@ A job names every input and output path (see ``odal.daemon.handlers.round`` for 
     checkpoint_dir   where this round's checkpoint must appear (written aside, renamed into place)
     export_dir       where the SavedModel must appear (a staging folder the daemon publishes)
     tensorboard_dir  where TensorBoard events go, or null
+    gate             {"metric", "tolerance"} of the publish gate (odal.daemon.gate), or null: no gate
+    served           {"version", "path"} of the version serving now, or null: nothing serves
+
+With a gate, the served version is evaluated on the same eval data as the candidate; a candidate the gate holds
+back is not exported (the result's ``gate`` says why, ``export`` is null).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from pathlib import Path
 from typing import Callable
 
 from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede object_detection)
+from odal.daemon import gate as gates
 from odal.daemon.atomic import publish_dir, remove_tree
 from odal.daemon.worker import session as sessions
+from odal.daemon.worker.served import evaluate_served
 from odal.daemon.worker.tfrecords import write_records
 
 _SESSION: sessions.ModelSession | None = None
@@ -96,10 +103,26 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
         metrics = session.evaluate(configs, tb / "eval" if tb else None)
         timings["evaluate"] = time.monotonic() - started
 
-    started = stage("export")
-    export_dir = _fresh(Path(job["export_dir"]))
-    export_mode = session.export(prefix, export_dir)
-    timings["export"] = time.monotonic() - started
+    decision, served_metrics = None, None
+    if job.get("gate"):
+        served, served_error = job.get("served"), None
+        if served and metrics is not None:
+            started = stage("evaluate served")
+            try:
+                served_metrics = evaluate_served(session, configs, Path(served["path"]),
+                                                 tb / "eval_served" if tb else None)
+            except Exception as error:  # noqa: BLE001 - recorded in the gate; the round goes on
+                served_error = f"{type(error).__name__}: {error}"[:500]
+            timings["evaluate_served"] = time.monotonic() - started
+        decision = gates.decide(job["gate"]["metric"], job["gate"]["tolerance"], metrics, served_metrics,
+                                served["version"] if served else None, served_error)
+
+    export_mode = None
+    if decision is None or decision["passed"]:
+        started = stage("export")
+        export_dir = _fresh(Path(job["export_dir"]))
+        export_mode = session.export(prefix, export_dir)
+        timings["export"] = time.monotonic() - started
 
     return {
         "counts": counts,
@@ -109,5 +132,7 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
         "adjusted": adjusted,
         "checkpoint": prefix,
         "metrics": metrics,
+        "served_metrics": served_metrics,
+        "gate": decision,
         "timings": timings,
     }
