@@ -8,8 +8,7 @@ accepted annotations and a quiet ``debounce_seconds`` -> ``handlers/round.py`` r
 
 Threads: the watchdog observer (queues events), this main loop (ingest, triggers, sd_notify), and at most one
 round thread.  Signal handlers only record the signal (no lock, no log: the interrupted main thread may hold the
-log writer's lock); the loop acts on it within a tick, and a long read stops at its next line.
-SIGTERM/SIGINT: stop watching, abandon the round (the worker child is stopped politely), exit 0.
+log writer's lock); the loop acts on it within a tick, and a long read stops at its next line.  SIGTERM/SIGINT: stop watching, abandon the round (the worker child is stopped politely), exit 0.
 SIGHUP: reload the configuration (a changed label map reads every source again).  SIGUSR1 (``odal retry``): read
 every source again from its start, so lines fixed since they were set aside are ingested.
 """
@@ -78,6 +77,7 @@ class Daemon:
         self.metrics = Metrics()
         self.status_file = StatusFile(cfg.work_dir)
         self._ping_every = watchdog_interval() or 10.0
+        self._failing: dict[str, tuple[float, float]] = {}  # loop step -> (its backoff, when it may run again)
         self._last_ping = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------------------------------
@@ -172,17 +172,43 @@ class Daemon:
             for item in self.rechecks.due():  # once more when settled: broken-while-copying or broken for good
                 self._handle(item)
             if self.reload_requested.is_set():
-                self._reload()
+                self._step("reload", self._reload)
             if self.retry_requested.is_set():
-                self._retry()
-            self._maybe_start_round()
-            self._score_some()
+                self._step("retry", self._retry, again=self.retry_requested.set)
+            self._step("round trigger", self._maybe_start_round)
+            self._step("scoring", self._score_some)
             if self.degraded.tick():
                 log.info("degraded_recovered")
                 self._set_status("idle")
                 self.status_file.set_degraded(None)  # written now, with the new text
             self.status_file.flush()
             self._keepalive()
+
+    def _step(self, name: str, action, again=None) -> None:
+        """A loop step guarded like an event: an exception is logged (``step_failed``, or degraded for a disk
+        error), the step waits 1 s doubling to 60 s (``again`` re-arms the request it took), the daemon goes on."""
+        failing = self._failing.get(name)
+        if failing is not None and time.monotonic() < failing[1]:
+            return
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - a broken ledger or a bug in one step never stops the daemon
+            wait = min(failing[0] * 2, 60.0) if failing is not None else 1.0
+            self._failing[name] = (wait, time.monotonic() + wait)
+            if again is not None:
+                again()
+            self.metrics.error("step")
+            if is_disk_error(error):
+                self._disk_failed(name, error)
+                return
+            log.error("step_failed", step=name, error_class=type(error).__name__,
+                      error=str(error)[:MAX_ERROR_CHARS], retry_in=wait, exc_info=True)
+            self._set_status(f"{name} failing: {type(error).__name__}: {str(error)[:200]}; retrying in {wait:g} s")
+            return
+        if failing is not None:
+            del self._failing[name]
+            log.info("step_recovered", step=name)
+            self._set_status("idle")
 
     def _keepalive(self) -> None:
         """The systemd watchdog ping, at most every half period: from the loop, and per line of a long read (which

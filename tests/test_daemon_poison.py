@@ -114,3 +114,29 @@ def test_a_hypothesis_generated_hostile_batch_leaves_the_daemon_up_and_good_line
         append_records(export, [_good(ITEMS, 1, 300)])
         _wait_accepted(config, daemon, "300")
         assert daemon.alive() and daemon.terminate() == 0
+
+
+def test_a_ledger_broken_under_the_running_daemon_is_logged_and_retried_with_backoff_not_an_exit(tmp_path):
+    """A loop step that is not an event (here the round trigger reading the ledger) is guarded like an event: the
+    ledger's header overwritten in place makes every query fail; the daemon logs ``step_failed`` naming the step,
+    waits longer between tries, stays up and still stops cleanly."""
+    items = datasets.generate_shapes(tmp_path / "images", 2, seed=43)
+    config = make_workspace(tmp_path / "ws", items)
+    with DaemonProcess(config) as daemon:
+        assert daemon.wait_event("daemon_started", 60), daemon.events[-3:]
+        time.sleep(0.5)
+        work = config.parent / "work"
+        for name, fill in (("ledger.sqlite", b"this is not a database any more "), ("ledger.sqlite-wal", b"junk"),
+                           ("ledger.sqlite-shm", b"\0")):  # WAL mode: the index too, or cached pages hide it
+            size = (work / name).stat().st_size
+            with open(work / name, "r+b") as file:
+                file.write((fill * (size // len(fill) + 1))[:size])
+        failed = daemon.wait_event("step_failed", 30, step="round trigger")
+        assert failed is not None and daemon.alive(), daemon.events[-5:]
+        assert failed["error_class"] == "DatabaseError"
+        time.sleep(4)
+        daemon.read_events()
+        tries = [e for e in daemon.events if e["event"] == "step_failed" and e["step"] == "round trigger"]
+        assert daemon.alive() and 2 <= len(tries) <= 4, tries  # 1 s, 2 s, 4 s apart: not every 0.25 s tick
+        assert [t["retry_in"] for t in tries[:3]] == [1.0, 2.0, 4.0][:len(tries[:3])]
+        assert daemon.terminate() == 0
