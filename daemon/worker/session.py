@@ -193,7 +193,7 @@ class ModelSession:
         iterator = iter(dataset)
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
         num_steps = configs["train_config"].num_steps
-        scale = num_steps / steps if num_steps > 0 else 1.0  # the config's whole schedule within this round
+        scale = num_steps / steps if num_steps > 0 and steps > 0 else 1.0  # the config's schedule within the round
         started = time.monotonic()
         first_step_seconds = None
         loss = float("nan")
@@ -214,7 +214,7 @@ class ModelSession:
         writer.flush()
         result = {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss,
                   "first_step_seconds": first_step_seconds, "seconds": time.monotonic() - started,
-                  "learning_rate": {"first": rates[0], "last": rates[-1], "max": max(rates)}}
+                  "learning_rate": {"first": rates[0], "last": rates[-1], "max": max(rates)} if rates else None}
         if restored is not None:
             result["fine_tune"] = restored
         return result
