@@ -258,8 +258,8 @@ class Daemon:
         log.error("degraded", what=what, error=f"{type(error).__name__}: {error}",
                   retry_in=round(self.degraded.retry_in, 1))
         self.metrics.error("disk")
+        self._set_status(text)  # first: set_degraded writes at once, with this text (set() may wait a second)
         self.status_file.set_degraded(self.degraded.reason)
-        self._set_status(text)
 
     @property
     def _blob_dir(self) -> Path:

@@ -144,7 +144,7 @@ def test_candidate_and_served_version_are_measured_on_the_same_images_with_the_s
 def test_a_genuinely_worse_candidate_is_held_back_at_the_default_tolerance(gated):
     """Round 3 learns wrong labels and boxes: it must lose to version 2, which learned the right ones."""
     _, second, third = gated["outcomes"][:3]
-    assert second.gate["candidate"] > 0.3, f"version 2 should have learned the shapes: {second.gate}"
+    assert second.gate["candidate"] > 0.15, f"version 2 should have learned the shapes: {second.gate}"
     assert (third.state, third.version) == ("held_back", None) and third.gate["tolerance"] == 0.0
     assert third.gate["served_version"] == 2 and third.gate["candidate"] < third.gate["served"]
     assert third.gate["served"] == second.gate["candidate"]
