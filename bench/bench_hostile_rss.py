@@ -26,7 +26,7 @@ from daemon_harness import DaemonProcess, make_workspace  # noqa: E402
 from hostile import KINDS, make  # noqa: E402
 from test_recipe import brightness_model, serve  # noqa: E402
 
-from odal.daemon.handlers.active_queue import ActiveQueue  # noqa: E402
+from odal.daemon.store.queue import ActiveQueue  # noqa: E402
 
 
 def memory(pid: int) -> dict:
@@ -67,7 +67,7 @@ def main() -> int:
         with serve(root / "serve", {"odal": brightness_model(root / "bright")}) as address:
             spid = server_pid(address.rsplit(":", 1)[1])
             rows.append(("server up, model loaded", None, memory(spid)))
-            from odal.daemon import datasets
+            from odal.daemon.sources import datasets
 
             items = datasets.generate_shapes(root / "shapes", 1, seed=1)
             config = make_workspace(root / "ws", items, min_new=1000, serving_address=address)

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from daemon_harness import DaemonProcess, append_records, make_workspace  # noqa: E402
-from odal.daemon import datasets  # noqa: E402
+from odal.daemon.sources import datasets  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

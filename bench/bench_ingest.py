@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from odal.daemon import datasets
+from odal.daemon.sources import datasets
 from odal.daemon.handlers.ingest import ingest_export_file
-from odal.daemon.ledger import Ledger
+from odal.daemon.store.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 

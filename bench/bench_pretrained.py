@@ -27,12 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 RACCOON = REPO.parent / "shared" / "datasets" / "raccoon"
 sys.path.insert(0, str(REPO / "bench"))
 
-from odal.daemon import datasets  # noqa: E402
+from odal.daemon.sources import datasets  # noqa: E402
 from odal.daemon.worker import odapi_compat  # noqa: E402, F401  (must precede tensorflow)
 from odal.daemon.worker import pretrained  # noqa: E402
 from odal.daemon.worker import session as sessions  # noqa: E402
 from odal.daemon.worker.tfrecords import write_records  # noqa: E402
-from odal.daemon.workspace_init import MODELS, START_TYPE  # noqa: E402
+from odal.daemon.commands.init import MODELS, START_TYPE  # noqa: E402
 
 RECIPE = {"size": 224, "lr": 0.02, "steps": 300, "type": START_TYPE, "schedule": "constant", "crop": 0}
 

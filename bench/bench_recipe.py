@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _train(root: Path, images: list) -> Path:
-    from odal.daemon import datasets
+    from odal.daemon.sources import datasets
 
     labels = list(datasets.SHAPE_LABELS)
     datasets.write_label_map(root / "label_map.pbtxt", labels)
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "recipe.md")
     args = parser.parse_args(argv)
 
-    from odal.daemon import datasets
-    from odal.daemon.atomic import atomic_write_text
+    from odal.daemon.sources import datasets
+    from odal.daemon.system.atomic import atomic_write_text
     from odal.recipe.predictor import Predictor
     from odal.recipe.stream import StreamOptions, build_stream
     from odal.recipe.tasks import read_image

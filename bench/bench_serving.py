@@ -199,7 +199,7 @@ def main(argv: list[str]) -> int:
                   f"**{verdict:.2f}x ({'met' if verdict <= 1.2 else 'not met'})**.", ""]
     table = "\n".join(lines)
     print(table)
-    from odal.daemon.atomic import atomic_write_text
+    from odal.daemon.system.atomic import atomic_write_text
     atomic_write_text(args.output, table)
     return 0
 

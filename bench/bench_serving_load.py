@@ -195,6 +195,6 @@ def run_hostile(clients: int, per_client: int, compare_commit: str, output: Path
             lines.append(f"| {label} | {what} | {answer} |")
     table = "\n".join(lines) + "\n"
     print(table)
-    from odal.daemon.atomic import atomic_write_text
+    from odal.daemon.system.atomic import atomic_write_text
     atomic_write_text(output, table)
     return 0

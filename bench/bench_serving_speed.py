@@ -198,7 +198,7 @@ def main(argv: list[str]) -> int:
                      f"({'met' if ratio >= 1 else 'not met'}).")
     text = "\n".join(lines) + "\n"
     print(text)
-    from odal.daemon.atomic import atomic_write_text
+    from odal.daemon.system.atomic import atomic_write_text
     atomic_write_text(args.output, text)
     return 0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from worker_jobs import Worker, arguments, round_job, shapes, write_result, write_round
 
-from odal.daemon.handlers.round import rss_bytes
+from odal.daemon.rounds.round import rss_bytes
 
 
 def main() -> int:

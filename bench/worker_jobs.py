@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from odal.daemon import datasets
-from odal.daemon.handlers.round import write_annotations
+from odal.daemon.sources import datasets
+from odal.daemon.rounds.round import write_annotations
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "daemon" / "assets" / "ssd_mobilenet_v2_tiny.config"

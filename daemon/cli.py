@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from odal.daemon import config as config_module
-from odal.daemon import log as logs
-from odal.daemon.errors import OdalError
+from odal.daemon.system import log as logs
+from odal.common.errors import OdalError
 
 
 def _run_daemon(config_path: str) -> int:
@@ -32,10 +32,10 @@ def _run_daemon(config_path: str) -> int:
 def status_data(workspace: Path) -> dict:
     """Everything ``odal status`` shows, read without taking the workspace lock and without writing anything
     (works for a user who may only read the workspace, and leaves an older ledger for the daemon to migrate)."""
-    from odal.daemon.history import History
-    from odal.daemon.ledger import Ledger
-    from odal.daemon.lock import read_owner
-    from odal.daemon.statusfile import read as read_now
+    from odal.daemon.store.history import History
+    from odal.daemon.store.ledger import Ledger
+    from odal.daemon.system.lock import read_owner
+    from odal.daemon.store.statusfile import read as read_now
 
     cfg = config_module.load(config_module.workspace_config(workspace))
     out: dict = {"workspace": str(Path(workspace).resolve()), "daemon": read_owner(cfg.work_dir),
@@ -67,7 +67,7 @@ def status_data(workspace: Path) -> dict:
 
 def _queue_status(ledger_path: Path) -> dict | None:
     """The active-learning queue's counts, or None before the daemon created it."""
-    from odal.daemon.handlers.active_queue import ActiveQueue
+    from odal.daemon.store.queue import ActiveQueue
 
     try:
         with ActiveQueue.reader(ledger_path) as queue:
@@ -155,7 +155,7 @@ def _print_status(data: dict) -> None:
     if data["set_aside"]:
         print("\nset aside (newest first; fix the source and run `odal retry`; a line waiting for its image is "
               "tried again when the image appears)")
-        from odal.daemon.images import COMPLETE_BUT
+        from odal.daemon.sources.images import COMPLETE_BUT
 
         for item in data["set_aside"]:
             waits = ""
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", choices=("ssdlite", "tiny"), default="ssdlite",
                    help="ssdlite: fine-tune the pretrained start (default); tiny: the small SSD from scratch")
     sub.add_parser("serve", help="the embedded TF-Serving-compatible server (TF Serving's flags)")
-    from odal.daemon import workspace_init
+    from odal.daemon.commands import init as workspace_init
 
     workspace_init.add_parsers(sub)
     p = sub.add_parser("install-service", help="write the systemd unit and environment file")
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 _print_status(data)
             return 0
         if args.command == "logs":
-            from odal.daemon import logview
+            from odal.daemon.commands import logs as logview
 
             piped = logview.stdin_is_piped()
             log_file = None if piped else config_module.load(config_module.workspace_config(args.workspace)).log_file
@@ -229,30 +229,30 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rollback":
             cfg = config_module.load(config_module.workspace_config(args.workspace))
             logs.configure("info", cfg.log_file, stream=open(os.devnull, "w"))  # recorded in the daemon's log
-            from odal.daemon.handlers.rollback import rollback  # after configure: loggers bind at import
+            from odal.daemon.commands.rollback import rollback  # after configure: loggers bind at import
 
             done = rollback(cfg, args.version, args.force)
             serving = done["serving"] if done["serving"] is not None else "nothing"
             print(f"version {done['version']} moved to {done['moved_to']}; TF Serving now serves {serving}")
             return 0
         if args.command == "retry":
-            from odal.daemon.handlers.retry import retry
+            from odal.daemon.commands.retry import retry
 
             print(retry(config_module.load(config_module.workspace_config(args.workspace))))
             return 0
         if args.command == "demo":
-            from odal.daemon.demo import run_demo
+            from odal.daemon.commands.demo import run_demo
 
             logs.configure("warning")
             return run_demo(Path(args.workspace), args.rounds, Path(args.images) if args.images else None,
                             per_round=args.per_round, steps=args.steps, serve=not args.no_serve,
                             model=args.model)
         if args.command in ("init", "pretrained"):
-            from odal.daemon import workspace_init
+            from odal.daemon.commands import init as workspace_init
 
             return workspace_init.run(args)
         if args.command == "install-service":
-            from odal.daemon.service import install_service
+            from odal.daemon.commands.install_service import install_service
 
             for path in install_service(Path(args.unit_dir), Path(args.env_dir), Path(sys.prefix),
                                         Path(args.config).resolve(), args.user):

@@ -1,8 +1,8 @@
 """A workspace's configuration: one TOML file, validated once at start.
 
 Relative paths are relative to the folder of the TOML file.  Every problem is reported as one
-:class:`~odal.daemon.errors.ConfigError` that names the key (``training.steps_per_round: must be >= 1``).
-The pipeline.config it names is read too (:mod:`odal.daemon.pipeline_check`): its fine-tune checkpoint and the
+:class:`~odal.common.errors.ConfigError` that names the key (``training.steps_per_round: must be >= 1``).
+The pipeline.config it names is read too (:mod:`odal.daemon.rounds.pipeline_check`): its fine-tune checkpoint and the
 settings odal cannot feed are checked here, once.
 """
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odal.daemon import pipeline_check
-from odal.daemon.errors import ConfigError
-from odal.daemon.gate import METRICS
+from odal.daemon.rounds import pipeline_check
+from odal.common.errors import ConfigError
+from odal.daemon.rounds.gate import METRICS
 
 # section -> key -> (type, default); a default of ... means required.
 _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
@@ -60,12 +60,12 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "metrics": {
         "address": (str, ""),  # Prometheus endpoint, e.g. "127.0.0.1:9464"; empty = off
     },
-    "limits": {  # what the daemon reads from the data dir (odal.daemon.limits)
+    "limits": {  # what the daemon reads from the data dir (odal.daemon.sources.limits)
         "image_max_mb": (float, 64.0),  # bigger image files are refused unread
         "image_max_megapixels": (float, 50.0),  # checked in the header, before decoding
         "image_settle_seconds": (float, 5.0),  # a broken image unchanged this long is complete, not being copied
     },
-    "gate": {  # odal.daemon.gate: publish a round's model only if it is not worse than the served version
+    "gate": {  # odal.daemon.rounds.gate: publish a round's model only if it is not worse than the served version
         "metric": (str, "mAP@0.5"),
         "tolerance": (float, 0.0),  # held back when candidate < served - tolerance
         "eval_export": (str, ""),  # a db-out file of annotations only ever evaluated on, never trained on ...
@@ -118,7 +118,7 @@ class Config:
 
     @property
     def limits(self):
-        from odal.daemon.limits import Limits
+        from odal.daemon.sources.limits import Limits
 
         return Limits(self.image_max_bytes, self.image_max_pixels, self.image_settle_seconds)
 

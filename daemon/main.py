@@ -2,9 +2,9 @@
 
 Follow one annotation: a line appended to ``exports/x.jsonl`` -> ``watchers/export_dir.py`` queues
 ``ExportChanged`` -> :meth:`Daemon._handle` -> ``handlers/ingest.py`` writes it to the ledger -> enough new
-accepted annotations and a quiet ``debounce_seconds`` -> ``handlers/round.py`` runs a round in the worker child
-(``worker/rounds.py``: records, train, evaluate, export) -> ``handlers/publish.py`` renames the export into
-``<base_path>/<version>`` -> TF Serving loads it (``handlers/confirm.py`` checks it answers).
+accepted annotations and a quiet ``debounce_seconds`` -> ``rounds/round.py`` runs a round in the worker child
+(``worker/rounds.py``: records, train, evaluate, export) -> ``rounds/publish.py`` renames the export into
+``<base_path>/<version>`` -> TF Serving loads it (``rounds/confirm.py`` checks it answers).
 
 Threads: the watchdog observer (queues events), this main loop (ingest, triggers, sd_notify), and at most one
 round thread.  Signal handlers only record the signal (no lock, no log: the interrupted main thread may hold the
@@ -23,22 +23,22 @@ import threading
 import time
 from pathlib import Path
 
-from odal.daemon import log as logs
-from odal.daemon import limits
+from odal.common.sdnotify import Notifier, watchdog_interval
 from odal.daemon import watchers
 from odal.daemon.config import Config
-from odal.daemon.degraded import Degraded, is_disk_error
-from odal.daemon.handlers import ingest, ingest_db, publish
-from odal.daemon.handlers.active_queue import ActiveQueue
-from odal.daemon.handlers.round import Abandoned, Worker, run_round
-from odal.daemon.history import History
-from odal.daemon.label_map import load_label_map
-from odal.daemon.ledger import Ledger
-from odal.daemon.limits import MAX_ERROR_CHARS
-from odal.daemon.lock import WorkspaceLock
-from odal.daemon.metrics import Metrics
-from odal.daemon.sdnotify import Notifier, watchdog_interval
-from odal.daemon.statusfile import StatusFile
+from odal.daemon.handlers import ingest, ingest_db
+from odal.daemon.rounds import publish
+from odal.daemon.rounds.round import Abandoned, Worker, run_round
+from odal.daemon.sources import limits
+from odal.daemon.sources.label_map import load_label_map
+from odal.daemon.store.history import History
+from odal.daemon.store.ledger import Ledger
+from odal.daemon.store.queue import ActiveQueue
+from odal.daemon.store.statusfile import StatusFile
+from odal.daemon.system import log as logs
+from odal.daemon.system.degraded import Degraded, is_disk_error
+from odal.daemon.system.lock import WorkspaceLock
+from odal.daemon.system.metrics import Metrics
 from odal.daemon.watchers.events import ExportChanged, ImageChanged, ProdigyDbChanged
 from odal.daemon.watchers.image_dir import SettleRechecks
 from odal.serving.client import ServingClient
@@ -202,7 +202,7 @@ class Daemon:
                 self._disk_failed(name, error)
                 return
             log.error("step_failed", step=name, error_class=type(error).__name__,
-                      error=str(error)[:MAX_ERROR_CHARS], retry_in=wait, exc_info=True)
+                      error=str(error)[:limits.MAX_ERROR_CHARS], retry_in=wait, exc_info=True)
             self._set_status(f"{name} failing: {type(error).__name__}: {str(error)[:200]}; retrying in {wait:g} s")
             return
         if failing is not None:
@@ -249,7 +249,7 @@ class Daemon:
                 return
             source = getattr(event, "path", repr(event))  # structlog's own first argument is named `event`
             log.error("event_failed", source=source, kind=type(event).__name__, error_class=type(error).__name__,
-                      error=str(error)[:MAX_ERROR_CHARS], exc_info=True)
+                      error=str(error)[:limits.MAX_ERROR_CHARS], exc_info=True)
             self.metrics.error("event")
 
     def _disk_failed(self, what: str, error: BaseException, event=None) -> None:
@@ -346,7 +346,7 @@ class Daemon:
         """The post-publish check against the serving endpoint, or None when no server is configured."""
         if not self.cfg.serving_address:
             return None
-        from odal.daemon.handlers import confirm
+        from odal.daemon.rounds import confirm
 
         return confirm.Confirmer(self.cfg)
 
@@ -359,7 +359,7 @@ class Daemon:
         """The Prometheus endpoint when ``[metrics] address`` is set (loopback is the intended use)."""
         if not self.cfg.metrics_address:
             return None
-        from odal.daemon.metrics import parse_address, serve
+        from odal.daemon.system.metrics import parse_address, serve
 
         host, port = parse_address(self.cfg.metrics_address)
         server = serve(host, port, self.metrics)

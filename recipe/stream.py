@@ -92,7 +92,7 @@ def queue_state(work_dir: Path | None) -> tuple[list[dict], set[str], set[str], 
     """(ranked queue rows, answered input hashes, answered image paths, daemon data dir) of a daemon's work dir."""
     if work_dir is None:
         return [], set(), set(), None
-    from odal.daemon.handlers.active_queue import ActiveQueue
+    from odal.daemon.store.queue import ActiveQueue
 
     try:
         with ActiveQueue.reader(Path(work_dir)) as active:

@@ -23,7 +23,7 @@ from typing import Collection, Iterable, Sequence
 import numpy as np
 
 from odal.daemon.watchers.image_dir import IMAGE_SUFFIXES
-from odal.recipe.detections import uncertainty
+from odal.common.uncertainty import uncertainty
 from odal.serving.client import Detections
 
 
@@ -53,7 +53,7 @@ def read_image(path: Path) -> ImageData:
 
 def content_hash(data: bytes) -> int:
     """Stable input hash of image bytes when Prodigy's ``set_hashes`` is absent: the first 4 bytes of SHA-1 as a
-    signed int (the same rule as ``odal.daemon.datasets.input_hash``, so the demo annotator agrees)."""
+    signed int (the same rule as ``odal.daemon.sources.datasets.input_hash``, so the demo annotator agrees)."""
     return int.from_bytes(hashlib.sha1(data).digest()[:4], "big", signed=True)
 
 

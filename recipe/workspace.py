@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Iterable
 
 from odal.daemon import config as config_module
-from odal.daemon.errors import ConfigError
-from odal.daemon.prodigy_format import load_label_map
+from odal.common.errors import ConfigError
+from odal.daemon.sources.prodigy_format import load_label_map
 
 DEFAULT_SERVER = "127.0.0.1:8500"  # TF Serving's gRPC port, when the workspace sets no serving.address
 

@@ -6,7 +6,7 @@ client raises them for a failed call, so callers can tell NOT_FOUND from UNAVAIL
 
 from __future__ import annotations
 
-from odal.daemon.errors import OdalError
+from odal.common.errors import OdalError
 
 # The canonical codes, in their numeric order (tensorflow.error.Code == grpc.StatusCode == google.rpc.Code).
 CODES = (

@@ -134,7 +134,7 @@ def main(argv: list[str]) -> int:
 
 
 def _serve(args, stop: threading.Event) -> int:
-    from odal.daemon.sdnotify import Notifier
+    from odal.common.sdnotify import Notifier
     from odal.serving import grpc_api, loader, rest_api
     from odal.serving.registry import Registry
 

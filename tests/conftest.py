@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from odal.daemon import datasets
+from odal.daemon.sources import datasets
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

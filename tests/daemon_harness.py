@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from odal.daemon import datasets
-from odal.daemon.demo import write_workspace
-from odal.daemon.history import History
+from odal.daemon.sources import datasets
+from odal.daemon.commands.demo import write_workspace
+from odal.daemon.store.history import History
 
 
 def make_workspace(root: Path, items: list, steps: int = 10, min_new: int = 2, debounce: float = 0.2,

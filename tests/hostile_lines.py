@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from odal.daemon import datasets
+from odal.daemon.sources import datasets
 
 LABELS = list(datasets.SHAPE_LABELS)
 GOOD_HASH_BASE = 7_000_000_000  # good lines: GOOD_HASH_BASE + n; hostile records: HOSTILE_HASH_BASE + n

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from odal.daemon.handlers.active_queue import ActiveQueue
+from odal.daemon.store.queue import ActiveQueue
 from odal.daemon.handlers.ingest import ingest_export_file
-from odal.daemon.ledger import Ledger
+from odal.daemon.store.ledger import Ledger
 from odal.serving.client import ServingClient
 from odal.serving.process import free_port
 
@@ -162,7 +162,7 @@ def test_the_recipe_reads_the_queue_read_only_and_follows_its_order(workspace, c
 
 
 def test_the_queue_module_never_imports_tensorflow():
-    code = ("import sys, odal.daemon.handlers.active_queue, odal.recipe.stream, odal.recipe.odal_recipe\n"
+    code = ("import sys, odal.daemon.store.queue, odal.recipe.stream, odal.recipe.odal_recipe\n"
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
@@ -180,7 +180,7 @@ def test_the_running_daemon_scores_new_images_with_the_served_model(tmp_path):
     """A real daemon watching a data folder, with a real `odal serve`: images dropped in get an uncertainty score."""
     from daemon_harness import DaemonProcess, make_workspace
 
-    from odal.daemon import datasets
+    from odal.daemon.sources import datasets
 
     items = datasets.generate_shapes(tmp_path / "data", 3, seed=31)
     with serve(tmp_path / "serve", {"odal": brightness_model(tmp_path / "bright")}) as address:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from odal.daemon.atomic import atomic_path, atomic_write, atomic_write_text, publish_dir, remove_tree
+from odal.daemon.system.atomic import atomic_path, atomic_write, atomic_write_text, publish_dir, remove_tree
 
 
 def test_a_write_that_fails_midway_leaves_the_old_content_and_no_temp_file(tmp_path):

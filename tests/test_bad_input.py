@@ -27,12 +27,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon_harness import DaemonProcess, append_records, make_workspace
-from odal.daemon import datasets
+from odal.daemon.sources import datasets
 from odal.daemon.cli import status_data
 from odal.daemon.config import load
 from odal.daemon.handlers.ingest import ingest_export_file
 from odal.daemon.handlers.ingest_db import ingest_prodigy_db
-from odal.daemon.ledger import Ledger
+from odal.daemon.store.ledger import Ledger
 
 LABELS = list(datasets.SHAPE_LABELS)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from odal.daemon import config
-from odal.daemon.errors import ConfigError
+from odal.common.errors import ConfigError
 
 BASE = """
 [prodigy]

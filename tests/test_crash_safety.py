@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 
 from daemon_harness import DaemonProcess, append_records, make_workspace, query
-from odal.daemon import datasets
-from odal.daemon.handlers.publish import MARKER, version_dirs
+from odal.daemon.sources import datasets
+from odal.daemon.rounds.publish import MARKER, version_dirs
 
 FULL = os.environ.get("ODAL_FULL_FAULTS") == "1"
 KILLS = int(os.environ.get("ODAL_FAULT_KILLS", "200" if FULL else "8"))

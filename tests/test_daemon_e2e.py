@@ -13,8 +13,8 @@ import tensorflow as tf
 from PIL import Image
 
 from daemon_harness import DaemonProcess, append_records, make_workspace, records_for
-from odal.daemon import datasets
-from odal.daemon.ledger import Ledger
+from odal.daemon.sources import datasets
+from odal.daemon.store.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 

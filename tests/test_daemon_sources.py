@@ -8,8 +8,8 @@ import signal
 import time
 
 from daemon_harness import DaemonProcess, make_workspace, odal_cli, records_for
-from odal.daemon import datasets
-from odal.daemon.ledger import Ledger
+from odal.daemon.sources import datasets
+from odal.daemon.store.ledger import Ledger
 from test_ingest_db import ProdigyDB
 
 

@@ -14,12 +14,14 @@ import pytest
 
 from hostile import jpeg, make
 
-from odal.daemon import limits, safe_files
-from odal.daemon.handlers.active_queue import ActiveQueue
+from odal.daemon.sources import limits
+
+from odal.daemon.sources import safe_files
+from odal.daemon.store.queue import ActiveQueue
 from odal.daemon.handlers.ingest import ingest_export_file, retry_waiting
-from odal.daemon.handlers.round import with_images
-from odal.daemon.images import COMPLETE_BUT
-from odal.daemon.ledger import Ledger
+from odal.daemon.rounds.round import with_images
+from odal.daemon.sources.images import COMPLETE_BUT
+from odal.daemon.store.ledger import Ledger
 
 HOSTILE = ("fifo", "dev_zero_link", "dev_node", "loop", "self_loop", "escaping_link", "dangling_link", "bomb",
            "big_png", "truncated_jpeg", "random_bytes", "folder", "empty", "sparse_huge")

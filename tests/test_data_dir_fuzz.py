@@ -25,11 +25,13 @@ from hypothesis import strategies as st
 
 from hostile import KINDS, jpeg, make
 
-from odal.daemon import limits, safe_files
-from odal.daemon.handlers.active_queue import ActiveQueue
+from odal.daemon.sources import limits
+
+from odal.daemon.sources import safe_files
+from odal.daemon.store.queue import ActiveQueue
 from odal.daemon.handlers.ingest import ingest_export_file
-from odal.daemon.handlers.round import with_images
-from odal.daemon.ledger import Ledger
+from odal.daemon.rounds.round import with_images
+from odal.daemon.store.ledger import Ledger
 
 EXAMPLES = int(os.environ.get("ODAL_FUZZ_DATADIR_EXAMPLES", "200"))
 SUFFIXES = (".png", ".jpg", ".JPEG", ".gif", ".webp", ".tif", ".bmp")

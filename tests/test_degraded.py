@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import sqlite3
 
-from odal.daemon.degraded import Degraded, is_disk_error
+from odal.daemon.system.degraded import Degraded, is_disk_error
 
 
 class Clock:

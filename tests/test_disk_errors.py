@@ -18,11 +18,11 @@ import pytest
 
 from daemon_harness import DaemonProcess, append_records, make_workspace, odal_cli, records_for
 
-from odal.daemon import datasets
+from odal.daemon.sources import datasets
 from odal.daemon.config import load
-from odal.daemon.handlers.round import Worker, run_round
-from odal.daemon.history import History
-from odal.daemon.log import RotatingFile
+from odal.daemon.rounds.round import Worker, run_round
+from odal.daemon.store.history import History
+from odal.daemon.system.log import RotatingFile
 
 
 @contextlib.contextmanager

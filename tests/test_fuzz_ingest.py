@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from hostile_lines import LABELS, Line, batches, dumps, good_record
-from odal.daemon import datasets
+from odal.daemon.sources import datasets
 from odal.daemon.handlers import ingest as ingest_module
 from odal.daemon.handlers.ingest import ingest_export_file
 from odal.daemon.handlers.ingest_db import ingest_prodigy_db
-from odal.daemon.ledger import Ledger
+from odal.daemon.store.ledger import Ledger
 from test_ingest_db import PRODIGY_SCHEMA
 
 LONG = os.environ.get("ODAL_FUZZ_LONG") == "1"

@@ -13,12 +13,14 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from daemon_harness import make_workspace
-from odal.daemon import datasets, evalset, gate
+from odal.daemon.sources import datasets
+from odal.daemon.sources import evalset
+from odal.daemon.rounds import gate
 from odal.daemon.config import load
-from odal.daemon.errors import ConfigError
-from odal.daemon.handlers.round_inputs import assign_splits
-from odal.daemon.history import History
-from odal.daemon.metrics import Metrics
+from odal.common.errors import ConfigError
+from odal.daemon.rounds.inputs import assign_splits
+from odal.daemon.store.history import History
+from odal.daemon.system.metrics import Metrics
 from test_ingest_db import ProdigyDB
 
 KEY = gate.METRICS["mAP@0.5"]

@@ -23,13 +23,13 @@ import pytest
 import tensorflow as tf
 
 from daemon_harness import make_workspace, odal_cli
-from odal.daemon import datasets
+from odal.daemon.sources import datasets
 from odal.daemon.config import load
-from odal.daemon.handlers import publish
-from odal.daemon.handlers.rollback import rollback
-from odal.daemon.handlers.round import Worker, run_round
-from odal.daemon.history import History
-from odal.daemon.ledger import Ledger
+from odal.daemon.rounds import publish
+from odal.daemon.commands.rollback import rollback
+from odal.daemon.rounds.round import Worker, run_round
+from odal.daemon.store.history import History
+from odal.daemon.store.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 

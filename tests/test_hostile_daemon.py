@@ -13,8 +13,8 @@ from daemon_harness import DaemonProcess, append_records, make_workspace, odal_c
 from hostile import jpeg, make
 from test_recipe import brightness_model, serve
 
-from odal.daemon import datasets
-from odal.daemon.handlers.active_queue import ActiveQueue
+from odal.daemon.sources import datasets
+from odal.daemon.store.queue import ActiveQueue
 
 HOSTILE = ("fifo", "dev_zero_link", "dev_node", "loop", "self_loop", "escaping_link", "dangling_link", "bomb",
            "big_png", "truncated_jpeg", "random_bytes", "folder", "empty", "sparse_huge")

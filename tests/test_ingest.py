@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 from structlog.testing import capture_logs
 
-from odal.daemon import datasets
+from odal.daemon.sources import datasets
 from odal.daemon.handlers.ingest import CHUNK_LINES, ingest_export_dir, ingest_export_file, retry_waiting
-from odal.daemon.ledger import Ledger
-from odal.daemon.prodigy_format import parse_record
+from odal.daemon.store.ledger import Ledger
+from odal.daemon.sources.prodigy_format import parse_record
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "prodigy" / "db-out-image-manual.jsonl"
 LABELS = list(datasets.SHAPE_LABELS)
@@ -430,7 +430,7 @@ def test_a_reader_killed_mid_file_loses_nothing_and_counts_nothing_twice(ws):
     lines = [ws.record(i % 4, _input_hash=i, timestamp=1000) for i in range(CHUNK_LINES * 6)]
     ws.append(*lines)
     ws.ledger.close()
-    code = ("import sys; from pathlib import Path; from odal.daemon.ledger import Ledger; "
+    code = ("import sys; from pathlib import Path; from odal.daemon.store.ledger import Ledger; "
             "from odal.daemon.handlers.ingest import ingest_export_file; "
             "ingest_export_file(Path(sys.argv[1]), Ledger(Path(sys.argv[2])), sys.argv[3].split(','), "
             "Path(sys.argv[4]), Path(sys.argv[5]))")
@@ -504,6 +504,6 @@ def test_export_dir_reads_jsonl_and_json_lines_files_and_skips_arrays_and_hidden
 
 
 def test_ingest_modules_do_not_import_tensorflow():
-    code = ("import sys, odal.daemon.handlers.ingest, odal.daemon.handlers.ingest_db, odal.daemon.ledger, "
-            "odal.daemon.prodigy_format; sys.exit('tensorflow' in sys.modules)")
+    code = ("import sys, odal.daemon.handlers.ingest, odal.daemon.handlers.ingest_db, odal.daemon.store.ledger, "
+            "odal.daemon.sources.prodigy_format; sys.exit('tensorflow' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from odal.daemon import datasets
-from odal.daemon.errors import SchemaError
+from odal.daemon.sources import datasets
+from odal.common.errors import SchemaError
 from odal.daemon.handlers.ingest_db import check_schema, ingest_prodigy_db
-from odal.daemon.ledger import Ledger
+from odal.daemon.store.ledger import Ledger
 
 LABELS = list(datasets.SHAPE_LABELS)
 

@@ -8,9 +8,9 @@ import sqlite3
 import pytest
 from structlog.testing import capture_logs
 
-from odal.daemon.errors import InvalidRecord
+from odal.common.errors import InvalidRecord
 from odal.daemon.handlers import ingest
-from odal.daemon.prodigy_format import parse_record
+from odal.daemon.sources.prodigy_format import parse_record
 from test_ingest import LABELS, Workspace, set_aside_events
 
 

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from odal.daemon.ledger import SCHEMA_VERSION, WAITING_LINE_BYTES, Ledger
-from odal.daemon.prodigy_format import Annotation, Box
+from odal.daemon.store.ledger import SCHEMA_VERSION, WAITING_LINE_BYTES, Ledger
+from odal.daemon.sources.prodigy_format import Annotation, Box
 
 
 def ann(input_hash="1", timestamp=100.0, answer="accept", boxes=(("a", 0.1, 0.1, 0.5, 0.5),), task_hash="t"):

@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from odal.daemon.errors import WorkspaceLocked
-from odal.daemon.lock import LOCK_NAME, WorkspaceLock, read_owner
+from odal.common.errors import WorkspaceLocked
+from odal.daemon.system.lock import LOCK_NAME, WorkspaceLock, read_owner
 
 HOLDER = """
 import sys
-from odal.daemon.lock import WorkspaceLock
+from odal.daemon.system.lock import WorkspaceLock
 with WorkspaceLock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()
@@ -149,7 +149,7 @@ def test_status_probes_do_not_make_a_starting_daemon_fail(tmp_path):
     """read_owner polling in another process never makes acquire() report a phantom owner."""
     poller = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time\nfrom odal.daemon.lock import read_owner\n"
+         "import sys, time\nfrom odal.daemon.system.lock import read_owner\n"
          "end = time.monotonic() + 20\n"
          "while time.monotonic() < end: read_owner(sys.argv[1])\n", str(tmp_path)])
     try:
@@ -165,7 +165,7 @@ def test_status_probes_do_not_make_a_starting_daemon_fail(tmp_path):
 def test_a_second_daemon_started_meanwhile_is_refused_while_the_first_runs(tmp_path):
     """Two processes racing to start: exactly one wins, the other gets WorkspaceLocked."""
     script = (
-        "import sys\nfrom odal.daemon.lock import WorkspaceLock\nfrom odal.daemon.errors import WorkspaceLocked\n"
+        "import sys\nfrom odal.daemon.system.lock import WorkspaceLock\nfrom odal.common.errors import WorkspaceLocked\n"
         "try:\n    lock = WorkspaceLock(sys.argv[1]); lock.acquire()\n"
         "except WorkspaceLocked:\n    print('refused', flush=True); sys.exit(3)\n"
         "print('won', flush=True); sys.stdin.read()\n"

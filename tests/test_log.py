@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from odal.daemon import log as logs
-from odal.daemon.logview import follow
+from odal.daemon.system import log as logs
+from odal.daemon.commands.logs import follow
 
 
 def _lines(path) -> list[str]:

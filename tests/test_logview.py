@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from odal.daemon import logview
+from odal.daemon.commands import logs as logview
 
 LINE = json.dumps({"logger": "odal.round", "round": 3, "stage": "train", "note": "two words", "event": "stage_started",
                    "level": "info", "timestamp": "2026-11-24T01:29:07.171628Z"})

@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from odal.daemon.metrics import CONTENT_TYPE, Metrics, parse_address, serve
+from odal.daemon.system.metrics import CONTENT_TYPE, Metrics, parse_address, serve
 
 
 def test_a_published_round_counts_stages_version_and_map():
@@ -65,7 +65,7 @@ def test_addresses_parse_and_empty_means_off():
 
 def test_the_real_daemon_serves_its_ingest_counts_on_the_configured_address(tmp_path):
     from daemon_harness import DaemonProcess, append_records, make_workspace
-    from odal.daemon import datasets
+    from odal.daemon.sources import datasets
     from odal.serving.process import free_port
 
     items = datasets.generate_shapes(tmp_path / "images", 2)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from odal.daemon import datasets
-from odal.daemon.errors import ConfigError, InvalidRecord
-from odal.daemon.prodigy_format import Annotation, Box, load_label_map, open_image, parse_record, resolve_image
+from odal.daemon.sources import datasets
+from odal.common.errors import ConfigError, InvalidRecord
+from odal.daemon.sources.prodigy_format import Annotation, Box, load_label_map, open_image, parse_record, resolve_image
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "prodigy" / "db-out-image-manual.jsonl"
 FIXTURE_LABELS = ("CONTENT", "REDACTION")

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from odal.daemon.errors import PublishError
-from odal.daemon.handlers import publish
-from odal.daemon.history import History
+from odal.common.errors import PublishError
+from odal.daemon.rounds import publish
+from odal.daemon.store.history import History
 
 
 @pytest.fixture

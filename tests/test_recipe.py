@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from odal.daemon.handlers.ingest import ingest_export_file
-from odal.daemon.ledger import Ledger
-from odal.recipe.detections import uncertainty
+from odal.daemon.store.ledger import Ledger
+from odal.common.uncertainty import uncertainty
 from odal.recipe.predictor import Predictor
 from odal.recipe.stream import StreamOptions, build_stream
 from odal.recipe.tasks import read_image

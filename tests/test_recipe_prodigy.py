@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from odal.daemon import datasets
-from odal.daemon.demo import write_workspace
-from odal.daemon.errors import ConfigError
+from odal.daemon.sources import datasets
+from odal.daemon.commands.demo import write_workspace
+from odal.common.errors import ConfigError
 from odal.serving.process import free_port
 
 RECIPE_FILE = Path(__file__).resolve().parents[1] / "recipe" / "odal_recipe.py"

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from odal.daemon import datasets
-from odal.daemon.errors import ConfigError
-from odal.recipe.detections import uncertainty
+from odal.daemon.sources import datasets
+from odal.common.errors import ConfigError
+from odal.common.uncertainty import uncertainty
 from odal.recipe.stream import StreamOptions, list_images, ordered_paths
 from odal.recipe.tasks import (add_detections, before_db, content_hash, make_task, own_hashes, read_image,
                                stored_path)

@@ -17,10 +17,10 @@ from typing import Iterator
 
 import pytest
 
-from odal.daemon.demo import write_workspace
-from odal.daemon.errors import ConfigError
+from odal.daemon.commands.demo import write_workspace
+from odal.common.errors import ConfigError
 from odal.daemon.handlers.ingest import ingest_export_file
-from odal.daemon.ledger import Ledger
+from odal.daemon.store.ledger import Ledger
 from odal.recipe.odal_recipe import correct
 from odal.recipe.predictor import Predictor
 from odal.serving.client import ServingClient

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from daemon_harness import make_workspace, odal_cli
-from odal.daemon import datasets
+from odal.daemon.sources import datasets
 from odal.daemon.config import load
-from odal.daemon.handlers import publish
-from odal.daemon.handlers.rollback import RollbackError, rollback
-from odal.daemon.history import History
+from odal.daemon.rounds import publish
+from odal.daemon.commands.rollback import RollbackError, rollback
+from odal.daemon.store.history import History
 
 
 def _publish(cfg, history: History, round_id: int) -> int:

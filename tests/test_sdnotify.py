@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from odal.daemon.sdnotify import Notifier, watchdog_interval
+from odal.common.sdnotify import Notifier, watchdog_interval
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_without_notify_socket_everything_is_a_no_op():
 def test_send_failure_is_logged_once_and_never_raises(tmp_path, caplog):
     """A socket that is gone makes sends return False and log one warning, however many are tried."""
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
-    with caplog.at_level(logging.WARNING, logger="odal.daemon.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="odal.common.sdnotify"):
         assert notifier.ready() is False
         assert notifier.watchdog() is False
         assert notifier.stopping() is False
@@ -123,7 +123,7 @@ def test_send_failure_is_logged_once_and_never_raises(tmp_path, caplog):
 
 def test_a_relative_notify_socket_is_logged_and_ignored(caplog):
     """NOTIFY_SOCKET that is neither an absolute path nor @abstract disables notification with a warning."""
-    with caplog.at_level(logging.WARNING, logger="odal.daemon.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="odal.common.sdnotify"):
         notifier = Notifier({"NOTIFY_SOCKET": "relative/path"})
     assert not notifier.enabled and notifier.ready() is False
     assert "NOTIFY_SOCKET" in caplog.text
@@ -164,7 +164,7 @@ def test_the_real_daemon_speaks_the_protocol_as_systemd_runs_it(tmp_path, path_s
     import time
 
     from daemon_harness import DaemonProcess, append_records, make_workspace
-    from odal.daemon import datasets
+    from odal.daemon.sources import datasets
 
     sock, address = path_socket
     sock.settimeout(0.2)
@@ -209,7 +209,7 @@ def test_a_long_first_read_keeps_pinging_the_watchdog(tmp_path, path_socket):
     import json
 
     from daemon_harness import DaemonProcess, append_records, make_workspace
-    from odal.daemon import datasets
+    from odal.daemon.sources import datasets
 
     sock, address = path_socket
     sock.settimeout(0.2)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from odal.daemon.atomic import publish_dir
+from odal.daemon.system.atomic import publish_dir
 from odal.serving import discovery
 from odal.serving.client import ServingClient
 from odal.serving.errors import ServingError

@@ -19,7 +19,7 @@ import threading
 import time
 
 from daemon_harness import DaemonProcess, make_workspace, records_for
-from odal.daemon import datasets
+from odal.daemon.sources import datasets
 from odal.daemon.config import load
 
 KILLS = int(os.environ.get("ODAL_SIGTERM_KILLS", "20"))

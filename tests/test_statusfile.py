@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from odal.daemon import statusfile
+from odal.daemon.store import statusfile
 
 
 def test_a_status_is_written_now_then_rate_limited_and_flushed_later(tmp_path):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from odal.daemon.errors import ConfigError
-from odal.daemon.service import ENV_NAME, UNIT_NAME, install_service, render_unit
+from odal.common.errors import ConfigError
+from odal.daemon.commands.install_service import ENV_NAME, UNIT_NAME, install_service, render_unit
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / UNIT_NAME

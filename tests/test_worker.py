@@ -145,7 +145,7 @@ def test_the_daemons_worker_is_retired_after_a_round_that_left_it_above_its_memo
     (which builds its session again) and still publishes a usable model."""
     from structlog.testing import capture_logs
 
-    from odal.daemon.handlers.round import Worker
+    from odal.daemon.rounds.round import Worker
 
     worker = Worker(tmp_path / "worker.log", max_rss=1 << 20)  # 1 MiB: every TensorFlow child is above it
     results, pids = [], []

@@ -13,7 +13,7 @@ import tensorflow as tf
 from daemon_harness import odal_cli
 
 from odal.daemon import config as config_module
-from odal.daemon import datasets
+from odal.daemon.sources import datasets
 from odal.daemon.worker.pretrained import checkpoint_prefix
 
 

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from odal.daemon import datasets
+from odal.daemon.sources import datasets
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ Guarded boundaries: *any* exception from one line (parsing, its image, or writin
 logged once as ``record_set_aside`` with file, line and ``error_class``; any other exception from one source is
 logged once as ``source_failed`` and the source is tried again on its next change.  Only the ledger's own storage
 errors (a full disk, an I/O error) go up to the caller.  A line longer than
-:data:`~odal.daemon.limits.MAX_LINE_BYTES` is set aside without being held in memory.
+:data:`~odal.daemon.sources.limits.MAX_LINE_BYTES` is set aside without being held in memory.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import structlog
 
-from odal.daemon.degraded import is_disk_error
-from odal.daemon.errors import InvalidRecord
-from odal.daemon.ledger import Ledger
-from odal.daemon.limits import MAX_ERROR_CHARS, MAX_LINE_BYTES
-from odal.daemon.prodigy_format import open_image, parse_record
+from odal.daemon.system.degraded import is_disk_error
+from odal.common.errors import InvalidRecord
+from odal.daemon.store.ledger import Ledger
+from odal.daemon.sources.limits import MAX_ERROR_CHARS, MAX_LINE_BYTES
+from odal.daemon.sources.prodigy_format import open_image, parse_record
 
 log = structlog.get_logger("odal.ingest")
 

@@ -18,10 +18,10 @@ from urllib.parse import quote
 
 import structlog
 
-from odal.daemon.errors import SchemaError
-from odal.daemon.degraded import is_disk_error
+from odal.common.errors import SchemaError
+from odal.daemon.system.degraded import is_disk_error
 from odal.daemon.handlers.ingest import CHUNK_LINES, RecordBatch, storage_error
-from odal.daemon.ledger import Ledger
+from odal.daemon.store.ledger import Ledger
 
 log = structlog.get_logger("odal.ingest")
 

@@ -86,7 +86,7 @@ def _protos_dir() -> Path:
 
 def rebuild_protos(protos_dir: Path | None = None) -> int:
     """Rewrite every old-style ``*_pb2.py`` under ``protos_dir`` in place; returns how many were rewritten."""
-    from odal.daemon.atomic import atomic_write_text
+    from odal.daemon.system.atomic import atomic_write_text
 
     protos_dir = protos_dir or _protos_dir()
     count = 0

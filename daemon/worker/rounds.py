@@ -1,6 +1,6 @@
 """One round job, inside the worker: records -> train -> evaluate -> export, each stage timed.
 
-A job names every input and output path (see ``odal.daemon.handlers.round`` for how the daemon builds it):
+A job names every input and output path (see ``odal.daemon.rounds.round`` for how the daemon builds it):
 
     round_dir        folder of this round: annotations.jsonl (input), records, pipeline.config, logs
     pipeline_config  the user's pipeline.config
@@ -11,7 +11,7 @@ A job names every input and output path (see ``odal.daemon.handlers.round`` for 
     checkpoint_dir   where this round's checkpoint must appear (written aside, renamed into place)
     export_dir       where the SavedModel must appear (a staging folder the daemon publishes)
     tensorboard_dir  where TensorBoard events go, or null
-    gate             {"metric", "tolerance"} of the publish gate (odal.daemon.gate), or null: no gate
+    gate             {"metric", "tolerance"} of the publish gate (odal.daemon.rounds.gate), or null: no gate
     served           {"version", "path"} of the version serving now, or null: nothing serves
 
 With a gate, the served version is evaluated on the same eval data as the candidate; a candidate the gate holds
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede object_detection)
-from odal.daemon import gate as gates
-from odal.daemon.atomic import publish_dir, remove_tree
+from odal.daemon.rounds import gate as gates
+from odal.daemon.system.atomic import publish_dir, remove_tree
 from odal.daemon.worker import session as sessions
 from odal.daemon.worker.served import evaluate_served
 from odal.daemon.worker.tfrecords import write_records

@@ -44,7 +44,7 @@ from object_detection.utils import config_util
 from google.protobuf import text_format
 from tensorflow.python.training import checkpoint_state_pb2
 
-from odal.daemon.atomic import atomic_write_text, remove_tree
+from odal.daemon.system.atomic import atomic_write_text, remove_tree
 
 Progress = Callable[[int, int, float], None]
 

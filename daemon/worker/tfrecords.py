@@ -9,7 +9,7 @@ from pathlib import Path
 import tensorflow as tf
 from PIL import Image
 
-from odal.daemon.atomic import atomic_path
+from odal.daemon.system.atomic import atomic_path
 
 _KEEP_FORMATS = {"JPEG": b"jpeg", "PNG": b"png"}
 

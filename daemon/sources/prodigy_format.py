@@ -1,7 +1,7 @@
 """Prodigy ``image.manual`` records as odal values: parse them, locate and check their image.
 
 Pure functions (no TensorFlow, no database).  Every problem with one record is an
-:class:`~odal.daemon.errors.InvalidRecord` whose message says what is wrong and where (span, label, path), so the
+:class:`~odal.common.errors.InvalidRecord` whose message says what is wrong and where (span, label, path), so the
 ingest can set that record aside and go on.
 
 * :func:`parse_record` turns one ``db-out`` object into an :class:`Annotation` with normalised, clipped
@@ -9,7 +9,7 @@ ingest can set that record aside and go on.
 * :func:`open_image` / :func:`resolve_image` find the image the record names (a path inside ``data_dir``, a
   ``data:`` URI stored once as a blob, or ``meta.file``) and check that it decodes.
 
-Values from a record are bounded (:mod:`odal.daemon.limits`) and shown shortened in messages.
+Values from a record are bounded (:mod:`odal.daemon.sources.limits`) and shown shortened in messages.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from odal.daemon.errors import InvalidRecord
-from odal.daemon.images import ImageFile, locate
-from odal.daemon.label_map import load_label_map  # noqa: F401 - re-exported: it was defined here
-from odal.daemon.limits import MAX_DIMENSION, MAX_HASH_DIGITS, MAX_SHOWN_CHARS, MAX_SPANS
+from odal.common.errors import InvalidRecord
+from odal.daemon.sources.images import ImageFile, locate
+from odal.daemon.sources.label_map import load_label_map  # noqa: F401 - re-exported: it was defined here
+from odal.daemon.sources.limits import MAX_DIMENSION, MAX_HASH_DIGITS, MAX_SHOWN_CHARS, MAX_SPANS
 
 ANSWERS = ("accept", "reject", "ignore")
 
@@ -227,5 +227,5 @@ def resolve_image(ann: Annotation, data_dir: Path, blob_dir: Path) -> Path:
 
 def open_image(ann: Annotation, data_dir: Path, blob_dir: Path) -> ImageFile:
     """Locate the record's image and check it decodes, within the limits; raises :class:`InvalidRecord`
-    (see :func:`odal.daemon.images.locate`: the one image path, through :mod:`odal.daemon.safe_files`)."""
+    (see :func:`odal.daemon.sources.images.locate`: the one image path, through :mod:`odal.daemon.sources.safe_files`)."""
     return locate(ann.image_ref, ann.meta_file, Path(data_dir), Path(blob_dir))

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from odal.daemon import gate as gates
-from odal.daemon import log as logs
-from odal.daemon.atomic import remove_tree
+from odal.daemon.rounds import gate as gates
+from odal.daemon.system import log as logs
+from odal.daemon.system.atomic import remove_tree
 from odal.daemon.config import Config
-from odal.daemon.errors import RoundFailed
-from odal.daemon.handlers import publish
-from odal.daemon.handlers.round_inputs import image_roots, round_inputs, with_images, write_splits
-from odal.daemon.handlers.round_inputs import split_of, write_annotations  # noqa: F401 - their old home
-from odal.daemon.history import History
+from odal.common.errors import RoundFailed
+from odal.daemon.rounds import publish
+from odal.daemon.rounds.inputs import image_roots, round_inputs, with_images, write_splits
+from odal.daemon.rounds.inputs import split_of, write_annotations  # noqa: F401 - their old home
+from odal.daemon.store.history import History
 
 log = logs.get("odal.round")
 

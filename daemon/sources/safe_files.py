@@ -6,7 +6,7 @@ of the allowed roots; it is ``stat``-ed before it is opened and must be a regula
 limit (a FIFO, a device, a socket or a folder is never opened); it is opened ``O_NONBLOCK | O_NOFOLLOW`` and
 checked again with ``fstat`` (a file swapped meanwhile is refused); reads stop at the byte limit.
 
-The limits are :mod:`odal.daemon.limits`'s (every bound on outside input lives there).
+The limits are :mod:`odal.daemon.sources.limits`'s (every bound on outside input lives there).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from odal.daemon.errors import OdalError
-from odal.daemon.limits import limits
+from odal.common.errors import OdalError
+from odal.daemon.sources.limits import limits
 
 
 class Refused(OdalError):

@@ -20,10 +20,10 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from odal.daemon import log as logs
+from odal.daemon.system import log as logs
 from odal.daemon.config import Config
-from odal.daemon.errors import InvalidRecord
-from odal.daemon.prodigy_format import open_image, parse_record
+from odal.common.errors import InvalidRecord
+from odal.daemon.sources.prodigy_format import open_image, parse_record
 
 log = logs.get("odal.evalset")
 

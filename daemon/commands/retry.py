@@ -15,9 +15,9 @@ import signal
 import socket
 
 from odal.daemon.config import Config
-from odal.daemon.errors import OdalError, WorkspaceLocked
-from odal.daemon.ledger import Ledger
-from odal.daemon.lock import WorkspaceLock, read_owner
+from odal.common.errors import OdalError, WorkspaceLocked
+from odal.daemon.store.ledger import Ledger
+from odal.daemon.system.lock import WorkspaceLock, read_owner
 
 
 class RetryError(OdalError):

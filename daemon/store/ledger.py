@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from odal.daemon import store
-from odal.daemon.prodigy_format import Annotation
+from odal.daemon.store import db as store
+from odal.daemon.sources.prodigy_format import Annotation
 
 SCHEMA_VERSION = 3
 EXCERPT_CHARS = 300

@@ -1,5 +1,5 @@
 """What a round trains and evaluates on: the ledger's accepted annotations whose image is still there, split
-stably into train and eval (``eval_fraction``), or, with a fixed eval set (``odal.daemon.evalset``), all of them
+stably into train and eval (``eval_fraction``), or, with a fixed eval set (``odal.daemon.sources.evalset``), all of them
 trained on except the eval set's images, which only evaluate.  Written as the round's ``annotations.jsonl``."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from odal.daemon import evalset as evalsets
-from odal.daemon import images, safe_files
-from odal.daemon import log as logs
-from odal.daemon import gate as gates
-from odal.daemon.atomic import atomic_write
+from odal.daemon.sources import evalset as evalsets
+from odal.daemon.sources import images
+from odal.daemon.sources import safe_files
+from odal.daemon.system import log as logs
+from odal.daemon.rounds import gate as gates
+from odal.daemon.system.atomic import atomic_write
 from odal.daemon.config import Config
 
 log = logs.get("odal.round")
@@ -29,7 +30,7 @@ def with_images(accepted: list[dict], roots: list[Path]) -> tuple[list[dict], li
 
     One image deleted from the data folder after it was annotated must not fail every later round; nor may one
     replaced by a FIFO, a device link, a file over the byte limit or a decompression bomb reach the worker: each is
-    checked through :mod:`odal.daemon.safe_files` (inside ``roots``, regular, bounded) and its header's size."""
+    checked through :mod:`odal.daemon.sources.safe_files` (inside ``roots``, regular, bounded) and its header's size."""
     present, missing = [], []
     for annotation in accepted:
         path = annotation.get("image_path")

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from odal.daemon.atomic import atomic_write_text
+from odal.daemon.system.atomic import atomic_write_text
 
 FILE_NAME = "status.json"
 SIZE = 4096

@@ -1,4 +1,4 @@
-"""Decoding images the daemon did not make, within the limits of :mod:`odal.daemon.limits`.
+"""Decoding images the daemon did not make, within the limits of :mod:`odal.daemon.sources.limits`.
 
 * :func:`header_size` reads only the header (Pillow opens lazily) and refuses an image over the pixel limit, a
   decompression bomb included, before a single pixel is decoded.
@@ -6,7 +6,7 @@
 * :func:`pixels_for_scoring` decodes an RGB array no larger than ``max_side`` (JPEGs are decoded at reduced scale,
   others shrunk right after decoding): what the active-learning queue sends to the server.
 * :func:`locate` finds a record's image (a path inside ``data_dir``, a ``data:`` URI stored once as a blob) and
-  checks it; every problem is an :class:`~odal.daemon.errors.InvalidRecord` whose ``image`` is set when the file
+  checks it; every problem is an :class:`~odal.common.errors.InvalidRecord` whose ``image`` is set when the file
   may still change (missing, or broken while it is still being written).  A broken file unchanged for
   ``settle_seconds`` is complete: it is set aside with a message starting with :data:`COMPLETE_BUT`.
 """
@@ -22,10 +22,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from odal.daemon import safe_files
-from odal.daemon.limits import limits
-from odal.daemon.atomic import atomic_write_bytes
-from odal.daemon.errors import InvalidRecord, OdalError
+from odal.daemon.sources import safe_files
+from odal.daemon.sources.limits import limits
+from odal.daemon.system.atomic import atomic_write_bytes
+from odal.common.errors import InvalidRecord, OdalError
 
 COMPLETE_BUT = "image is complete but"  # a set-aside image that is not waiting for a copy to finish
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")

@@ -13,11 +13,11 @@ that are still there.
 
 from __future__ import annotations
 
-from odal.daemon import log as logs
+from odal.daemon.system import log as logs
 from odal.daemon.config import Config
-from odal.daemon.errors import OdalError
-from odal.daemon.handlers import publish
-from odal.daemon.history import History
+from odal.common.errors import OdalError
+from odal.daemon.rounds import publish
+from odal.daemon.store.history import History
 
 log = logs.get("odal.rollback")
 

@@ -14,10 +14,10 @@ import shutil
 import time
 from pathlib import Path
 
-from odal.daemon import log as logs
-from odal.daemon.atomic import atomic_write_text, fsync_dir, publish_dir, remove_tree
-from odal.daemon.errors import PublishError
-from odal.daemon.history import History
+from odal.daemon.system import log as logs
+from odal.daemon.system.atomic import atomic_write_text, fsync_dir, publish_dir, remove_tree
+from odal.common.errors import PublishError
+from odal.daemon.store.history import History
 
 MARKER = Path("assets.extra") / "odal.json"
 log = logs.get("odal.publish")

@@ -22,7 +22,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import WorkspaceLocked
+from odal.common.errors import WorkspaceLocked
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from odal.daemon.errors import ConfigError
+from odal.common.errors import ConfigError
 
 # input reader flags -> what odal's records would need to hold for them
 _INPUT_NEEDS = {

@@ -20,9 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from odal.daemon import datasets, workspace_init
+from odal.daemon.sources import datasets
+
+from odal.daemon.commands import init as workspace_init
 from odal.daemon.cli import rounds_table
-from odal.daemon.history import History
+from odal.daemon.store.history import History
 from odal.serving.process import ServerProcess, stop_process_group
 
 MARKER = ".odal-demo"

@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from odal.daemon import datasets
-from odal.daemon.atomic import atomic_write_text
-from odal.daemon.errors import ConfigError, OdalError
+from odal.daemon.sources import datasets
+from odal.daemon.system.atomic import atomic_write_text
+from odal.common.errors import ConfigError, OdalError
 
 ASSETS = Path(__file__).parent / "assets"
 MODELS = {

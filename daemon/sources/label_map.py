@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from odal.daemon.errors import ConfigError
+from odal.common.errors import ConfigError
 
 _TOKEN = re.compile(r"""\s*(?:(\#[^\n]*)|([{}:;,])|("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|([^\s{}:;,"'#]+))""")
 

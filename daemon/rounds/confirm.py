@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from odal.daemon import log as logs
+from odal.daemon.system import log as logs
 from odal.daemon.config import Config
-from odal.daemon.errors import PublishError
-from odal.daemon.handlers import publish
-from odal.daemon.history import History
+from odal.common.errors import PublishError
+from odal.daemon.rounds import publish
+from odal.daemon.store.history import History
 
 log = logs.get("odal.confirm")
 

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from .atomic import atomic_path
-from .errors import ConfigError, OdalError
+from odal.daemon.system.atomic import atomic_path
+from odal.common.errors import ConfigError, OdalError
 
 __all__ = ["UNIT_NAME", "ENV_NAME", "TEMPLATE_DIR", "render_unit", "render_env", "install_service"]
 
@@ -44,7 +44,7 @@ def _checked_path(name: str, path: Path) -> str:
 
 def _replace(text: str, old: str, new: str) -> str:
     if old not in text:
-        raise OdalError(f"systemd template no longer contains {old!r}; update odal.daemon.service")
+        raise OdalError(f"systemd template no longer contains {old!r}; update odal.daemon.commands.install_service")
     return text.replace(old, new)
 
 

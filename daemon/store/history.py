@@ -3,7 +3,7 @@
 A round is ``running`` until it ends ``published``, ``held_back`` (trained and evaluated, but the publish gate
 found it worse than the served version: not published, and the next round trains on from it), ``failed``,
 ``abandoned`` (daemon stopped or crashed) or ``skipped`` (nothing to train on).  A round's ``gate`` is the
-decision of :func:`odal.daemon.gate.decide` with the eval set it used.  A version row is written after its folder
+decision of :func:`odal.daemon.rounds.gate.decide` with the eval set it used.  A version row is written after its folder
 was renamed into the base path.
 """
 
@@ -14,7 +14,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from odal.daemon import store
+from odal.daemon.store import db as store
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (

@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from odal.daemon.atomic import atomic_write, atomic_write_text
+from odal.daemon.system.atomic import atomic_write, atomic_write_text
 
 SHAPE_LABELS = ("square", "disc")
 

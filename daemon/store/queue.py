@@ -3,7 +3,7 @@
 Rows live in the workspace ledger file (table ``active_queue``, created here ``IF NOT EXISTS``), keyed by the
 image's resolved path; ``digest`` (SHA-256 of the bytes) and ``input_hash`` (odal's content hash, see
 ``odal.recipe.tasks.content_hash``) say which content was scored.  A changed file (other size or mtime) loses its
-score; a deleted one loses its row.  ``uncertainty`` is ``odal.recipe.detections.uncertainty`` (the least confident
+score; a deleted one loses its row.  ``uncertainty`` is ``odal.common.uncertainty.uncertainty`` (the least confident
 detection above a floor) and ``scored_version`` the model version that answered.  :meth:`ActiveQueue.rescore_all`
 records a newer target version: rows scored by an older one keep their score for ordering until re-scored.
 
@@ -11,8 +11,8 @@ The daemon calls everything from its loop thread; each call is bounded (``score_
 ``limit`` images and stops at the first unreachable-server error).  The recipe, another process, opens the same
 file read-only (:meth:`ActiveQueue.reader`) and asks :meth:`ActiveQueue.next_images` for the most uncertain
 unanswered images.  No TensorFlow here: images are decoded with Pillow, the model is asked through
-``odal.serving.client``.  Files are read only through :mod:`odal.daemon.safe_files` (regular files inside the data
-dir, bounded bytes) and decoded by :mod:`odal.daemon.images` (pixels bounded from the header, shrunk to at most
+``odal.serving.client``.  Files are read only through :mod:`odal.daemon.sources.safe_files` (regular files inside the data
+dir, bounded bytes) and decoded by :mod:`odal.daemon.sources.images` (pixels bounded from the header, shrunk to at most
 1024 pixels a side for scoring); a refused or broken image is marked with its error, logged once, and not read
 again until the file changes.
 
@@ -33,10 +33,12 @@ from typing import Iterable
 
 import structlog
 
-from odal.daemon import safe_files, store
-from odal.daemon.images import pixels_for_scoring
+from odal.daemon.sources import safe_files
+
+from odal.daemon.store import db as store
+from odal.daemon.sources.images import pixels_for_scoring
 from odal.daemon.watchers.image_dir import IMAGE_SUFFIXES
-from odal.recipe.detections import uncertainty
+from odal.common.uncertainty import uncertainty
 
 log = structlog.get_logger("odal.active_queue")
 
@@ -126,7 +128,7 @@ class ActiveQueue:
     def scan(self) -> dict:
         """At start: add every image below the data dir, refresh changed ones, drop rows of vanished files.
 
-        Only regular files inside the data dir are listed (:func:`odal.daemon.safe_files.check_file`): a FIFO, a
+        Only regular files inside the data dir are listed (:func:`odal.daemon.sources.safe_files.check_file`): a FIFO, a
         device, a symlink loop or a link leading out is skipped with one ``active_queue_file_skipped`` line."""
         found: dict[str, os.stat_result] = {}
         skipped = 0

@@ -1,0 +1,1 @@
+"""A round: inputs, the worker job, the gate, publish and confirm."""

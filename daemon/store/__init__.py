@@ -1,0 +1,1 @@
+"""The daemon's SQLite workspace database: ledger, history, queue, status file."""

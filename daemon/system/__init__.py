@@ -1,0 +1,1 @@
+"""Running as a service: atomic files, lock, logs, metrics, degraded state."""
