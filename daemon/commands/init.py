@@ -20,7 +20,7 @@ from odal.daemon.sources import datasets
 from odal.daemon.system.atomic import atomic_write_text
 from odal.common.errors import ConfigError, OdalError
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MODELS = {
     "ssdlite": ASSETS / "ssdlite_mobilenet_v2_finetune.config",  # pretrained start (default)
     "tiny": ASSETS / "ssd_mobilenet_v2_tiny.config",  # from scratch

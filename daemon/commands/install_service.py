@@ -23,7 +23,7 @@ __all__ = ["UNIT_NAME", "ENV_NAME", "TEMPLATE_DIR", "render_unit", "render_env",
 UNIT_NAME = "odal-daemon.service"
 ENV_NAME = "odal-daemon.env"
 # The unit and env templates ship in the source tree (installations run from a checkout, e.g. /opt/odal).
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "systemd"
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "systemd"
 
 _DEFAULT_VENV = "/opt/odal/.venv"
 _DEFAULT_ENV_FILE = "/etc/odal/odal-daemon.env"
