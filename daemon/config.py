@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from odal.daemon.rounds import pipeline_check
+from odal.common.address import parse_address
 from odal.common.errors import ConfigError
 from odal.daemon.rounds.gate import METRICS
+from odal.daemon.store.db import LEDGER_FILE
 
 # section -> key -> (type, default); a default of ... means required.
 _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
@@ -114,7 +116,7 @@ class Config:
 
     @property
     def ledger_path(self) -> Path:
-        return self.work_dir / "ledger.sqlite"
+        return self.work_dir / LEDGER_FILE
 
     @property
     def limits(self):
@@ -197,9 +199,10 @@ def parse(data: dict, path: Path) -> Config:
             raise ConfigError(f"{section}.{key}: {message}, got {values[section, key]!r}")
     eval_export = _eval_source(values, resolve("gate", "eval_export", "file"), export_dir, prodigy_db)
     metrics_address = values["metrics", "address"]
-    host, _, port = metrics_address.rpartition(":")
-    if metrics_address and not (host and port.isdigit() and int(port) <= 65535):
-        raise ConfigError(f"metrics.address: HOST:PORT (e.g. 127.0.0.1:9464), got {metrics_address!r}")
+    try:
+        parse_address(metrics_address)
+    except ValueError as error:
+        raise ConfigError(f"metrics.address: {error}") from None
 
     pipeline_config = resolve("model", "pipeline_config", "file")
     pipeline = pipeline_check.read(pipeline_config)

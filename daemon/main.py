@@ -25,11 +25,11 @@ from pathlib import Path
 from odal.common.sdnotify import Notifier, watchdog_interval
 from odal.daemon import watchers
 from odal.daemon.config import Config
-from odal.daemon.handlers import ingest, ingest_db
+from odal.daemon.handlers import ingest, ingest_db, scoring
 from odal.daemon.rounds import publish
 from odal.daemon.rounds.round import run_round
 from odal.daemon.rounds.worker_client import Abandoned, Worker
-from odal.daemon.sources import limits
+from odal.daemon.sources import limits, prodigy_db
 from odal.daemon.sources.label_map import load_label_map
 from odal.daemon.store.history import History
 from odal.daemon.store.ledger import Ledger
@@ -38,7 +38,7 @@ from odal.daemon.store.statusfile import StatusFile
 from odal.daemon.system import log as logs
 from odal.daemon.system.degraded import Degraded, is_disk_error
 from odal.daemon.system.lock import WorkspaceLock
-from odal.daemon.system.metrics import Metrics
+from odal.daemon.system.metrics import Metrics, serve_address
 from odal.daemon.watchers.events import ExportChanged, ImageChanged, ProdigyDbChanged
 from odal.daemon.watchers.image_dir import SettleRechecks
 from odal.serving.client import ServingClient
@@ -94,11 +94,11 @@ class Daemon:
             abandoned = self.history.abandon_running()
             if cfg.prodigy_db is not None:
                 try:
-                    ingest_db.check_schema(cfg.prodigy_db)
+                    prodigy_db.check_schema(cfg.prodigy_db)
                 except sqlite3.OperationalError as error:  # Prodigy is writing: checked again on each read
                     log.warning("prodigy_db_locked", file=str(cfg.prodigy_db), error=str(error))
             observer = watchers.start(cfg, self.events)
-            metrics_server = self._serve_metrics()
+            metrics_server = serve_address(cfg.metrics_address, self.metrics)
             log.info("daemon_started", config=str(cfg.path), export_dir=str(cfg.export_dir or ""),
                      prodigy_db=str(cfg.prodigy_db or ""), data_dir=str(cfg.data_dir), base_path=str(cfg.base_path),
                      labels=self.labels, abandoned_rounds=abandoned)
@@ -276,7 +276,7 @@ class Daemon:
                     read.add(ingest.source_label(path))
         if self.cfg.prodigy_db is not None:
             self._handle(ProdigyDbChanged(str(self.cfg.prodigy_db)))
-            read.add(ingest_db.file_label(self.cfg.prodigy_db, self.cfg.prodigy_dataset))
+            read.add(prodigy_db.file_label(self.cfg.prodigy_db, self.cfg.prodigy_dataset))
         return read
 
     def _log_ingest(self, source: str, stats: dict) -> None:
@@ -308,7 +308,7 @@ class Daemon:
         if time.monotonic() < self._next_scoring or not self.degraded.may_try():
             return
         try:
-            scored = self.queue.score_pending(self.scorer, self.cfg.model_name, limit=8)
+            scored = scoring.score_pending(self.queue, self.scorer, self.cfg.model_name, limit=8)
         except Exception as error:  # noqa: BLE001 - scoring is a courtesy: it never stops the daemon
             if is_disk_error(error):
                 self._disk_failed("scoring the active-learning queue", error)
@@ -354,17 +354,6 @@ class Daemon:
         self._status = text
         self.notifier.status(text)
         self.status_file.set(text)
-
-    def _serve_metrics(self):
-        """The Prometheus endpoint when ``[metrics] address`` is set (loopback is the intended use)."""
-        if not self.cfg.metrics_address:
-            return None
-        from odal.daemon.system.metrics import parse_address, serve
-
-        host, port = parse_address(self.cfg.metrics_address)
-        server = serve(host, port, self.metrics)
-        log.info("metrics_serving", address=f"{server.host}:{server.port}")
-        return server
 
     def _reload(self) -> None:
         from odal.daemon import config as config_module

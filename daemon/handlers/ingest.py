@@ -25,15 +25,15 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
-import structlog
 
 from odal.daemon.system.degraded import is_disk_error
 from odal.common.errors import InvalidRecord
 from odal.daemon.store.ledger import Ledger
 from odal.daemon.sources.limits import MAX_ERROR_CHARS, MAX_LINE_BYTES
 from odal.daemon.sources.prodigy_format import open_image, parse_record
+from odal.daemon.system import log as logs
 
-log = structlog.get_logger("odal.ingest")
+log = logs.get("odal.ingest")
 
 CHUNK_LINES = 500
 HEAD_BYTES = 4096

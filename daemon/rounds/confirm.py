@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from odal.daemon.system import log as logs
-from odal.daemon.config import Config
 from odal.common.errors import PublishError
 from odal.daemon.rounds import publish
 from odal.daemon.store.history import History
+
+if TYPE_CHECKING:  # the configuration imports the rounds' gate and pipeline check
+    from odal.daemon.config import Config
 
 log = logs.get("odal.confirm")
 

@@ -8,19 +8,19 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
 from odal.daemon.rounds import gate as gates
 from odal.daemon.system import log as logs
 from odal.daemon.system.atomic import remove_tree
-from odal.daemon.config import Config
-from odal.common.errors import RoundFailed
 from odal.daemon.rounds import publish
 from odal.daemon.rounds.contracts import FineTune, GateSpec, Progress, RoundJob, Served
 from odal.daemon.rounds.inputs import image_roots, round_inputs, with_images, write_splits
-from odal.daemon.rounds.inputs import split_of, write_annotations  # noqa: F401 - their old home
 from odal.daemon.rounds.worker_client import Abandoned, Worker
 from odal.daemon.store.history import History
+
+if TYPE_CHECKING:  # the configuration imports the rounds' gate and pipeline check
+    from odal.daemon.config import Config
 
 log = logs.get("odal.round")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from odal.common.errors import RoundFailed
+from odal.common.processes import kill_process_group, stop_process_group
 from odal.daemon.rounds.contracts import (JobFailed, Progress, ProtocolError, Ready, RoundJob, RoundResult, decode,
                                           encode)
 from odal.daemon.system import log as logs
@@ -126,11 +127,7 @@ class Worker:
         with self._lock:
             if self._proc is proc:
                 self._proc = None
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        proc.wait()
+        kill_process_group(proc)
         log.warning("worker_discarded", pid=proc.pid)
 
     def _retire_if_grown(self, proc: subprocess.Popen) -> None:
@@ -143,8 +140,7 @@ class Worker:
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_process_group(proc)
         log.info("worker_retired", pid=proc.pid, rss_mb=round(rss / (1 << 20)),
                  max_mb=round(self._max_rss / (1 << 20)))
 
@@ -158,13 +154,9 @@ class Worker:
             return
         try:
             proc.stdin.close()
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except (ProcessLookupError, BrokenPipeError, OSError):
+        except OSError:
             pass
+        stop_process_group(proc, timeout)
         log.info("worker_stopped", pid=proc.pid)
 
 
