@@ -357,17 +357,20 @@ class Daemon:
 
     def _reload(self) -> None:
         from odal.daemon import config as config_module
+        from odal.daemon.system import reload
 
         self.reload_requested.clear()
         self.notifier.reloading()
         try:
-            new = config_module.load(self.cfg.path)
+            new, waiting = reload.merge(self.cfg, config_module.load(self.cfg.path))
             labels = load_label_map(new.label_map)
             changed = labels != self.labels
             self.cfg, self.labels = new, labels
             limits.configure(new.limits)
             self.rechecks.delay = new.limits.settle_seconds + 1.0
             log.info("config_reloaded", config=str(new.path), labels_changed=changed)
+            if waiting:  # kept at their running values until the daemon restarts
+                log.warning("config_needs_restart", keys=waiting)
             if changed:  # lines set aside for a label that is known now get their chance
                 self.retry_requested.set()
             else:
