@@ -9,7 +9,7 @@ settings odal cannot feed are checked here, once.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,6 @@ class Config:
     gate_tolerance: float = 0.0
     eval_export: Path | None = None
     eval_dataset: str = ""
-    raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def ledger_path(self) -> Path:
@@ -245,7 +244,6 @@ def parse(data: dict, path: Path) -> Config:
         gate_tolerance=values["gate", "tolerance"],
         eval_export=eval_export,
         eval_dataset=values["gate", "eval_dataset"],
-        raw=data,
     )
 
 

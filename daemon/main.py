@@ -40,6 +40,7 @@ from odal.daemon.system.degraded import Degraded, is_disk_error
 from odal.daemon.system.lock import WorkspaceLock
 from odal.daemon.system.metrics import Metrics, serve_address
 from odal.daemon.watchers.events import ExportChanged, ImageChanged, ProdigyDbChanged
+from odal.daemon.watchers.export_dir import export_files
 from odal.daemon.watchers.image_dir import SettleRechecks
 from odal.serving.client import ServingClient
 
@@ -73,7 +74,6 @@ class Daemon:
         self._next_scoring = 0.0
         self._failed_at_seq: int | None = None  # ledger change counter a round last failed on
         self.scorer = None
-        self._status = "idle"
         self.metrics = Metrics()
         self.status_file = StatusFile(cfg.work_dir)
         self._ping_every = watchdog_interval() or 10.0
@@ -270,10 +270,9 @@ class Daemon:
         as the set-aside list names them."""
         read = set()
         if self.cfg.export_dir is not None and self.cfg.export_dir.is_dir():
-            for path in sorted(self.cfg.export_dir.iterdir()):
-                if path.suffix in (".jsonl", ".json") and not path.name.startswith("."):
-                    self._handle(ExportChanged(str(path)))
-                    read.add(ingest.source_label(path))
+            for path in export_files(self.cfg.export_dir):
+                self._handle(ExportChanged(str(path)))
+                read.add(ingest.source_label(path))
         if self.cfg.prodigy_db is not None:
             self._handle(ProdigyDbChanged(str(self.cfg.prodigy_db)))
             read.add(prodigy_db.file_label(self.cfg.prodigy_db, self.cfg.prodigy_dataset))
@@ -351,7 +350,6 @@ class Daemon:
         return confirm.Confirmer(self.cfg)
 
     def _set_status(self, text: str) -> None:
-        self._status = text
         self.notifier.status(text)
         self.status_file.set(text)
 

@@ -315,41 +315,6 @@ def _rewritten(fd: int, st: os.stat_result, state: dict) -> bool:
     return hashlib.sha256(os.pread(fd, head_len, 0)).hexdigest() != state.get("head_sha256")
 
 
-def ingest_export_dir(folder: Path, ledger: Ledger, labels: Collection[str], data_dir: Path,
-                      blob_dir: Path) -> dict:
-    """:func:`ingest_export_file` for every ``*.jsonl`` and ``*.json`` lines file in ``folder`` (sorted by name).
-
-    Returns the summed stats plus ``files`` (how many were read).  A ``*.json`` file holding a JSON array rather
-    than lines is skipped with an error.
-    """
-    folder = Path(folder)
-    total = new_stats()
-    total.update(files=0, rewritten=0)
-    try:
-        paths = sorted(p for p in folder.iterdir()
-                       if p.suffix in (".jsonl", ".json") and not p.name.startswith(".") and p.is_file())
-    except OSError as error:
-        log.error("export_dir_unreadable", dir=str(folder), error=str(error))
-        return total
-    for path in paths:
-        if path.suffix == ".json" and _is_json_array(path):
-            log.error("export_not_jsonl", file=str(path), error="a JSON array, not one JSON object per line")
-            continue
-        stats = ingest_export_file(path, ledger, labels, data_dir, blob_dir)
-        add_stats(total, stats)
-        total["files"] += 1
-        total["rewritten"] += int(stats["rewritten"])
-    return total
-
-
-def _is_json_array(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
-    except OSError:
-        return False
-
-
 # ------------------------------------------------------------------------------------------- lines waiting for images
 
 
