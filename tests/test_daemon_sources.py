@@ -115,15 +115,20 @@ def test_odal_retry_makes_the_running_daemon_ingest_a_line_fixed_in_place(tmp_pa
         assert reread["dropped_with_their_source"] == 1 and reread["set_aside_after"] == 0 and daemon.alive()
 
 
-def test_a_label_added_to_the_label_map_and_sighup_bring_in_the_lines_set_aside_for_it(tmp_path):
-    items = datasets.generate_shapes(tmp_path / "images", 2, seed=25)
+def _triangles(tmp_path, seed: int):
+    """A workspace whose label map has "square" only and an export whose every box is labelled "triangle"."""
+    items = datasets.generate_shapes(tmp_path / "images", 2, seed=seed)
     config = make_workspace(tmp_path / "ws", items, min_new=100, labels=["square"])
-    export = config.parent / "exports" / "boxes.jsonl"
     records = records_for(items)
-    for record in records:  # every box labelled "triangle", not in the label map yet
+    for record in records:
         for span in record["spans"]:
             span["label"] = "triangle"
-    export.write_text("".join(json.dumps(r) + "\n" for r in records))
+    (config.parent / "exports" / "boxes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return config
+
+
+def test_a_label_added_to_the_label_map_and_sighup_bring_in_the_lines_set_aside_for_it(tmp_path):
+    config = _triangles(tmp_path, 25)
     with DaemonProcess(config) as daemon:
         _counts(config.parent, {"accepted": 0, "rejected": 0, "ignored": 0, "invalid": 2})
         datasets.write_label_map(config.parent / "label_map.pbtxt", ["square", "disc", "triangle"])
@@ -152,14 +157,7 @@ def test_sighup_applies_a_hot_key_and_names_a_restart_only_key_which_keeps_its_r
     restart."""
     from odal.serving.process import free_port
 
-    items = datasets.generate_shapes(tmp_path / "images", 2, seed=27)
-    config = make_workspace(tmp_path / "ws", items, min_new=100, labels=["square"])
-    export = config.parent / "exports" / "boxes.jsonl"
-    records = records_for(items)
-    for record in records:
-        for span in record["spans"]:
-            span["label"] = "triangle"
-    export.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = _triangles(tmp_path, 27)
     with DaemonProcess(config) as daemon:
         _counts(config.parent, {"accepted": 0, "rejected": 0, "ignored": 0, "invalid": 2})
         datasets.write_label_map(config.parent / "more_labels.pbtxt", ["square", "disc", "triangle"])
