@@ -13,6 +13,7 @@ from typing import Callable, TYPE_CHECKING
 from odal.daemon.rounds import gate as gates
 from odal.daemon.system import log as logs
 from odal.daemon.system.atomic import remove_tree
+from odal.common.errors import PublishError
 from odal.daemon.rounds import publish
 from odal.daemon.rounds.contracts import FineTune, GateSpec, Progress, RoundJob, Served
 from odal.daemon.rounds.inputs import image_roots, round_inputs, with_images, write_splits
@@ -107,12 +108,20 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
         status(f"round {round_id}: publishing")
         publish_started = time.monotonic()
         version, path = publish.publish(staging, cfg.base_path, history, round_id, metrics)
+        history.record_version(version, round_id, path, metrics, "published")
         timings["publish"] = time.monotonic() - publish_started
         if confirm is not None:
             status(f"round {round_id}: confirming version {version}")
             confirm_started = time.monotonic()
             sample = next((a["image_path"] for a in accepted if a.get("image_path")), None)
-            confirm(version, path, history, sample)
+            failed = confirm(version, sample)
+            if failed is not None:  # it does not serve: out of the numbered namespace, the previous one serves on
+                where = publish.quarantine(cfg.base_path, version)
+                history.set_version_state(version, "quarantined", failed)
+                log.error("version_quarantined", version=version, reason=failed, moved_to=str(where),
+                          seconds=round(time.monotonic() - confirm_started, 2))
+                raise PublishError(f"version {version} did not serve ({failed}); quarantined at {where}")
+            history.set_version_state(version, "confirmed")
             timings["confirm"] = time.monotonic() - confirm_started
         else:
             history.set_version_state(version, "unconfirmed", "no serving.address configured")
@@ -174,7 +183,8 @@ def _served(cfg: Config) -> Served | None:
 
 def _retain(cfg: Config, history: History) -> None:
     """Keep the newest K versions, checkpoints and round folders (TFRecords); delete older ones."""
-    publish.prune_versions(cfg.base_path, history, cfg.keep_versions)
+    for version in publish.prune_versions(cfg.base_path, cfg.keep_versions):
+        history.set_version_state(version, "deleted", "retention")
     keep = {Path(ckpt).parent for _, ckpt in history.checkpoints()[: cfg.keep_checkpoints]}
     for folder in sorted((cfg.work_dir / "checkpoints").glob("round-*")):
         if folder not in keep:
