@@ -1,6 +1,6 @@
 """Read Prodigy ``db-out`` JSONL exports into the ledger, incrementally, from where the last read stopped.
 
-Called from the daemon's worker thread when the watcher reports a change.  Only complete lines (ending in ``\\n``)
+Called from the daemon's main loop when the watcher reports a change (and at start, on reload and on retry).  Only complete lines (ending in ``\\n``)
 are read; a partial last line waits for the next call.  A file rewritten by a fresh ``db-out`` (other inode,
 shorter than the stored offset, or different first bytes) is read again from the start, which is harmless because
 the ledger deduplicates.  A bad line is logged (``record_set_aside`` with file and line), kept in the ledger's
