@@ -67,7 +67,11 @@ def _labels(cfg: Config) -> list[Finding]:
     from odal.daemon.rounds import pipeline_check
     from odal.daemon.sources.label_map import load_label_map
 
-    labels = load_label_map(cfg.label_map)
+    try:
+        labels = load_label_map(cfg.label_map)
+    except ConfigError as error:
+        return [Finding("label map", str(error), "number the items 1..N, one name each (the daemon would not "
+                        "start)")]
     model = pipeline_check.read(cfg.pipeline_config).model
     kind = model.WhichOneof("model")
     declared = getattr(getattr(model, kind), "num_classes", None) if kind else None
