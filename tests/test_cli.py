@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,8 @@ def test_a_daemon_start_error_is_said_once(workspace, tmp_path):
     assert missing.returncode == 2 and both.count("no such configuration file") == 1, both
     lock = WorkspaceLock(workspace / "work")
     (workspace / "work").mkdir(exist_ok=True)
+    config = workspace / "odal.toml"
+    config.write_text(config.read_text().replace('export_dir = "exports"', 'export_dir = "exprots"'))
     lock.acquire()
     try:
         locked = _daemon("--workspace", str(workspace))
@@ -96,3 +99,6 @@ def test_a_daemon_start_error_is_said_once(workspace, tmp_path):
         lock.release()
     both = locked.stdout + locked.stderr
     assert locked.returncode == 3 and both.count("daemon_error") == 1, both
+    # the daemon ran odal check's local checks first: the mistyped export folder is named, with its fix
+    problem = [json.loads(line) for line in locked.stderr.splitlines() if '"check_problem"' in line]
+    assert [p["topic"] for p in problem] == ["prodigy.export_dir"] and "mkdir" in problem[0]["fix"], both
