@@ -77,6 +77,8 @@ def test_the_queue_line_says_what_waits_for_the_new_model():
     assert line == "54 images: 0 scored by version 3, 54 waiting (26 new, 28 scored by an older version)"
     assert queue_line({"images": 5, "scored": 5, "pending": 0, "target_version": 3, "scored_version": 3}) == \
         "5 images: 5 scored by version 3, 0 waiting"
+    assert queue_line({"images": 9, "scored": 0, "pending": 9, "target_version": None, "scored_version": None}) == \
+        "9 images, to be scored once a first version is published"
 
 
 def _training(workspace: Path) -> WorkspaceLock:

@@ -126,13 +126,14 @@ def _gate_cell(gate: dict | None) -> str | None:
 
 def queue_line(q: dict) -> str:
     """How many images of the data dir are ranked by the newest model, and how many wait to be scored by it."""
+    if not q.get("target_version"):
+        return f"{q['images']} images, to be scored once a first version is published"
     current = q["images"] - q["pending"]
     never = q["images"] - q["scored"]
-    by = f"version {q['target_version']}" if q.get("target_version") else "the model"
-    waiting = f"{q['pending']} waiting"
-    if q["pending"]:
-        waiting += f" ({never} new, {q['pending'] - never} scored by an older version)"
-    return f"{q['images']} images: {current} scored by {by}, {waiting}"
+    why = [text for count, text in ((never, f"{never} new"), (q["pending"] - never, f"{q['pending'] - never} "
+                                    "scored by an older version")) if count > 0]
+    waiting = f"{q['pending']} waiting" + (f" ({', '.join(why)})" if why else "")
+    return f"{q['images']} images: {current} scored by version {q['target_version']}, {waiting}"
 
 
 def _print_gate(rounds: list[dict]) -> None:
