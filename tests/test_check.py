@@ -7,8 +7,6 @@ import io
 import re
 from pathlib import Path
 
-import pytest
-
 from daemon_harness import make_workspace
 from odal.daemon.commands import check
 from odal.daemon.commands.install_service import TEMPLATE_DIR, UNIT_NAME

@@ -38,7 +38,9 @@ class Finding:
         return not self.fix
 
     def line(self) -> str:
-        return f"ok       {self.topic}: {self.text}" if self.ok else f"PROBLEM  {self.topic}: {self.text}; fix: {self.fix}"
+        if self.ok:
+            return f"ok       {self.topic}: {self.text}"
+        return f"PROBLEM  {self.topic}: {self.text}; fix: {self.fix}"
 
 
 def local(cfg: Config) -> list[Finding]:
