@@ -42,8 +42,8 @@ class RoundProgress:
         self.status(f"round {self.round_id}: training {step}/{total}", detail)
         if step // self.log_every > self._logged // self.log_every or step == total:
             self._logged = step
-            self.log.info("train_progress", step=step, of=total, loss=detail["loss"],
-                          steps_per_second=detail["steps_per_second"], eta_seconds=detail["eta_seconds"])
+            timing = {k: detail[k] for k in ("steps_per_second", "eta_seconds") if detail[k] is not None}
+            self.log.info("train_progress", step=step, of=total, loss=detail["loss"], **timing)
         else:
             self.log.debug("train_progress", step=step, of=total, loss=detail["loss"])
 
