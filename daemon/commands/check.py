@@ -22,6 +22,7 @@ from odal.daemon import config as config_module
 from odal.daemon.commands import check_sandbox
 from odal.daemon.config import Config
 
+UNIT_MAX_CHARS = 1 << 20
 MIN_FREE_BYTES = 2 << 30  # a round writes TFRecords, checkpoints and an export: a few hundred MB each
 _DEVICES = ("import json, tensorflow as tf; "
             "print(json.dumps([d.name.replace('/physical_device:', '') for d in tf.config.list_physical_devices()]))")
@@ -102,7 +103,8 @@ def _disk(cfg: Config) -> list[Finding]:
 
 def _sandbox(cfg: Config, unit: Path) -> list[Finding]:
     try:
-        text = unit.read_text(encoding="utf-8")
+        with open(unit, encoding="utf-8", errors="replace") as handle:
+            text = handle.read(UNIT_MAX_CHARS)  # a unit file is a few KB
     except OSError:
         return [Finding("service", f"no unit at {unit} (not installed as a service; nothing to check)")]
     found = [Finding("service", problem, fix) for problem, fix in check_sandbox.problems(cfg, text)]
