@@ -131,8 +131,8 @@ def _server(cfg: Config, live: int | None, timeout: float) -> list[Finding]:
                 return [Finding("serving", f"{cfg.serving_address} does not serve model {cfg.model_name!r}",
                                 f"give the server --model_name={cfg.model_name} "
                                 f"--model_base_path={cfg.base_path}")]
-            return [Finding("serving", f"no answer from {cfg.serving_address} ({error.code}: {error.message})",
-                            start)]
+            why = "nothing listens there" if error.code == "UNAVAILABLE" else f"{error.code}: {error.message[:200]}"
+            return [Finding("serving", f"no answer from {cfg.serving_address} ({why})", start)]
     available = sorted(s.version for s in statuses if s.state == "AVAILABLE")
     if live is not None and live not in available:
         return [Finding("serving", f"{cfg.serving_address} serves {cfg.model_name!r} versions {available or 'none'}, "
