@@ -349,9 +349,9 @@ class Daemon:
 
         return confirm.Confirmer(self.cfg)
 
-    def _set_status(self, text: str) -> None:
+    def _set_status(self, text: str, detail: dict | None = None) -> None:  # detail: a round's stage, step, ETA
         self.notifier.status(text)
-        self.status_file.set(text)
+        self.status_file.set(text, detail)
 
     def _reload(self) -> None:
         from odal.daemon import config as config_module

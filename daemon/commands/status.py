@@ -1,28 +1,34 @@
-"""``odal status``: what the daemon does now, annotations, set-aside lines, rounds and versions, read without the
-workspace lock and without writing anything."""
+"""``odal status``: what the daemon does now, annotations, queue, rounds and versions — a compact text view
+(at most 100 columns), ``--json`` (ISO timestamps, rounded numbers) or ``--watch`` (:mod:`.watch`)."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from datetime import datetime
 from pathlib import Path
 
 from odal.daemon import config as config_module
 
+LIVE_STATES = ("published", "unconfirmed", "confirmed")  # TF Serving serves the newest of these
+_TIME_KEYS = {"since", "started", "started_at", "finished_at", "published_at"}
 
-def status_data(workspace: Path) -> dict:
+
+def status_data(workspace: Path | str) -> dict:
     """Everything ``odal status`` shows, read without taking the workspace lock and without writing anything
-    (works for a user who may only read the workspace, and leaves an older ledger for the daemon to migrate)."""
+    (works for a user who may only read the workspace, and leaves an older ledger for the daemon to migrate).
+    ``workspace``: the folder or its odal.toml."""
     from odal.daemon.store.history import History
     from odal.daemon.store.ledger import Ledger
-    from odal.daemon.system.lock import read_owner
     from odal.daemon.store.statusfile import read as read_now
+    from odal.daemon.system.lock import read_owner
 
-    cfg = config_module.load(config_module.workspace_config(workspace))
-    out: dict = {"workspace": str(Path(workspace).resolve()), "daemon": read_owner(cfg.work_dir),
+    path = Path(workspace)
+    cfg = config_module.load(path if path.suffix == ".toml" else config_module.workspace_config(path))
+    out: dict = {"workspace": str(cfg.path.parent), "daemon": read_owner(cfg.work_dir),
                  "now": read_now(cfg.work_dir),
                  "annotations": {"accepted": 0, "rejected": 0, "ignored": 0, "invalid": 0},
-                 "queue": None, "set_aside": [], "rounds": [], "versions": []}
+                 "queue": None, "set_aside": [], "rounds": [], "versions": [], "live_version": None}
     if not cfg.ledger_path.exists():
         return out
     with Ledger(cfg.ledger_path, readonly=True) as ledger:
@@ -35,13 +41,14 @@ def status_data(workspace: Path) -> dict:
         out["rounds"] = [dict(r, gate=r.get("gate")) for r in history.rounds(20)]  # gate: None before it ran
         out["versions"] = [
             {"version": v["version"], "path": v["path"], "state": v["state"], "round": v["round_id"],
-             "metrics": v["metrics"] or {}, "note": v["note"]}
+             "metrics": v["metrics"] or {}, "note": v["note"], "published_at": v["published_at"]}
             for v in history.versions() if v["state"] != "deleted"
         ]
     except sqlite3.OperationalError:  # no such table yet: the daemon is starting for the first time
         pass
     finally:
         history.close()
+    out["live_version"] = max((v["version"] for v in out["versions"] if v["state"] in LIVE_STATES), default=None)
     out["queue"] = _queue_status(cfg.ledger_path)
     return out
 
@@ -57,25 +64,54 @@ def _queue_status(ledger_path: Path) -> dict | None:
         return None
 
 
+def for_json(value, key: str = "", digits: int = 4):
+    """``value`` with epoch times (``since``, ``*_at``) as ISO 8601 local times and floats rounded (timings to
+    0.1 s, the rest to 4 decimals)."""
+    if isinstance(value, dict):
+        return {k: for_json(v, k, 1 if k == "timings" else digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [for_json(v, key, digits) for v in value]
+    if key in _TIME_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value).astimezone().isoformat(timespec="seconds")
+    if isinstance(value, float):
+        return round(value, digits)
+    return value
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def rounds_table(rounds: list[dict]) -> str:
-    header = ("round", "state", "accepted", "train", "eval", "steps", "mAP", "mAP@0.5", "gate: candidate/served",
-              "version", "records s", "train s", "eval s", "served eval s", "export s", "publish s", "confirm s",
-              "total s")
+def duration(seconds: float | None) -> str:
+    """``42s``, ``3m05s``, ``1h02m``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def rounds_table(rounds: list[dict], live: int | None = None) -> str:
+    """One line a round, under 100 columns: the stage timings are in ``--json``; ``*`` marks the live version."""
+    header = ("round", "state", "train/eval", "steps", "mAP", "mAP@0.5", "gate: candidate/served", "version", "took")
     rows = [header]
     for r in rounds:
         m, t = r.get("metrics") or {}, r.get("timings") or {}
-        rows.append((r["id"], r["state"], r.get("accepted"), r.get("n_train"), r.get("n_eval"), r.get("steps"),
-                     m.get("mAP"), m.get("mAP@0.5"), _gate_cell(r.get("gate")), r.get("version"), *(t.get(k) for k in (
-                         "records", "train", "evaluate", "evaluate_served", "export", "publish", "confirm", "total"))))
-    cells = [[_fmt(c, 1) if isinstance(c, float) and i >= 10 else _fmt(c) for i, c in enumerate(row)] for row in rows]
+        version = r.get("version")
+        rows.append((r["id"], r["state"], f"{_fmt(r.get('n_train'))}/{_fmt(r.get('n_eval'))}", r.get("steps"),
+                     m.get("mAP"), m.get("mAP@0.5"), _gate_cell(r.get("gate")),
+                     None if version is None else f"{version}{' *' if version == live else ''}",
+                     duration(t.get("total"))))
+    cells = [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines + (["* the version TF Serving serves now"] if live is not None and any(
+        r.get("version") == live for r in rounds) else []))
 
 
 def _gate_cell(gate: dict | None) -> str | None:
@@ -86,6 +122,18 @@ def _gate_cell(gate: dict | None) -> str | None:
     if gate.get("served") is None:
         return f"{verdict} ({'first version' if gate.get('served_version') is None else 'not compared'})"
     return f"{verdict} {_fmt(gate['candidate'])} {'>=' if gate['passed'] else '<'} {_fmt(gate['served'])}"
+
+
+def queue_line(q: dict) -> str:
+    """How many images of the data dir are ranked by the newest model, and how many wait to be scored by it."""
+    if not q.get("target_version"):
+        return f"{q['images']} images, to be scored once a first version is published"
+    current = q["images"] - q["pending"]
+    never = q["images"] - q["scored"]
+    why = [text for count, text in ((never, f"{never} new"), (q["pending"] - never, f"{q['pending'] - never} "
+                                    "scored by an older version")) if count > 0]
+    waiting = f"{q['pending']} waiting" + (f" ({', '.join(why)})" if why else "")
+    return f"{q['images']} images: {current} scored by version {q['target_version']}, {waiting}"
 
 
 def _print_gate(rounds: list[dict]) -> None:
@@ -117,22 +165,23 @@ def print_status(data: dict) -> None:
         if now.get("degraded"):
             since = time.strftime('%H:%M:%S', time.localtime(now['degraded']['since']))
             print(f"DEGRADED   {now['degraded']['reason']} (since {since}; retried with backoff, nothing is lost)")
+    live = data.get("live_version")
+    print(f"serving    {'version ' + str(live) if live is not None else 'no version published yet'}")
     a = data["annotations"]
-    print(f"annotations  accepted {a['accepted']}  rejected {a['rejected']}  ignored {a['ignored']}  "
-          f"set aside {a['invalid']}")
-    q = data.get("queue")
-    if q:
-        print(f"queue        {q['images']} images, {q['scored']} scored (newest by version {q['scored_version']}), "
-              f"{q['pending']} to score")
+    print(f"annotated  {a['accepted']} accepted, {a['rejected']} rejected, {a['ignored']} ignored, "
+          f"{a['invalid']} set aside")
+    if data.get("queue"):
+        print(f"queue      {queue_line(data['queue'])}")
     if data["rounds"]:
-        print("\nrounds\n" + rounds_table(data["rounds"]))
+        print("\nrounds\n" + rounds_table(data["rounds"], live))
         _print_gate(data["rounds"])
     if data["versions"]:
         print("\nversions")
         for v in data["versions"]:
             m = v["metrics"]
-            print(f"  {v['version']:>4}  {v['state']:<12} mAP {_fmt(m.get('mAP'))}  mAP@0.5 {_fmt(m.get('mAP@0.5'))}"
-                  f"  {v['path']}")
+            mark = "*" if v["version"] == live else " "
+            print(f" {mark}{v['version']:>4}  {v['state']:<12} mAP {_fmt(m.get('mAP'))}  mAP@0.5 "
+                  f"{_fmt(m.get('mAP@0.5'))}  {v['path']}")
     if data["set_aside"]:
         print("\nset aside (newest first; fix the source and run `odal retry`; a line waiting for its image is "
               "tried again when the image appears)")

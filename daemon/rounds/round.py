@@ -15,8 +15,9 @@ from odal.daemon.system import log as logs
 from odal.daemon.system.atomic import remove_tree
 from odal.common.errors import PublishError
 from odal.daemon.rounds import publish
-from odal.daemon.rounds.contracts import FineTune, GateSpec, Progress, RoundJob, Served
+from odal.daemon.rounds.contracts import FineTune, GateSpec, RoundJob, Served
 from odal.daemon.rounds.inputs import image_roots, round_inputs, with_images, write_splits
+from odal.daemon.rounds.progress import RoundProgress
 from odal.daemon.rounds.worker_client import Abandoned, Worker
 from odal.daemon.store.history import History
 
@@ -38,7 +39,7 @@ class RoundOutcome:
 
 
 def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, labels: list[str], worker: Worker,
-              status: Callable[[str], None] = lambda text: None, confirm=None) -> RoundOutcome:
+              status: Callable[..., None] = lambda text, detail=None: None, confirm=None) -> RoundOutcome:
     """One round from the ledger snapshot ``accepted`` (taken at change counter ``seq``) to a published version."""
     round_id = history.start_round(seq)
     bound = log.bind(round=round_id)
@@ -75,15 +76,7 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
             gate=GateSpec(cfg.gate_metric, cfg.gate_tolerance), served=_served(cfg),
         )
 
-        def on_progress(progress: Progress) -> None:
-            if progress.step is not None:
-                status(f"round {round_id}: training {progress.step}/{progress.of}")
-                bound.debug("train_progress", step=progress.step, of=progress.of, loss=progress.loss)
-            else:
-                status(f"round {round_id}: {progress.stage}")
-                bound.info("stage_started", stage=progress.stage)
-
-        result = worker.run(job, on_progress)
+        result = worker.run(job, RoundProgress(round_id, cfg.steps_per_round, bound, status))
         metrics = gates.summarize(result.metrics)
         timings = dict(result.timings)
         gate = dict(result.gate, served_metrics=gates.summarize(result.served_metrics),
