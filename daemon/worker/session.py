@@ -45,6 +45,7 @@ from google.protobuf import text_format
 from tensorflow.python.training import checkpoint_state_pb2
 
 from odal.daemon.system.atomic import atomic_write_text, remove_tree
+from odal.daemon.worker.evaluation import TracedEval
 
 Progress = Callable[[int, int, float], None]
 
@@ -104,6 +105,7 @@ class ModelSession:
         self._train_step = None
         self._datasets: dict[str, tuple[str, object]] = {}  # split -> (what it was built from, the dataset)
         self._links = tempfile.TemporaryDirectory(prefix="odal-worker-")  # the stable paths the datasets read
+        self.traced_eval = TracedEval(self.model)  # the eval step, traced once per session
         self._inference = None
         self._graph: SavedGraph | None = None  # set by the first export: what later exports write again
 
@@ -225,7 +227,10 @@ class ModelSession:
         dataset = self._dataset(configs, "eval")
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
         with writer.as_default():
-            metrics = model_lib_v2.eager_eval_loop(self.model, configs, dataset, global_step=self.global_step)
+            if os.environ.get("ODAL_EVAL_LOOP") == "eager":  # the OD API's loop, traced each call (benchmarks)
+                metrics = model_lib_v2.eager_eval_loop(self.model, configs, dataset, global_step=self.global_step)
+            else:
+                metrics = self.traced_eval(configs, dataset, self.global_step)
         writer.flush()
         tf.keras.backend.set_learning_phase(True)
         self.model._is_training = True  # noqa: SLF001 - the OD API toggles this flag itself
