@@ -72,6 +72,10 @@ def replay(servable, export_dir: str, limits: Limits = DEFAULT, iterations: int 
         if signature not in servable.signature_defs:
             raise ServingError("FAILED_PRECONDITION", f"warm-up request for signature {signature!r}, which "
                                                       f"{export_dir} does not have")
+        wanted = set(servable.signature_defs[signature].inputs)
+        if set(inputs) != wanted:
+            raise ServingError("INVALID_ARGUMENT", f"warm-up request inputs {sorted(inputs)} do not match the "
+                                                   f"signature's {sorted(wanted)} in {export_dir}")
         outputs = output_filter or list(servable.signature_defs[signature].outputs)
         for _ in range(max(iterations, 1)):
             servable.run(signature, inputs, outputs)

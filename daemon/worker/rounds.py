@@ -28,6 +28,7 @@ from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede object_
 from odal.daemon.rounds import gate as gates
 from odal.daemon.system.atomic import publish_dir, remove_tree
 from odal.daemon.worker import session as sessions
+from odal.daemon.worker import warmup_request
 from odal.daemon.worker.served import evaluate_served
 from odal.daemon.worker.tfrecords import write_records
 
@@ -117,11 +118,12 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
         decision = gates.decide(job["gate"]["metric"], job["gate"]["tolerance"], metrics, served_metrics,
                                 served["version"] if served else None, served_error)
 
-    export_mode = None
+    export_mode = warmup = None
     if decision is None or decision["passed"]:
         started = stage("export")
         export_dir = _fresh(Path(job["export_dir"]))
         export_mode = session.export(prefix, export_dir)
+        warmup = warmup_request.add_to_export(export_dir, round_dir / "train.record")
         timings["export"] = time.monotonic() - started
 
     return {
@@ -129,6 +131,7 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
         "train": train,
         "session_reused": reused,
         "export": export_mode,
+        "warmup": warmup,
         "adjusted": adjusted,
         "checkpoint": prefix,
         "metrics": metrics,
