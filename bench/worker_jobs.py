@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,10 +56,22 @@ def round_job(root: Path, round_dir: Path, number: int, steps: int, label_map: P
 class Worker:
     """``python -m odal.daemon.worker``: one job at a time over its stdin/stdout, as the daemon drives it."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict | None = None) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "odal.daemon.worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     env=dict(os.environ, **(env or {})))
         self.pid = self.proc.pid
+
+    def prewarm(self, job: dict) -> dict:
+        """Send a prewarm job (``odal.daemon.worker.prewarm``) and wait for it."""
+        self.proc.stdin.write(json.dumps({"type": "prewarm", **job}) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            message = json.loads(line)
+            if message["type"] == "prewarmed":
+                assert message["ok"], message
+                return message
+        raise RuntimeError("the worker exited without prewarming")
 
     def run(self, job: dict) -> dict:
         self.proc.stdin.write(json.dumps(job) + "\n")

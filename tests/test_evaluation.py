@@ -24,13 +24,14 @@ configs = sessions.load_configs(Path(config), Path(label_map), int(num_classes),
 session = sessions.ModelSession(configs)
 session.restore(ckpt, None, None)
 ours = session.evaluate(configs)
+first_traces = session.traced_eval.traces
 served_metrics = evaluate_served(session, configs, Path(served))
 again = session.evaluate(configs)
 dataset = session._dataset(configs, "eval")
 stock = model_lib_v2.eager_eval_loop(session.model, configs, dataset, global_step=session.global_step)
 stock = {name: float(value) for name, value in stock.items()}
 print(json.dumps({"ours": ours, "again": again, "stock": stock, "served": served_metrics,
-                  "traces": session.traced_eval.traces}))
+                  "first_traces": first_traces, "traces": session.traced_eval.traces}))
 """
 
 
@@ -53,6 +54,8 @@ def test_traced_evaluation_gives_the_numbers_of_the_od_apis_eval_loop(compared):
 
 
 def test_the_eval_step_is_traced_once_for_the_candidate_and_the_served_version(compared):
-    assert compared["traces"] == 1
+    # The first call traces (twice when it is the call that creates the model's variables, as tf.function does);
+    # the served version's evaluation and the next round's reuse that trace.
+    assert 1 <= compared["first_traces"] <= 2 and compared["traces"] == compared["first_traces"]
     assert compared["again"] == compared["ours"]  # the served version's weights were put back
     assert compared["served"] != compared["ours"]  # ... and were really the served version's

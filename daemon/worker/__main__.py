@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 
+from odal.daemon.worker.prewarm import prewarm
 from odal.daemon.worker.rounds import run_job
 
 
@@ -28,12 +30,17 @@ def main() -> int:
         if not line.strip():
             continue
         job = json.loads(line)
+        if job.get("type") == "prewarm":  # build and trace the model before the first round needs it
+            try:
+                send({"type": "prewarmed", "ok": True, **prewarm(job)})
+            except Exception as error:  # noqa: BLE001 - the round builds its session itself then
+                traceback.print_exc()
+                send({"type": "prewarmed", "ok": False, "error": f"{type(error).__name__}: {error}"})
+            continue
         try:
             result = run_job(job, send)
             send({"type": "result", "ok": True, **result})
         except Exception as error:  # noqa: BLE001 - reported to the daemon, which records the failed round
-            import traceback
-
             traceback.print_exc()
             send({"type": "result", "ok": False, "error": f"{type(error).__name__}: {error}"})
     return 0

@@ -58,6 +58,16 @@ class TracedEval:
         self._traced = (key, function)
         return function
 
+    def trace(self, configs: dict, dataset) -> None:
+        """Trace the eval step now (in inference mode), without running it."""
+        self.model._is_training = False  # noqa: SLF001
+        tf.keras.backend.set_learning_phase(False)
+        try:
+            self._step(dataset, configs).get_concrete_function()
+        finally:
+            tf.keras.backend.set_learning_phase(True)
+            self.model._is_training = True  # noqa: SLF001
+
     def __call__(self, configs: dict, dataset, global_step) -> dict[str, float]:
         """The eval metrics of the live weights on every element of ``dataset`` (scalars also to the default
         summary writer, as ``eager_eval_loop`` writes them)."""

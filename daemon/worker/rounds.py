@@ -35,7 +35,7 @@ from odal.daemon.worker.tfrecords import write_records
 _SESSION: sessions.ModelSession | None = None
 
 
-def _session(configs: dict, init_checkpoint: str | None) -> tuple[sessions.ModelSession, bool]:
+def session_for(configs: dict, init_checkpoint: str | None) -> tuple[sessions.ModelSession, bool]:
     """The cached session when the model is unchanged, else a new one; and whether it was reused.
 
     A job with no checkpoint to continue (first round, or every checkpoint deleted) starts from fresh weights, so
@@ -47,6 +47,18 @@ def _session(configs: dict, init_checkpoint: str | None) -> tuple[sessions.Model
         return _SESSION, True
     _SESSION = sessions.ModelSession(configs)
     return _SESSION, False
+
+
+def prewarmed_session(configs: dict, build: Callable[[sessions.ModelSession], None]) -> bool:
+    """Make a session for ``configs`` and ``build`` it (trace, save) before any round needs it; it becomes the
+    cached session only once built.  False when an untrained session of this model is already there."""
+    global _SESSION
+    if _SESSION is not None and _SESSION.key == sessions.session_key(configs) and not _SESSION.trained:
+        return False
+    session = sessions.ModelSession(configs)
+    build(session)
+    _SESSION = session
+    return True
 
 
 def _fresh(path: Path) -> Path:
@@ -80,7 +92,7 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
 
     started = stage("train")
     init = job.get("init_checkpoint")
-    session, reused = _session(configs, init)
+    session, reused = session_for(configs, init)
 
     def progress(done: int, total: int, loss: float) -> None:
         send({"type": "progress", "stage": "train", "step": done, "of": total, "loss": loss})

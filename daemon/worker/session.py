@@ -185,6 +185,12 @@ class ModelSession:
             cached = self._datasets[split] = (built_from, dataset)
         return cached[1]
 
+    def trace_train(self, configs: dict) -> None:
+        """Trace the train step (creating the model's and optimiser's variables) without running it."""
+        if self._train_step is None:
+            self._train_step = self._make_train_step()
+        self._train_step.get_concrete_function(iter(self._dataset(configs, "train")))
+
     def train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: dict | None,
               progress: Progress, summary_dir: Path | None = None) -> dict:
         """Continue from ``init_checkpoint`` (or ``fine_tune``, or scratch) for ``steps`` steps on all train data."""
