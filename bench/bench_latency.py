@@ -22,6 +22,8 @@ Writes bench/results/latency.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import shutil
 import statistics
 import sys
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from worker_jobs import CONFIG, REPO, Worker, round_job, shapes, write_result, write_round
 
+from odal.daemon.rounds.contracts import GateSpec, PrewarmJob, Served
 from odal.daemon.system.atomic import publish_dir
 from odal.serving.client import ServingClient
 from odal.serving.process import ServerProcess
@@ -54,7 +57,7 @@ class Path_:
 
     def close(self) -> None:
         if self.worker is not None:
-            self.worker.close()
+            self.worker.stop()
         self.client.close()
         self.server.stop()
 
@@ -62,16 +65,21 @@ class Path_:
 def _round(side: Path_, config: Path, root: Path, round_dir: Path, number: int, steps: int, label_map: Path,
            labels: list[str], image) -> dict:
     started = time.monotonic()
-    if side.worker is None:
-        side.worker = Worker(side.env)
-    job = round_job(side.root, round_dir, number, steps, label_map, labels)
-    job["pipeline_config"] = str(config)
-    job["gate"] = {"metric": "mAP@0.5", "tolerance": 1.0}
-    job["served"] = {"version": number - 1, "path": str(side.base / str(number - 1))} if number > 1 else None
-    result = side.worker.run(job)
-    t = dict(result["timings"])
+    if side.worker is None:  # started by its first job, with the side's environment
+        side.worker = Worker(side.root / "worker.log")
+    job = dataclasses.replace(
+        round_job(side.root, round_dir, number, steps, label_map, labels), pipeline_config=config,
+        gate=GateSpec("mAP@0.5", 1.0), served=Served(number - 1, side.base / str(number - 1)) if number > 1 else None)
+    saved = dict(os.environ)
+    os.environ.update(side.env)
+    try:
+        result = side.worker.run(job)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    t = dict(result.timings)
     mark = time.monotonic()
-    publish_dir(Path(job["export_dir"]), side.base / str(number))
+    publish_dir(job.export_dir, side.base / str(number))
     t["publish"] = time.monotonic() - mark
     mark = time.monotonic()
     side.client.wait_until_available("m", number, timeout=600, poll=0.05)
@@ -87,7 +95,7 @@ def _round(side: Path_, config: Path, root: Path, round_dir: Path, number: int, 
         steady.append(time.monotonic() - asked)
     t["steady_predict"] = statistics.median(steady)
     t["overhead"] = t["total"] - t["train"]
-    t["reused"], t["export_how"] = result["session_reused"], result["export"]
+    t["reused"], t["export_how"] = result.session_reused, result.export
     return t
 
 
@@ -112,9 +120,10 @@ def main() -> int:
         new = Path_("new", root, {}, ())
         try:
             # The new worker starts and prewarms while "the daemon waits for annotations" (not timed in round 1).
-            new.worker = Worker(new.env)
-            prewarm = new.worker.prewarm({"pipeline_config": str(config), "label_map": str(label_map),
-                                          "num_classes": len(labels)})
+            new.worker = Worker(new.root / "worker.log", prewarm_job=PrewarmJob(config, label_map, len(labels)))
+            mark = time.monotonic()
+            new.worker.prewarm(wait=True)
+            prewarm_seconds = time.monotonic() - mark
             for number, round_dir in enumerate(round_dirs, 1):
                 for side in (old, new):
                     side_dir = root / side.name / "rounds" / str(number)
@@ -144,7 +153,7 @@ def main() -> int:
               f"({old_over / new_over:.1f}x less).",
               f"- Cold start, round 1 / mean warm round: old {old.rows[0]['total'] / old_warm:.2f}x, new "
               f"{new.rows[0]['total'] / new_warm:.2f}x (new's prewarm, done before round 1's annotations: "
-              f"{prewarm['seconds']:.1f} s).",
+              f"{prewarm_seconds:.1f} s).",
               "- First predict after a reload / steady predict (rounds 2+): old " + ", ".join(
                   f"{old.rows[i]['first_predict'] / old.rows[i]['steady_predict']:.1f}x" for i in warm)
               + "; new " + ", ".join(f"{new.rows[i]['first_predict'] / new.rows[i]['steady_predict']:.1f}x"

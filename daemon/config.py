@@ -9,13 +9,15 @@ settings odal cannot feed are checked here, once.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from odal.daemon.rounds import pipeline_check
+from odal.common.address import parse_address
 from odal.common.errors import ConfigError
 from odal.daemon.rounds.gate import METRICS
+from odal.daemon.store.db import LEDGER_FILE
 
 # section -> key -> (type, default); a default of ... means required.
 _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
@@ -112,11 +114,10 @@ class Config:
     gate_tolerance: float = 0.0
     eval_export: Path | None = None
     eval_dataset: str = ""
-    raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def ledger_path(self) -> Path:
-        return self.work_dir / "ledger.sqlite"
+        return self.work_dir / LEDGER_FILE
 
     @property
     def limits(self):
@@ -199,9 +200,10 @@ def parse(data: dict, path: Path) -> Config:
             raise ConfigError(f"{section}.{key}: {message}, got {values[section, key]!r}")
     eval_export = _eval_source(values, resolve("gate", "eval_export", "file"), export_dir, prodigy_db)
     metrics_address = values["metrics", "address"]
-    host, _, port = metrics_address.rpartition(":")
-    if metrics_address and not (host and port.isdigit() and int(port) <= 65535):
-        raise ConfigError(f"metrics.address: HOST:PORT (e.g. 127.0.0.1:9464), got {metrics_address!r}")
+    try:
+        parse_address(metrics_address)
+    except ValueError as error:
+        raise ConfigError(f"metrics.address: {error}") from None
 
     pipeline_config = resolve("model", "pipeline_config", "file")
     pipeline = pipeline_check.read(pipeline_config)
@@ -245,7 +247,6 @@ def parse(data: dict, path: Path) -> Config:
         gate_tolerance=values["gate", "tolerance"],
         eval_export=eval_export,
         eval_dataset=values["gate", "eval_dataset"],
-        raw=data,
     )
 
 

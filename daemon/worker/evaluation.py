@@ -22,6 +22,8 @@ from object_detection.core import standard_fields as fields
 from object_detection.utils import label_map_util
 from object_detection.utils import visualization_utils as vutils
 
+from odal.daemon.worker import tf_private
+
 _FEATURES = (fields.InputDataFields.image, fields.InputDataFields.original_image,
              fields.InputDataFields.original_image_spatial_shape, fields.InputDataFields.true_image_shape,
              inputs.HASH_KEY)
@@ -49,8 +51,8 @@ class TracedEval:
             boxes_shape = labels[fields.InputDataFields.groundtruth_boxes].get_shape().as_list()
             unpad = boxes_shape[1] is not None and batch_size == 1
             unstacked = model_lib.unstack_batch(labels, unpad_groundtruth_tensors=unpad)
-            losses, predictions = model_lib_v2._compute_losses_and_predictions_dicts(  # noqa: SLF001
-                model, features, unstacked, training_step=None, add_regularization_loss=add_regularization_loss)
+            losses, predictions = tf_private.losses_and_predictions(model, features, unstacked,
+                                                                    add_regularization_loss)
             detections = model.postprocess(predictions, features[fields.InputDataFields.true_image_shape])
             return losses, detections, labels, {name: features[name] for name in _FEATURES}
 
@@ -60,20 +62,17 @@ class TracedEval:
 
     def trace(self, configs: dict, dataset) -> None:
         """Trace the eval step now (in inference mode), without running it."""
-        self.model._is_training = False  # noqa: SLF001
-        tf.keras.backend.set_learning_phase(False)
+        tf_private.set_inference(self.model)
         try:
             self._step(dataset, configs).get_concrete_function()
         finally:
-            tf.keras.backend.set_learning_phase(True)
-            self.model._is_training = True  # noqa: SLF001
+            tf_private.set_training(self.model)
 
     def __call__(self, configs: dict, dataset, global_step) -> dict[str, float]:
         """The eval metrics of the live weights on every element of ``dataset`` (scalars also to the default
         summary writer, as ``eager_eval_loop`` writes them)."""
         model = self.model
-        model._is_training = False  # noqa: SLF001 - the OD API toggles this flag itself
-        tf.keras.backend.set_learning_phase(False)
+        tf_private.set_inference(model)
         step = self._step(dataset, configs)
         eval_config = configs["eval_config"]
         options = eval_util.evaluator_options_from_eval_config(eval_config)
@@ -103,8 +102,7 @@ class TracedEval:
         metrics = {str(name): float(value) for name, value in metrics.items()}
         for name, value in metrics.items():
             tf.summary.scalar(name, value, step=global_step)
-        tf.keras.backend.set_learning_phase(True)
-        model._is_training = True  # noqa: SLF001
+        tf_private.set_training(model)
         return metrics
 
 

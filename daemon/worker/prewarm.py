@@ -9,7 +9,7 @@ of the untrained weights aside, which leaves the session's graph for later expor
 (``session_reused``), and its export writes only the weights.  The daemon sends it when the worker starts (and again
 after a worker is retired for memory); see ``Worker.prewarm`` in ``odal.daemon.rounds.round``.
 
-Job: ``{"type": "prewarm", "pipeline_config", "label_map", "num_classes"}``.
+Job: ``odal.daemon.rounds.contracts.PrewarmJob``; answer: ``Prewarmed``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from odal.daemon.rounds.contracts import PrewarmJob
 from odal.daemon.worker import rounds
 from odal.daemon.worker import session as sessions
 from odal.daemon.worker.tfrecords import write_records
@@ -47,13 +48,13 @@ def _sample_round(folder: Path) -> None:
     write_records(folder / "annotations.jsonl", folder)
 
 
-def prewarm(job: dict) -> dict:
+def prewarm(job: PrewarmJob) -> dict:
     """The session for ``job``'s model, built and traced; what was done and how long it took."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="odal-prewarm-") as tmp:
         folder = Path(tmp)
         _sample_round(folder)
-        configs = sessions.load_configs(Path(job["pipeline_config"]), Path(job["label_map"]), job["num_classes"],
+        configs = sessions.load_configs(job.pipeline_config, job.label_map, job.num_classes,
                                         folder / "train.record", folder / "eval.record")
         sessions.adjustments(configs)
         timings = {}
