@@ -44,6 +44,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "debounce_seconds": (float, 5.0),
         "eval_fraction": (float, 0.2),
         "worker_max_mb": (float, 4096.0),  # restart the TensorFlow worker between rounds beyond this RSS; 0 = never
+        "prewarm": (bool, True),  # start the worker and trace the model while waiting for annotations
     },
     "retention": {
         "versions": (int, 3),
@@ -101,6 +102,7 @@ class Config:
     log_file: Path | None
     log_level: str
     worker_max_bytes: int = 4096 << 20
+    prewarm: bool = True
     log_max_bytes: int = 64 << 20
     log_backups: int = 3
     metrics_address: str = ""
@@ -127,7 +129,7 @@ class Config:
 def _typed(section: str, key: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{section}.{key}: expected {kind.__name__}, got {value!r}")
     return value
 
@@ -233,6 +235,7 @@ def parse(data: dict, path: Path) -> Config:
         log_file=resolve("log", "file"),
         log_level=values["log", "level"],
         worker_max_bytes=int(values["training", "worker_max_mb"] * (1 << 20)),
+        prewarm=values["training", "prewarm"],
         log_max_bytes=int(values["log", "max_mb"] * (1 << 20)),
         log_backups=values["log", "backups"],
         metrics_address=metrics_address,

@@ -28,7 +28,7 @@ from odal.daemon.config import Config
 from odal.daemon.handlers import ingest, ingest_db, scoring
 from odal.daemon.rounds import publish
 from odal.daemon.rounds.round import run_round
-from odal.daemon.rounds.worker_client import Abandoned, Worker
+from odal.daemon.rounds.worker_client import Abandoned, worker_for
 from odal.daemon.sources import limits, prodigy_db
 from odal.daemon.sources.label_map import load_label_map
 from odal.daemon.store.history import History
@@ -67,8 +67,7 @@ class Daemon:
         limits.configure(cfg.limits)
         self.degraded = Degraded()  # a full disk: events retried with backoff, shown in status, never an exit
         self.rechecks = SettleRechecks(cfg.limits.settle_seconds + 1.0)
-        self.worker = Worker(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups,
-                             cfg.worker_max_bytes)
+        self.worker = worker_for(cfg, self.labels)  # prewarmed in run(): traced before annotations arrive
         self._round_thread: threading.Thread | None = None
         self._last_event = 0.0
         self._next_scoring = 0.0
@@ -106,6 +105,7 @@ class Daemon:
             if fine_tune.checkpoint:  # where round 1 starts from (a round with an earlier checkpoint continues it)
                 log.info("fine_tune_checkpoint", path=fine_tune.checkpoint, type=fine_tune.type,
                          source=fine_tune.source, **({"override": fine_tune.note} if fine_tune.note else {}))
+            self.worker.prewarm()
             try:
                 self.notifier.ready()  # the watchers run; what they see meanwhile waits on the queue
                 self._set_status("reading annotation sources")

@@ -31,7 +31,7 @@ class Confirmer:
         started = time.monotonic()
         client = ServingClient(cfg.serving_address, timeout=min(30.0, cfg.confirm_timeout_seconds))
         try:
-            client.wait_until_available(cfg.model_name, version, timeout=cfg.confirm_timeout_seconds)
+            client.wait_until_available(cfg.model_name, version, timeout=cfg.confirm_timeout_seconds, poll=0.05)
             image = sample_image if sample_image and Path(sample_image).is_file() else _blank()
             asked = time.monotonic()
             found = client.predict(cfg.model_name, image, version=version)

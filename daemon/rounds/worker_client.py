@@ -14,13 +14,16 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from odal.common.errors import RoundFailed
 from odal.common.processes import kill_process_group, stop_process_group
-from odal.daemon.rounds.contracts import (JobFailed, Progress, ProtocolError, Ready, RoundJob, RoundResult, decode,
-                                          encode)
+from odal.daemon.rounds.contracts import (JobFailed, Prewarmed, PrewarmJob, Progress, ProtocolError, Ready, RoundJob,
+                                          RoundResult, decode, encode)
 from odal.daemon.system import log as logs
+
+if TYPE_CHECKING:
+    from odal.daemon.config import Config
 
 log = logs.get("odal.worker_client")
 
@@ -34,11 +37,16 @@ class Worker:
 
     A child whose memory (RSS) after a round is above ``max_rss`` bytes is retired and the next round starts a
     fresh one: whatever TensorFlow keeps from round to round (a few MiB; see bench/results/worker_memory.md) cannot
-    add up over weeks.  The fresh child pays the first-round costs (tracing, a whole SavedModel) once.
+    add up over weeks.  The fresh child pays the first-round costs (tracing, a whole SavedModel) once; with a
+    ``prewarm_job`` (odal.daemon.worker.prewarm) it pays them in the background when it starts (``prewarm()``, and
+    again after a retirement), while the daemon waits for annotations, not after they arrive.
     """
 
-    def __init__(self, log_path: Path, max_bytes: int = 0, backups: int = 3, max_rss: int = 0):
+    def __init__(self, log_path: Path, max_bytes: int = 0, backups: int = 3, max_rss: int = 0,
+                 prewarm_job: PrewarmJob | None = None):
         self._log_path = log_path
+        self._prewarm_job = prewarm_job
+        self._busy = threading.Lock()  # one job at a time in the child: a prewarm, or a round
         self._log_rotation = (max_bytes, backups)  # its stderr log is rotated when a child starts, if too big
         self._max_rss = max_rss
         self._proc: subprocess.Popen | None = None
@@ -82,9 +90,48 @@ class Worker:
         log.info("worker_started", pid=proc.pid)
         return proc
 
+    def prewarm(self, wait: bool = False) -> None:
+        """Start the child now and have it build and trace the model, in a background thread (a round waits for
+        it), or in this one with ``wait``."""
+        if self._prewarm_job is None or self._stopping:
+            return
+        if wait:
+            self._prewarm()
+        else:
+            threading.Thread(target=self._prewarm, name="odal-worker-prewarm", daemon=True).start()
+
+    def _prewarm(self) -> None:
+        with self._busy:
+            try:
+                with self._lock:
+                    if self._stopping:
+                        return
+                    if self._proc is None or self._proc.poll() is not None:
+                        self._proc = self._start()
+                    proc = self._proc
+                proc.stdin.write(encode(self._prewarm_job))
+                proc.stdin.flush()
+                for line in proc.stdout:
+                    message = decode(line)
+                    if isinstance(message, Prewarmed):
+                        if message.ok:
+                            log.info("worker_prewarmed", pid=proc.pid, built=message.built,
+                                     seconds=round(message.seconds, 2),
+                                     **{k: round(v, 2) for k, v in (message.timings or {}).items()})
+                        else:
+                            log.warning("worker_prewarm_failed", pid=proc.pid, error=message.error)
+                        return
+            except Exception as error:  # noqa: BLE001 - the round starts (or builds) what it needs itself
+                if not self._stopping:
+                    log.warning("worker_prewarm_failed", error=f"{type(error).__name__}: {error}")
+
     def run(self, job: RoundJob, on_progress: Callable[[Progress], None] = lambda progress: None) -> RoundResult:
         """Send one job; relay its progress; return its result (raises RoundFailed / Abandoned).  An answer for
         another round than ``job.round_id``, or a line that is not a protocol message, fails the round."""
+        with self._busy:
+            return self._run(job, on_progress)
+
+    def _run(self, job: RoundJob, on_progress: Callable[[Progress], None]) -> RoundResult:
         with self._lock:
             if self._stopping:
                 raise Abandoned("worker stopping")
@@ -143,6 +190,7 @@ class Worker:
             kill_process_group(proc)
         log.info("worker_retired", pid=proc.pid, rss_mb=round(rss / (1 << 20)),
                  max_mb=round(self._max_rss / (1 << 20)))
+        self.prewarm()  # the next child builds and traces the model now, not in the next round
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the child's session, SIGKILL after ``timeout``."""
@@ -158,6 +206,14 @@ class Worker:
             pass
         stop_process_group(proc, timeout)
         log.info("worker_stopped", pid=proc.pid)
+
+
+def worker_for(cfg: Config, labels: list[str]) -> Worker:
+    """The daemon's worker: its log and memory bound from ``cfg``, and (``[training] prewarm``) the prewarm job of
+    the workspace's model, sent by ``Worker.prewarm()``."""
+    job = PrewarmJob(cfg.pipeline_config, cfg.label_map, len(labels)) if cfg.prewarm else None
+    return Worker(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups, cfg.worker_max_bytes,
+                  prewarm_job=job)
 
 
 def rss_bytes(pid: int) -> int | None:

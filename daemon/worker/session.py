@@ -46,6 +46,7 @@ from google.protobuf import text_format
 from odal.daemon.rounds.contracts import FineTune
 from odal.daemon.system.atomic import atomic_write_text, remove_tree
 from odal.daemon.worker import tf_private
+from odal.daemon.worker.evaluation import TracedEval
 
 Progress = Callable[[int, int, float], None]
 
@@ -105,6 +106,7 @@ class ModelSession:
         self._train_step = None
         self._datasets: dict[str, tuple[str, object]] = {}  # split -> (what it was built from, the dataset)
         self._links = tempfile.TemporaryDirectory(prefix="odal-worker-")  # the stable paths the datasets read
+        self.traced_eval = TracedEval(self.model)  # the eval step, traced once per session
         self._inference = None
         self._graph: SavedGraph | None = None  # set by the first export: what later exports write again
 
@@ -183,6 +185,12 @@ class ModelSession:
             cached = self._datasets[split] = (built_from, dataset)
         return cached[1]
 
+    def trace_train(self, configs: dict) -> None:
+        """Trace the train step (creating the model's and optimiser's variables) without running it."""
+        if self._train_step is None:
+            self._train_step = self._make_train_step()
+        self._train_step.get_concrete_function(iter(self._dataset(configs, "train")))
+
     def train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: FineTune | None,
               progress: Progress, summary_dir: Path | None = None) -> dict:
         """Continue from ``init_checkpoint`` (or ``fine_tune``, or scratch) for ``steps`` steps on all train data."""
@@ -225,7 +233,10 @@ class ModelSession:
         dataset = self._dataset(configs, "eval")
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
         with writer.as_default():
-            metrics = model_lib_v2.eager_eval_loop(self.model, configs, dataset, global_step=self.global_step)
+            if os.environ.get("ODAL_EVAL_LOOP") == "eager":  # the OD API's loop, traced each call (benchmarks)
+                metrics = model_lib_v2.eager_eval_loop(self.model, configs, dataset, global_step=self.global_step)
+            else:
+                metrics = self.traced_eval(configs, dataset, self.global_step)
         writer.flush()
         tf_private.set_training(self.model)
         return {name: float(value) for name, value in metrics.items()}

@@ -21,6 +21,20 @@ def set_training(model) -> None:
     model._is_training = True  # noqa: SLF001
 
 
+def set_inference(model) -> None:
+    """Inference mode for an evaluation, as ``eager_eval_loop`` sets it (the flag is read while tracing).
+    Private: ``model._is_training`` (as :func:`set_training`)."""
+    model._is_training = False  # noqa: SLF001
+    tf.keras.backend.set_learning_phase(False)
+
+
+def losses_and_predictions(model, features, labels, add_regularization_loss: bool):
+    """(losses, predictions) of one eval batch, as the OD API's eval loop computes them.
+    Private: ``model_lib_v2._compute_losses_and_predictions_dicts`` (OD API; checked with TF 2.21)."""
+    return model_lib_v2._compute_losses_and_predictions_dicts(  # noqa: SLF001
+        model, features, labels, training_step=None, add_regularization_loss=add_regularization_loss)
+
+
 def ensure_model_is_built(model, dataset, unpad_groundtruth_tensors: bool) -> None:
     """Build the model's variables on one batch, as model_lib_v2's fine-tune start does.
     Private: ``model_lib_v2._ensure_model_is_built`` (OD API; checked with TF 2.21)."""
