@@ -20,6 +20,7 @@ from odal.common.errors import PublishError
 from odal.daemon.store.history import History
 
 MARKER = Path("assets.extra") / "odal.json"
+QUARANTINE = ".quarantine"  # <base_path>/.quarantine/<version>-<unix time>: versions out of serving, kept
 log = logs.get("odal.publish")
 
 
@@ -64,12 +65,12 @@ def quarantine(base_path: Path, version: int, history: History, reason: str) -> 
     ignores it, and still on the same filesystem as the versions.
     """
     source = base_path / str(version)
-    target = base_path / ".quarantine" / f"{version}-{int(time.time())}"
+    target = base_path / QUARANTINE / f"{version}-{int(time.time())}"
     target.parent.mkdir(exist_ok=True)
     os.rename(source, target)
     fsync_dir(base_path)
     fsync_dir(target.parent)
-    history.set_version_state(version, "quarantined", reason)
+    history.set_version_state(version, "quarantined", reason, path=target)
     return target
 
 
