@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -18,33 +17,6 @@ from odal.daemon.sources import datasets
 from odal.daemon.store.history import History
 from odal.daemon.store.ledger import Ledger
 from odal.serving.client import ServingClient
-from odal.serving.process import ServerProcess, free_port
-
-
-def _publish_copies(cfg, versions: list[Path]) -> None:
-    Ledger(cfg.ledger_path).close()  # the tables a daemon would have made (odal status reads them)
-    history = History(cfg.ledger_path)
-    try:
-        for round_id, export in enumerate(versions, 1):
-            staging = publish.staging_dir(cfg.base_path, round_id)
-            shutil.copytree(export, staging)
-            publish.publish(staging, cfg.base_path, history, round_id, {"mAP": 0.1 * round_id})
-    finally:
-        history.close()
-
-
-@pytest.fixture
-def served(tmp_path, tiny_models):
-    """A workspace with versions 1 and 2 (the tiny models) and ``odal serve`` serving its base path."""
-    port = free_port()
-    cfg = load(make_workspace(tmp_path / "ws", tiny_models["items"][:1], serving_address=f"127.0.0.1:{port}"))
-    cfg.base_path.mkdir(parents=True, exist_ok=True)
-    _publish_copies(cfg, tiny_models["versions"])
-    with ServerProcess(tmp_path / "serve.log", f"--model_name={cfg.model_name}",
-                       f"--model_base_path={cfg.base_path}", port=port, rest_port=0) as server:
-        with ServingClient(server.address, timeout=60) as client:
-            assert client.wait_until_available(cfg.model_name, 2, timeout=180) == 2
-        yield cfg
 
 
 def _status_versions(cfg) -> dict:
@@ -53,8 +25,8 @@ def _status_versions(cfg) -> dict:
     return {v["version"]: v for v in json.loads(proc.stdout)["versions"]}
 
 
-def test_rollback_and_restore_report_what_the_server_serves_and_status_shows_where_the_version_is(served):
-    cfg = served
+def test_rollback_and_restore_report_what_the_server_serves_and_status_shows_where_the_version_is(tiny_served):
+    cfg = tiny_served
     done = odal_cli("rollback", "--workspace", str(cfg.path.parent), timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"the server at {cfg.serving_address} serves version 1 (AVAILABLE: 1)" in done.stdout, done.stdout
