@@ -80,3 +80,38 @@ def test_demo_reads_the_layout_says_what_it_skipped_and_prints_the_table_when_th
     assert "the daemon exited with 2" in proc.stderr
     assert "no round ran" in proc.stdout  # the table's place: said, not a sqlite3 traceback
     assert proc.returncode == 1
+
+
+_LAUGHS = ('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY l "lol">'
+           + "".join(f'<!ENTITY l{i} "{("&l;" if i == 0 else f"&l{i - 1};") * 10}">' for i in range(9))
+           + ']><annotation><filename>&l8;</filename></annotation>')
+
+
+def test_hostile_annotation_files_are_skipped_one_message_each_and_the_good_ones_read(tmp_path):
+    """Fuzzed with hypothesis: whatever an XML file holds (garbage, deep nesting, entity bombs, wrong numbers, paths
+    leading out of the image folder), voc.read returns the good items and one message per bad file (60 examples in
+    make test; ODAL_FUZZ_VOC_EXAMPLES=5000 for a long run)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    folder = _voc_folder(tmp_path, "annots", "images", broken=False, count=2)
+    fragment = st.sampled_from(["<annotation>", "</annotation>", "<filename>", "</filename>", "../../etc/passwd",
+                                "shapes-3-0000.jpg", "<size><width>", "</width><height>", "</height></size>",
+                                "<object><name>disc</name><bndbox><xmin>", "</xmin><ymin>", "</ymin><xmax>",
+                                "</xmax><ymax>", "</ymax></bndbox></object>", "-1", "1e309", "nan", "&amp;", "<a>" * 50,
+                                "\x00", "é", _LAUGHS])
+    hostile = st.one_of(st.binary(max_size=300), st.lists(fragment, max_size=30).map(lambda p: "".join(p).encode()))
+
+    @settings(max_examples=int(os.environ.get("ODAL_FUZZ_VOC_EXAMPLES", "60")), deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(hostile)
+    def check(content: bytes) -> None:
+        (folder / "annots" / "zz-hostile.xml").write_bytes(content)
+        found = voc.read(folder)
+        assert len(found.items) + len(found.skipped) == 3  # the two good files read, the hostile one or its message
+        assert all(message.startswith("zz-hostile.xml: skipped: ") for message in found.skipped)
+        for item in found.items:  # nothing outside the image folder, every box a non-empty part of its image
+            assert item.image.resolve().is_relative_to(found.data_dir)
+            assert all(0 <= x0 < x1 <= item.width and 0 <= y0 < y1 <= item.height for _, x0, y0, x1, y1 in item.boxes)
+
+    check()

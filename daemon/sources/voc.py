@@ -82,10 +82,14 @@ def _item(xml_path: Path, image_dir: Path, check_images: bool, ground_truth):
             width, height = images.check_decodes(data)
         except images.Undecodable as error:
             raise ValueError(f"its image {image.name} cannot be decoded ({error})") from None
-    boxes = []
-    for obj in root.iter("object"):
-        x0, y0, x1, y1 = (float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
-        boxes.append((obj.findtext("name"), max(x0, 0.0), max(y0, 0.0), min(x1, width), min(y1, height)))
     if width <= 0 or height <= 0:
         raise ValueError("no image size")
+    boxes = []
+    for number, obj in enumerate(root.iter("object"), 1):
+        x0, y0, x1, y1 = (float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
+        x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, width), min(y1, height)  # VOC's 1-based edges
+        name = (obj.findtext("name") or "").strip()
+        if not name or not (x0 < x1 and y0 < y1):  # also false for NaN
+            raise ValueError(f"object {number}: no name or an empty box ({x0}, {y0}, {x1}, {y1})")
+        boxes.append((name, x0, y0, x1, y1))
     return ground_truth(image, width, height, tuple(boxes))
