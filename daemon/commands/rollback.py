@@ -116,6 +116,8 @@ def server_view(cfg: Config, gone: int | None = None, wanted: int | None = None,
                 if gone not in available and (wanted is None or wanted in available):
                     return {"address": cfg.serving_address, "available": available, "settled": True, "error": None}
             except ServingError as failure:
+                if failure.code == "NOT_FOUND" and wanted is None:  # it answered: no version of the model is loaded
+                    return {"address": cfg.serving_address, "available": [], "settled": True, "error": None}
                 error = f"{failure.code}: {failure.message}"
             if time.monotonic() + 0.5 > deadline:
                 return {"address": cfg.serving_address, "available": available, "settled": False, "error": error}
