@@ -146,6 +146,8 @@ def parse(data: dict, path: Path) -> Config:
         for key, (kind, default) in keys.items():
             if key in data.get(section, {}):
                 values[section, key] = _typed(section, key, data[section][key], kind)
+                if (section, key) == ("log", "level"):  # INFO, Info and info alike
+                    values[section, key] = values[section, key].lower()
             elif default is ...:
                 raise ConfigError(f"{section}.{key}: required")
             else:
@@ -197,9 +199,8 @@ def parse(data: dict, path: Path) -> Config:
             raise ConfigError(f"{section}.{key}: {message}, got {values[section, key]!r}")
     eval_export = _eval_source(values, resolve("gate", "eval_export", "file"), export_dir, prodigy_db)
     metrics_address = values["metrics", "address"]
-    host, _, port = metrics_address.rpartition(":")
-    if metrics_address and not (host and port.isdigit() and int(port) <= 65535):
-        raise ConfigError(f"metrics.address: HOST:PORT (e.g. 127.0.0.1:9464), got {metrics_address!r}")
+    _host_port("metrics.address", metrics_address, "127.0.0.1:9464")
+    _host_port("serving.address", values["serving", "address"], "127.0.0.1:8500")
 
     pipeline_config = resolve("model", "pipeline_config", "file")
     pipeline = pipeline_check.read(pipeline_config)
@@ -244,6 +245,13 @@ def parse(data: dict, path: Path) -> Config:
         eval_dataset=values["gate", "eval_dataset"],
         raw=data,
     )
+
+
+def _host_port(key: str, address: str, example: str) -> None:
+    """An address is empty (off) or HOST:PORT: a bare host would make every later connection fail."""
+    host, _, port = address.rpartition(":")
+    if address and not (host and port.isdigit() and 0 < int(port) <= 65535):
+        raise ConfigError(f"{key}: HOST:PORT (e.g. {example}), got {address!r}")
 
 
 def _eval_source(values: dict, eval_export: Path | None, export_dir: Path | None, prodigy_db: Path | None):

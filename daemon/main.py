@@ -350,10 +350,10 @@ class Daemon:
 
         return confirm.Confirmer(self.cfg)
 
-    def _set_status(self, text: str) -> None:
+    def _set_status(self, text: str, detail: dict | None = None) -> None:  # detail: a round's stage, step, ETA
         self._status = text
         self.notifier.status(text)
-        self.status_file.set(text)
+        self.status_file.set(text, detail)
 
     def _serve_metrics(self):
         """The Prometheus endpoint when ``[metrics] address`` is set (loopback is the intended use)."""

@@ -28,6 +28,7 @@ from odal.common.errors import RoundFailed
 from odal.daemon.rounds import publish
 from odal.daemon.rounds.inputs import image_roots, round_inputs, with_images, write_splits
 from odal.daemon.rounds.inputs import split_of, write_annotations  # noqa: F401 - their old home
+from odal.daemon.rounds.progress import RoundProgress
 from odal.daemon.store.history import History
 
 log = logs.get("odal.round")
@@ -176,7 +177,7 @@ class RoundOutcome:
 
 
 def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, labels: list[str], worker: Worker,
-              status: Callable[[str], None] = lambda text: None, confirm=None) -> RoundOutcome:
+              status: Callable[..., None] = lambda text, detail=None: None, confirm=None) -> RoundOutcome:
     """One round from the ledger snapshot ``accepted`` (taken at change counter ``seq``) to a published version."""
     round_id = history.start_round(seq)
     bound = log.bind(round=round_id)
@@ -213,15 +214,7 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
             "gate": {"metric": cfg.gate_metric, "tolerance": cfg.gate_tolerance}, "served": _served(cfg),
         }
 
-        def on_progress(message: dict) -> None:
-            if "step" in message:
-                status(f"round {round_id}: training {message['step']}/{message['of']}")
-                bound.debug("train_progress", step=message["step"], of=message["of"], loss=message["loss"])
-            else:
-                status(f"round {round_id}: {message['stage']}")
-                bound.info("stage_started", stage=message["stage"])
-
-        result = worker.run(job, on_progress)
+        result = worker.run(job, RoundProgress(round_id, cfg.steps_per_round, bound, status))
         metrics = gates.summarize(result["metrics"])
         timings = dict(result["timings"])
         gate = dict(result["gate"], served_metrics=gates.summarize(result["served_metrics"]),
