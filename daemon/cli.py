@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     workspace_args.add(p)
     p.add_argument("version", nargs="?", type=int, help="the version number (default: the newest)")
     p.add_argument("--force", action="store_true", help="also when it is the last remaining version")
+    p = sub.add_parser("restore", help="put a rolled-back version back into serving (undoes odal rollback)")
+    workspace_args.add(p)
+    p.add_argument("version", type=int, help="the version number")
+    p.add_argument("--force", action="store_true", help="also a version quarantined because it did not serve")
+    p = sub.add_parser("report", help="a static HTML page: plots per round, gate, timings, the model's boxes")
+    workspace_args.add(p)
+    p.add_argument("--out", help="the folder of the page (default: the work dir's report/)")
     p = sub.add_parser("retry", help="read every annotation source again from its start: lines fixed since they "
                        "were set aside are ingested, the rest stay set aside")
     workspace_args.add(p)
@@ -158,14 +165,17 @@ def _command(args: argparse.Namespace) -> int:
         piped = logview.stdin_is_piped()
         log_file = None if piped else config_module.load(config_path).log_file
         return logview.run(log_file, args.follow, args.raw, sys.stdin if piped else None)
-    if args.command == "rollback":
+    if args.command in ("rollback", "restore"):
         cfg = config_module.load(config_path)
         logs.configure("info", cfg.log_file, stream=open(os.devnull, "w"))  # recorded in the daemon's log
-        from odal.daemon.commands.rollback import rollback  # after configure: loggers bind at import
+        from odal.daemon.commands import rollback  # after configure: loggers bind at import
 
-        done = rollback(cfg, args.version, args.force)
-        serving = done["serving"] if done["serving"] is not None else "nothing"
-        print(f"version {done['version']} moved to {done['moved_to']}; TF Serving now serves {serving}")
+        print(rollback.run(cfg, args.command, args.version, args.force))
+        return 0
+    if args.command == "report":
+        from odal.daemon.commands import report
+
+        print(report.run(config_module.load(config_path), args.out))
         return 0
     if args.command == "retry":
         from odal.daemon.commands.retry import retry

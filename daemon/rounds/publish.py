@@ -20,6 +20,7 @@ from odal.common.errors import PublishError
 from odal.daemon.store.history import History
 
 MARKER = Path("assets.extra") / "odal.json"
+QUARANTINE = ".quarantine"  # <base_path>/.quarantine/<version>-<unix time>: versions out of serving, kept
 log = logs.get("odal.publish")
 
 
@@ -64,7 +65,7 @@ def quarantine(base_path: Path, version: int) -> Path:
     ignores it, and still on the same filesystem as the versions.
     """
     source = base_path / str(version)
-    target = base_path / ".quarantine" / f"{version}-{int(time.time())}"
+    target = base_path / QUARANTINE / f"{version}-{int(time.time())}"
     target.parent.mkdir(exist_ok=True)
     os.rename(source, target)
     fsync_dir(base_path)

@@ -110,7 +110,7 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
             failed = confirm(version, sample)
             if failed is not None:  # it does not serve: out of the numbered namespace, the previous one serves on
                 where = publish.quarantine(cfg.base_path, version)
-                history.set_version_state(version, "quarantined", failed)
+                history.set_version_state(version, "quarantined", failed, path=where)
                 log.error("version_quarantined", version=version, reason=failed, moved_to=str(where),
                           seconds=round(time.monotonic() - confirm_started, 2))
                 raise PublishError(f"version {version} did not serve ({failed}); quarantined at {where}")

@@ -2,8 +2,8 @@
 
 * :func:`generate_shapes` makes a small detection data set on any machine: coloured squares and discs on noisy
   backgrounds, JPEG files and their boxes.
-* :func:`read_voc` reads a folder of PASCAL VOC annotated images (``images/`` + ``annotations/*.xml``), such as
-  the raccoon data set.
+* :func:`read_voc` reads a folder of PASCAL VOC annotated images (``images/`` + ``annotations/*.xml``, or another
+  common layout), such as the raccoon data set.
 
 Both give :class:`GroundTruth` items, which :func:`prodigy_record` turns into the record ``prodigy db-out`` writes
 after an annotator drew those boxes in ``image.manual`` (the simulated annotator of the demo and the tests).
@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,19 +67,11 @@ def generate_shapes(out_dir: Path, count: int, seed: int = 0, size: tuple[int, i
 
 
 def read_voc(folder: Path) -> list[GroundTruth]:
-    """Items of a PASCAL VOC folder: ``images/NAME.jpg`` with ``annotations/NAME.xml``."""
-    items = []
-    for xml_path in sorted((folder / "annotations").glob("*.xml")):
-        root = ET.parse(xml_path).getroot()
-        image = folder / "images" / root.findtext("filename")
-        width, height = int(root.findtext("size/width")), int(root.findtext("size/height"))
-        boxes = tuple(
-            (obj.findtext("name"),) + tuple(float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
-            for obj in root.iter("object")
-        )
-        if image.exists():
-            items.append(GroundTruth(image, width, height, boxes))
-    return items
+    """Items of a PASCAL VOC folder in any common layout (see :mod:`odal.daemon.sources.voc`; what cannot be used
+    is left out; ``voc.read`` says why)."""
+    from odal.daemon.sources import voc
+
+    return voc.read(folder).items
 
 
 def labels_of(items: list[GroundTruth]) -> list[str]:

@@ -114,8 +114,10 @@ class History:
             (version, round_id, str(path), json.dumps(metrics) if metrics else None, time.time(), state, note),
         )
 
-    def set_version_state(self, version: int, state: str, note: str | None = None) -> None:
-        self._update("versions", "version", version, state=state, note=note)
+    def set_version_state(self, version: int, state: str, note: str | None = None, path: Path | None = None) -> None:
+        """``path``: where the version's folder is now (moved out of the base path, or back into it)."""
+        fields = {"path": str(path)} if path is not None else {}
+        self._update("versions", "version", version, state=state, note=note, **fields)
 
     def versions(self) -> list[dict]:
         return [_decode(row) for row in self._db.execute("SELECT * FROM versions ORDER BY version")]

@@ -49,6 +49,7 @@ from odal.daemon.worker import tf_private
 from odal.daemon.worker.evaluation import TracedEval
 
 Progress = Callable[[int, int, float], None]
+MAX_EVAL_IMAGES = 4  # side-by-side eval images (detections | annotators' boxes) in TensorBoard per evaluation
 
 
 def load_configs(pipeline_config: Path, label_map: Path, num_classes: int, train_record: Path,
@@ -67,6 +68,9 @@ def load_configs(pipeline_config: Path, label_map: Path, num_classes: int, train
     )
     model_config = configs["model"]
     getattr(model_config, model_config.WhichOneof("model")).num_classes = num_classes
+    # Eval images (detections | annotators' boxes) each evaluation writes for TensorBoard: at most a few a round.
+    eval_config = configs["eval_config"]
+    eval_config.num_visualizations = min(eval_config.num_visualizations, MAX_EVAL_IMAGES)
     if fine_tune:
         configs["train_config"].fine_tune_checkpoint = fine_tune.path
         configs["train_config"].fine_tune_checkpoint_type = fine_tune.type
@@ -155,7 +159,7 @@ class ModelSession:
                 clip_gradients_value=clip,
             )
             step.assign_add(1)
-            return losses["Loss/total_loss"]
+            return losses  # Loss/total_loss and each component (localization, classification, regularization...)
 
         return train_step
 
@@ -213,11 +217,14 @@ class ModelSession:
                 if done == 1 or done % 10 == 0 or done == steps:
                     rates.append(self.learning_rate())
                     tf.summary.scalar("learning_rate", rates[-1], step=self.global_step)
-                loss = float(self._train_step(iterator))
+                losses = self._train_step(iterator)
+                loss = float(losses["Loss/total_loss"])
                 if first_step_seconds is None:
                     first_step_seconds = time.monotonic() - started
                 if done % 10 == 0 or done == steps:
-                    tf.summary.scalar("loss/total", loss, step=self.global_step)
+                    for name, value in losses.items():  # loss/total, loss/localization_loss, ...
+                        tag = "loss/total" if name == "Loss/total_loss" else "loss/" + name.split("/", 1)[-1]
+                        tf.summary.scalar(tag, value, step=self.global_step)
                     progress(done, steps, loss)
         writer.flush()
         result = {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss,
