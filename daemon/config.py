@@ -208,6 +208,7 @@ def parse(data: dict, path: Path) -> Config:
     pipeline_config = resolve("model", "pipeline_config", "file")
     pipeline = pipeline_check.read(pipeline_config)
     pipeline_check.unsupported(pipeline, pipeline_config)
+    pipeline_check.trainable_patterns(pipeline, pipeline_config)
     fine_tune = pipeline_check.fine_tune(pipeline, pipeline_config, values["model", "fine_tune_checkpoint"],
                                          values["model", "fine_tune_checkpoint_type"], base)
 

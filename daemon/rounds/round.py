@@ -84,9 +84,11 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
         history.update_round(round_id, checkpoint=result.checkpoint, global_step=result.train["global_step"],
                              metrics=metrics, timings=timings, gate=gate)
         bound.info("round_trained", global_step=result.train["global_step"], loss=result.train["loss"],
+                   train_cpu_seconds=result.train.get("cpu_seconds"),
                    session_reused=result.session_reused, export=result.export, metrics=metrics,
                    timings=timings, learning_rate=result.train.get("learning_rate"),
-                   fine_tune=result.train.get("fine_tune"), adjusted=result.adjusted,
+                   fine_tune=result.train.get("fine_tune"), frozen=result.train.get("frozen"),
+                   adjusted=result.adjusted,
                    gate=gate["reason"])
         if not gate["passed"]:  # not blessed: an outcome, not an error; the next round trains on from this one
             remove_tree(staging)

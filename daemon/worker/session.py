@@ -19,6 +19,8 @@ The OD API's own conventions hold (each measured to break otherwise):
   config's warm-up (which protects fine-tuned weights from the restart) and ends annealed, as the config's author
   meant a finished training to end: a warm restart per round.  The global step still counts every step (TensorBoard).
 * ``use_bfloat16`` is turned off off-TPU, as the stock train loop does.
+* ``freeze_variables`` / ``update_trainable_variables`` choose the variables a step updates, as the TF1 loop did
+  (the TF2 loop ignores them; see :mod:`odal.daemon.worker.freeze`).
 * A fine-tune start is restored as ``model_lib_v2`` does it, and reports how many variables it restored and skipped.
 * Checkpoints carry ``save_counter`` and a ``checkpoint`` state file, so the OD API's own exporter re-exports them.
 
@@ -45,7 +47,7 @@ from google.protobuf import text_format
 
 from odal.daemon.rounds.contracts import FineTune
 from odal.daemon.system.atomic import atomic_write_text, remove_tree
-from odal.daemon.worker import tf_private
+from odal.daemon.worker import freeze, tf_private
 from odal.daemon.worker.evaluation import TracedEval
 
 Progress = Callable[[int, int, float], None]
@@ -87,8 +89,10 @@ def adjustments(configs: dict) -> list[str]:
 
 
 def session_key(configs: dict) -> str:
-    """What must match for a cached session to be reused: the model and the optimiser."""
-    text = str(configs["model"]) + str(configs["train_config"].optimizer) + str(configs["train_config"].batch_size)
+    """What must match for a cached session to be reused: the model, the optimiser and what it updates."""
+    train_config = configs["train_config"]
+    text = (str(configs["model"]) + str(train_config.optimizer) + str(train_config.batch_size) +
+            repr(freeze.patterns(train_config)))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -98,6 +102,7 @@ class ModelSession:
         self.model_config = configs["model"]
         train_config = configs["train_config"]
         self.train_config = train_config
+        self.patterns = freeze.patterns(train_config)
         self.model = model_builder.build(model_config=self.model_config, is_training=True)
         self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="global_step")
         # The step the learning-rate schedule is evaluated at: set before each train step (see the module's doc).
@@ -147,6 +152,8 @@ class ModelSession:
     # -- train -------------------------------------------------------------------------------------------------------
     def _make_train_step(self):
         model, optimizer, step = self.model, self.optimizer, self.global_step
+        if any(self.patterns):  # the variables a step updates, chosen when it is traced (see freeze)
+            model = freeze.TrainableView(model, *self.patterns)
         train_config = self.train_config
         clip = train_config.gradient_clipping_by_norm if train_config.gradient_clipping_by_norm > 0 else None
 
@@ -206,7 +213,7 @@ class ModelSession:
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
         num_steps = configs["train_config"].num_steps
         scale = num_steps / steps if num_steps > 0 and steps > 0 else 1.0  # the config's schedule within the round
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         first_step_seconds = None
         loss = float("nan")
         rates = []
@@ -229,9 +236,13 @@ class ModelSession:
         writer.flush()
         result = {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss,
                   "first_step_seconds": first_step_seconds, "seconds": time.monotonic() - started,
+                  "cpu_seconds": time.process_time() - cpu_started,  # all threads: on a shared machine, the cost
                   "learning_rate": {"first": rates[0], "last": rates[-1], "max": max(rates)} if rates else None}
         if restored is not None:
             result["fine_tune"] = restored
+        frozen = freeze.summary(self.model.trainable_variables, *self.patterns)
+        if frozen is not None:
+            result["frozen"] = frozen
         return result
 
     # -- evaluate ----------------------------------------------------------------------------------------------------
