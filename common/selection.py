@@ -20,7 +20,7 @@ image embedding.  Strategies (:data:`STRATEGIES`):
      in proportion to ``1 / (count + 1)``, filled with the pool images predicting it (any candidate predicting it
      when the pool has too few);
   4. most of the batch: k-center greedy over the pool's embeddings (L2-normalised) -- each pick is the image
-     farthest from every labelled image (``labelled_embeddings``) and every image already picked, so near
+     farthest from every labelled image (``labeled_embeddings``) and every image already picked, so near
      duplicates are not all picked; images without a usable embedding come after, by score;
   5. ``random_fraction`` of the batch (rounded, at least one when that is >= 0.5) drawn at random from all the
      remaining candidates, so the sample keeps covering what the model is wrongly sure about.
@@ -71,7 +71,7 @@ class DiverseOptions:
                 raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)}")
 
 
-def select(name: str, candidates: Sequence[Candidate], k: int, *, labelled_embeddings=None,
+def select(name: str, candidates: Sequence[Candidate], k: int, *, labeled_embeddings=None,
            class_counts: Mapping[int, int] | None = None, seed: int, options: DiverseOptions | None = None) -> list:
     """The keys of the ``k`` candidates strategy ``name`` would have annotated next (see the module docstring)."""
     if name not in STRATEGIES:
@@ -86,7 +86,7 @@ def select(name: str, candidates: Sequence[Candidate], k: int, *, labelled_embed
     if name == "uncertainty":
         values = np.array([uncertainty(_clean_scores(c.scores)) for c in pool])
         return [pool[i].key for i in np.argsort(-values, kind="stable")[:k]]
-    return [pool[i].key for i in _diverse(pool, k, labelled_embeddings, class_counts, rng,
+    return [pool[i].key for i in _diverse(pool, k, labeled_embeddings, class_counts, rng,
                                           options or DiverseOptions())]
 
 

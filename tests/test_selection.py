@@ -44,11 +44,11 @@ candidate = st.builds(
 def test_any_candidates_give_k_distinct_keys_of_the_pool_the_same_for_the_same_seed(
         name, candidates, k, seed, labelled, counts):
     """Never raises; returns min(k, distinct keys) distinct keys, all candidates', identical on a second call."""
-    chosen = select(name, candidates, k, labelled_embeddings=labelled, class_counts=counts, seed=seed)
+    chosen = select(name, candidates, k, labeled_embeddings=labelled, class_counts=counts, seed=seed)
     keys = {c.key for c in candidates}
     assert len(chosen) == len(set(chosen)) == max(0, min(k, len(keys)))
     assert set(chosen) <= keys
-    again = select(name, list(candidates), k, labelled_embeddings=labelled, class_counts=counts, seed=seed)
+    again = select(name, list(candidates), k, labeled_embeddings=labelled, class_counts=counts, seed=seed)
     assert again == chosen
 
 
@@ -85,7 +85,7 @@ def test_diverse_avoids_images_like_those_already_labelled():
     seen = rng.normal(size=(3, 8))
     like_seen = [Candidate(f"seen{i}", (0.5,), (1,), seen[i] + 1e-3) for i in range(3)]
     new = [Candidate(f"new{i}", (0.6,), (1,), rng.normal(size=8)) for i in range(3)]
-    chosen = select("diverse", like_seen + new, 3, labelled_embeddings=seen, seed=0, options=EXACT)
+    chosen = select("diverse", like_seen + new, 3, labeled_embeddings=seen, seed=0, options=EXACT)
     assert sorted(chosen) == ["new0", "new1", "new2"]
 
 
