@@ -53,9 +53,9 @@ def settings_of(args: argparse.Namespace, data: simulate_data.LabelledSet) -> di
     from odal.daemon.commands.init import DEFAULT_STEPS
 
     names = [name.strip() for name in args.strategies.split(",") if name.strip()]
-    unknown = [name for name in names if name not in strategies.names()]
+    unknown = [name for name in names if name not in strategies.STRATEGIES]
     if not names or unknown or len(set(names)) != len(names):
-        raise ConfigError(f"--strategies: distinct names among {', '.join(strategies.names())}, got {args.strategies!r}")
+        raise ConfigError(f"--strategies: distinct names among {', '.join(strategies.STRATEGIES)}, got {args.strategies!r}")
     for option in ("seed_labels", "batch", "rounds", "repeats"):
         if getattr(args, option) < 1:
             raise ConfigError(f"--{option.replace('_', '-')}: must be >= 1")
@@ -186,7 +186,9 @@ def run(args: argparse.Namespace) -> int:
         bases = {name: out / "runs" / name / "models" / "odal" for name in [*names, "full-r0"]}
         for path in bases.values():
             path.mkdir(parents=True, exist_ok=True)
-        server, address = start_server(out, bases)
+        served = {name: path for name, path in bases.items()  # only the models something asks: no load for nothing
+                  if len(data.labels) > 1 or (name in names and strategies.needs_model(names[name][0]))}
+        server, address = start_server(out, served)
         worker = simulate_run.RecordingWorker(out / "worker.log")
         client = ServingClient(address, timeout=120)
         sim = Simulation(out, data, results, worker, client, address, Progress(total, done))

@@ -5,26 +5,26 @@ workspace's ``exports/`` file and read by the ingest handler into the ledger; :f
 run_round` snapshots it and sends the job to the TensorFlow worker child (the pipeline.config ``odal init`` writes,
 the same steps), which trains on from the previous round's checkpoint, evaluates on the held-out test set (the
 workspace's ``[gate] eval_export``: evaluated, never trained on) and exports; the version is published into the
-model base path, confirmed by the embedded server (``odal serve``), and the next selection scores the unlabelled
+model base path; the embedded server (``odal serve``) loads it, and the next selection scores the unlabelled
 pool through :class:`odal.serving.client.ServingClient` pinned to that version, as the daemon's queue does.
+Simulations publish every round (``[gate] tolerance = 1``) and skip re-evaluating the served version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from pathlib import Path
-
-import numpy as np
 
 from odal.daemon import config as config_module
 from odal.daemon.commands import simulate_select as strategies
 from odal.daemon.commands.simulate_classes import per_class_ap
 from odal.daemon.commands.simulate_data import LabelledSet
 from odal.daemon.commands.simulate_results import Results, labelled, round_record
-from odal.daemon.rounds.confirm import Confirmer
-from odal.daemon.rounds.round import Worker, run_round
+from odal.daemon.rounds.round import run_round
+from odal.daemon.rounds.worker_client import Worker
 from odal.daemon.handlers import ingest
 from odal.daemon.sources import safe_files
 from odal.daemon.sources.images import pixels_for_scoring
@@ -35,14 +35,14 @@ from odal.common.errors import RoundFailed
 
 
 class RecordingWorker(Worker):
-    """The daemon's worker, keeping the last result: the raw COCO metrics hold the per-class APs that the round's
-    summary leaves out."""
+    """The daemon's worker client, for simulations: the version serving is not evaluated again each round (the
+    gate publishes every round anyway, and its number is the previous round's), and the last result is kept."""
 
-    last: dict | None = None
+    last = None
 
-    def run(self, job: dict, on_progress) -> dict:
+    def run(self, job, on_progress=lambda progress: None):
         self.last = None
-        self.last = super().run(job, on_progress)
+        self.last = super().run(dataclasses.replace(job, served=None), on_progress)
         return self.last
 
 
@@ -105,14 +105,15 @@ class Run:
         try:
             history.abandon_running()
             outcome = run_round(cfg, history, accepted, seq, sim.data.labels, sim.worker,
-                                lambda text: sim.progress.status(f"{self.name}: {text}"), confirm=Confirmer(cfg))
+                                lambda text: sim.progress.status(f"{self.name}: {text}"))
         finally:
             history.close()
         if outcome.state != "published":
             raise RoundFailed(f"{self.name} round {number} {outcome.state}: {outcome.error}")
-        raw = (sim.worker.last or {}).get("metrics")
+        raw = sim.worker.last.metrics if sim.worker.last is not None else None
         per_class = None
         if len(sim.data.labels) > 1:  # one class: its AP is the mAP
+            sim.client.wait_until_available(cfg.model_name, outcome.version, timeout=900)
             answers = sim.client.predict_many(cfg.model_name, [sim.pixels(key) for key in self._test],
                                               version=outcome.version, concurrency=2, timeout=120)
             per_class = per_class_ap(sim.data, self._test, answers)
@@ -125,12 +126,13 @@ class Run:
     def candidates(self, pool: list[str], version: int, scored: bool) -> list[strategies.Candidate]:
         """The unlabelled pool as the served version ``version`` sees it (empty detections when not ``scored``)."""
         if not scored:
-            empty = np.zeros(0, np.float32)
-            return [strategies.Candidate(key, empty, empty.astype(np.int32)) for key in pool]
+            return [strategies.Candidate(key) for key in pool]
+        self.sim.client.wait_until_available(self.cfg.model_name, version, timeout=900)
         pixels = [self.sim.pixels(key) for key in pool]
         found = self.sim.client.predict_many(self.cfg.model_name, pixels, version=version, concurrency=2,
                                              timeout=120)
-        return [strategies.Candidate(key, np.asarray(d.scores), np.asarray(d.classes)) for key, d in zip(pool, found)]
+        return [strategies.Candidate(key, tuple(map(float, d.scores)), tuple(map(int, d.classes)))
+                for key, d in zip(pool, found)]
 
 
 def run_strategy(sim, strategy: str, repeat: int, split) -> None:
@@ -152,7 +154,8 @@ def run_strategy(sim, strategy: str, repeat: int, split) -> None:
                 pool = [key for key in split.pool if key not in done]
                 previous = state["rounds"][-1]["version"]
                 candidates = run.candidates(pool, previous, strategies.needs_model(strategy))
-                added = sorted(strategies.select(strategy, candidates, settings["batch"],
+                added = sorted(strategies.select(strategy, candidates, settings["batch"], data=sim.data,
+                                                 labelled=sorted(done),
                                                  seed=settings["seed"] * 1000 + repeat * 100 + number))
             state["pending"] = {"round": number, "added": added}
             results.save()  # chosen before it is annotated: an interrupted round is redone with the same images

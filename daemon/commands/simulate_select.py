@@ -1,57 +1,30 @@
-"""The selection strategies ``odal simulate`` compares, behind one call.
+"""The selection strategies ``odal simulate`` compares: :mod:`odal.common.selection`, the daemon's own.
 
-The strategies live in ``odal.common.selection`` (``select(name, candidates, k, *, labeled_embeddings, seed)``);
-until that module exists this file provides the two the daemon has always had: ``random`` and ``uncertainty`` (the
-queue's order, :func:`odal.common.uncertainty.uncertainty`, most uncertain first).
+``random`` asks nothing of the model, so its runs neither wait for a version to load nor score the pool.
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
+from collections import Counter
 
-import numpy as np
+from odal.common import selection
+from odal.common.selection import Candidate  # noqa: F401 - the type the runs build
 
-from odal.common.uncertainty import uncertainty
-
-try:  # the shared strategies, once merged
-    from odal.common import selection as _shared
-except ImportError:  # pragma: no cover - depends on the merge
-    _shared = None
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An unlabelled image as the served model saw it: every detection it returned (before any display threshold)."""
-
-    key: str
-    scores: np.ndarray
-    classes: np.ndarray
-    embedding: np.ndarray | None = field(default=None)
-
-
-LOCAL = ("random", "uncertainty")
-
-
-def names() -> tuple[str, ...]:
-    if _shared is not None and hasattr(_shared, "STRATEGIES"):
-        return tuple(_shared.STRATEGIES)
-    return LOCAL
+STRATEGIES = selection.STRATEGIES
 
 
 def needs_model(name: str) -> bool:
-    """Whether the strategy looks at the model's detections (random does not: no scoring needed)."""
+    """Whether the strategy looks at the served model's detections."""
     return name != "random"
 
 
-def select(name: str, candidates: list[Candidate], k: int, *, labeled_embeddings=None, seed: int = 0) -> list[str]:
-    """The keys of the ``k`` candidates the strategy ``name`` asks to label next (deterministic for ``seed``)."""
-    if _shared is not None:
-        return list(_shared.select(name, candidates, k, labeled_embeddings=labeled_embeddings, seed=seed))
-    if name == "random":
-        keys = sorted(c.key for c in candidates)
-        return random.Random(seed).sample(keys, min(k, len(keys)))
-    if name == "uncertainty":
-        ranked = sorted(candidates, key=lambda c: (-uncertainty(c.scores), c.key))
-        return [c.key for c in ranked[:k]]
-    raise ValueError(f"unknown strategy {name!r}; known: {', '.join(LOCAL)}")
+def class_counts(data, keys: list[str]) -> dict[int, int]:
+    """Boxes of each class (label-map id) among the labelled images ``keys``: the class quota's counts."""
+    counts = Counter(data.labels.index(box[0]) + 1 for key in keys for box in data.items[key].boxes)
+    return {number: counts.get(number, 0) for number in range(1, len(data.labels) + 1)}
+
+
+def select(name: str, candidates: list, k: int, *, data, labelled: list[str], seed: int) -> list[str]:
+    """The keys of the ``k`` candidates strategy ``name`` asks to label next (deterministic for ``seed``)."""
+    return list(selection.select(name, candidates, k, labeled_embeddings=None,
+                                 class_counts=class_counts(data, labelled), seed=seed))
