@@ -123,8 +123,8 @@ class Progress:
         if self.tty:
             print(f"\r\033[K  {text[:110]}", end="", flush=True)
 
-    def round_done(self, name: str, record: dict) -> None:
-        self.done += 1
+    def round_done(self, name: str, record: dict, count: bool = True) -> None:
+        self.done += count
         self._times.append(record["seconds"])
         eta = sum(self._times) / len(self._times) * (self.total - self.done)
         value = record["mAP@0.5"]
@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
           f"results in {out}", flush=True)
     if done < total:
         write_template(out, data, settings)
-        bases = {name: out / "runs" / name / "models" / "odal" for name in [*names, "full-r0"]}
+        starts = [f"start-r{repeat}" for repeat in range(settings["repeats"])]
+        bases = {name: out / "runs" / name / "models" / "odal" for name in [*names, "full-r0", *starts]}
         for path in bases.values():
             path.mkdir(parents=True, exist_ok=True)
         served = {name: path for name, path in bases.items()  # only the models something asks: no load for nothing

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -36,12 +37,19 @@ from odal.common.errors import RoundFailed
 
 class RecordingWorker(Worker):
     """The daemon's worker client, for simulations: the version serving is not evaluated again each round (the
-    gate publishes every round anyway, and its number is the previous round's), and the last result is kept."""
+    gate publishes every round anyway, and its number is the previous round's), and the last result is kept.
+
+    ``start``: a run's first round continues from this checkpoint (see :func:`start_checkpoint`) instead of
+    restoring the fine-tune start itself, so every run begins from the same weights and the child's session
+    (traced model, SavedModel graph) is kept from run to run rather than built again for each one."""
 
     last = None
+    start: str | None = None
 
     def run(self, job, on_progress=lambda progress: None):
         self.last = None
+        if job.init_checkpoint is None and self.start is not None:
+            job = dataclasses.replace(job, init_checkpoint=self.start, fine_tune=None)
         self.last = super().run(dataclasses.replace(job, served=None), on_progress)
         return self.last
 
@@ -57,8 +65,8 @@ def workspace_toml(template: str, name: str, address: str) -> str:
 class Run:
     """The workspace of one run (strategy and repeat, or the full-data reference) in ``out/runs/NAME``."""
 
-    def __init__(self, sim, name: str, state: dict, test: list[str]):
-        self.sim, self.name, self.state = sim, name, state
+    def __init__(self, sim, name: str, state: dict, test: list[str], steps: int | None = None):
+        self.sim, self.name, self.state, self.steps = sim, name, state, steps
         self.dir = sim.out / "runs" / name
         self.base_path = self.dir / "models" / "odal"
         self._test = test
@@ -71,8 +79,10 @@ class Run:
         template = sim.out / "template"
         for name in ("pipeline.config", "label_map.pbtxt"):
             atomic_write_text(ws / name, (template / name).read_text())
-        atomic_write_text(ws / "odal.toml", workspace_toml((template / "odal.toml").read_text(), self.name,
-                                                          sim.address))
+        toml = workspace_toml((template / "odal.toml").read_text(), self.name, sim.address)
+        if self.steps is not None:
+            toml = re.sub(r"(?m)^steps_per_round = \d+$", f"steps_per_round = {self.steps}", toml)
+        atomic_write_text(ws / "odal.toml", toml)
         atomic_write_text(ws / "heldout" / "test.jsonl",
                           "".join(json.dumps(sim.data.record(key)) + "\n" for key in self._test))
         # Versions newer than the last recorded round were published by a round that was interrupted before it
@@ -135,12 +145,35 @@ class Run:
                 for key, d in zip(pool, found)]
 
 
+def start_checkpoint(sim, repeat: int, split) -> str:
+    """The checkpoint every run of ``repeat`` starts from: a real first round (the fine-tune start restored as the
+    daemon's first round does it) of one training step on the repeat's seed set, in ``runs/start-rREPEAT``.
+    Its test-set evaluation is recorded as round -1."""
+    state = sim.results.data.setdefault("starts", {}).setdefault(str(repeat), {"pending": None, "rounds": []})
+    if not state.get("checkpoint"):
+        sim.worker.start = None
+        run = Run(sim, f"start-r{repeat}", state, split.test, steps=1)
+        run.prepare()
+        if not state["rounds"]:
+            record = run.train_round(-1, list(split.seed))
+            sim.results.save()
+            sim.progress.round_done(run.name, record, count=False)
+        history = History(run.cfg.ledger_path)
+        try:
+            state["checkpoint"] = history.checkpoints()[0][1]
+        finally:
+            history.close()
+        sim.results.save()
+    return state["checkpoint"]
+
+
 def run_strategy(sim, strategy: str, repeat: int, split) -> None:
     """One strategy in one repeat: the seed round, then ``rounds`` rounds of ``batch`` selected images."""
     results: Results = sim.results
     state = results.run(strategy, repeat)
     if state["done"]:
         return
+    sim.worker.start = start_checkpoint(sim, repeat, split)
     run = Run(sim, f"{strategy}-r{repeat}", state, split.test)
     run.prepare()
     settings = results.data["settings"]
@@ -172,6 +205,7 @@ def run_full(sim, split) -> None:
     state = results.full()
     if state["done"]:
         return
+    sim.worker.start = start_checkpoint(sim, 0, split)
     run = Run(sim, "full-r0", state, split.test)
     run.prepare()
     while len(state["rounds"]) <= results.data["settings"]["rounds"]:
