@@ -77,13 +77,13 @@ def write_template(out: Path, data: simulate_data.LabelledSet, settings: dict) -
     """The workspace ``odal init`` writes (pretrained start included), once; every run copies its files."""
     from odal.daemon.commands import init as workspace_init
 
-    if (out / "template" / "odal.toml").is_file():
+    template = out / "template"
+    if (template / ".complete").is_file():
         return
-    partial = out / ".template-partial"
-    remove_tree(partial)
-    workspace_init.write_workspace(partial, data.data_dir, data.labels, settings["model"], settings["steps"],
+    remove_tree(template)  # half-written by an interrupted run (its paths are absolute: written in place)
+    workspace_init.write_workspace(template, data.data_dir, data.labels, settings["model"], settings["steps"],
                                    settings["batch"], header="odal simulate")
-    os.rename(partial, out / "template")
+    atomic_write_text(template / ".complete", "")
 
 
 def _die_with_parent() -> None:  # in the child, before exec: SIGTERM when odal simulate dies, even by SIGKILL
