@@ -22,7 +22,7 @@ SHORT = ["--images", str(RACCOON), "--model", "tiny", "--steps", "3", "--strateg
 
 
 def _simulate(out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "odal.daemon.cli", "simulate", *SHORT, "--out", str(out)],
+    return subprocess.Popen([str(Path(sys.executable).parent / "odal"), "simulate", *SHORT, "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -63,7 +63,8 @@ def test_short_simulation_killed_and_resumed_matches_the_uninterrupted_structure
         assert run["rounds"][0]["added"] == split["seed"], name  # the same seed set for every strategy
         chosen = run["rounds"][1]["added"]
         assert len(set(chosen)) == 4 and not set(chosen) & (set(split["seed"]) | set(split["test"])), name
-        assert all(isinstance(r["mAP@0.5"], float) and r["version"] == r["round"] + 1 for r in run["rounds"]), name
+        assert all(isinstance(r["mAP@0.5"], float) for r in run["rounds"]), name
+        assert 0 < run["rounds"][0]["version"] < run["rounds"][1]["version"], name  # each round published one
         # The test set each run evaluated on is the same file, and none of it was ever trained on.
         workspace = out / "runs" / name.replace("/", "-r")
         held_out = [json.loads(line)["path"] for line in (workspace / "heldout" / "test.jsonl").open()]

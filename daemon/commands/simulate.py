@@ -195,13 +195,13 @@ def run(args: argparse.Namespace) -> int:
         sim = Simulation(out, data, results, worker, client, address, Progress(total, done))
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            for repeat in range(settings["repeats"]):
+            for repeat in range(settings["repeats"]):  # whole repeats first: they give the spread
                 for strategy in settings["strategies"]:
                     simulate_run.run_strategy(sim, strategy, repeat, splits[repeat])
                     simulate_report.write(out, results.data)
-                if repeat == 0 and settings["full"]:
-                    simulate_run.run_full(sim, splits[0])
-                    simulate_report.write(out, results.data)
+            if settings["full"]:
+                simulate_run.run_full(sim, splits[0])
+                simulate_report.write(out, results.data)
         finally:
             signal.signal(signal.SIGTERM, previous)
             client.close()
