@@ -195,13 +195,11 @@ def run(args: argparse.Namespace) -> int:
         sim = Simulation(out, data, results, worker, client, address, Progress(total, done))
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            for repeat in range(settings["repeats"]):  # whole repeats first: they give the spread
-                for strategy in settings["strategies"]:
-                    simulate_run.run_strategy(sim, strategy, repeat, splits[repeat])
-                    simulate_report.write(out, results.data)
-            if settings["full"]:
-                simulate_run.run_full(sim, splits[0])
-                simulate_report.write(out, results.data)
+            _run_all(sim, settings, splits)
+        except KeyboardInterrupt:
+            print(f"\nodal simulate: interrupted; the same command goes on from the last finished round "
+                  f"({sim.progress.done}/{total} done)", flush=True)
+            return 130
         finally:
             signal.signal(signal.SIGTERM, previous)
             client.close()
@@ -209,3 +207,16 @@ def run(args: argparse.Namespace) -> int:
             stop_process_group(server, 30)
     print(simulate_report.write(out, results.data))
     return 0
+
+
+def _run_all(sim: Simulation, settings: dict, splits: dict) -> None:
+    from odal.daemon.commands import simulate_run
+
+    out, results = sim.out, sim.results
+    for repeat in range(settings["repeats"]):  # whole repeats first: they give the spread
+        for strategy in settings["strategies"]:
+            simulate_run.run_strategy(sim, strategy, repeat, splits[repeat])
+            simulate_report.write(out, results.data)
+    if settings["full"]:
+        simulate_run.run_full(sim, splits[0])
+        simulate_report.write(out, results.data)
