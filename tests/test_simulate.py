@@ -106,3 +106,27 @@ def test_summary_numbers():
     # AUC 0.45 and 0.5; 90% (0.54) reached at 24 and 21.3 labels; gains (mean of rounds 1-2) 5 and 15 points.
     assert "| diverse | 0.475 ± 0.035 | 23 ± 2 | 10.0 ± 7.1 | +10.0 |" in text
     assert "90% of it: 0.540" in text
+
+
+def test_per_class_ap_of_served_answers():
+    from odal.daemon.commands.simulate_classes import per_class_ap
+    from odal.daemon.sources.datasets import GroundTruth
+    from odal.serving.client import Detections
+    import numpy as np
+
+    items = {"a.jpg": GroundTruth(Path("a.jpg"), 200, 100, (("cell", 20.0, 10.0, 60.0, 50.0),)),
+             "b.jpg": GroundTruth(Path("b.jpg"), 200, 100, (("cell", 100.0, 50.0, 180.0, 90.0),
+                                                            ("platelet", 0.0, 0.0, 40.0, 20.0)))}
+    data = simulate_data.LabelledSet(Path("."), items, ["cell", "platelet", "wbc"])
+
+    def answer(boxes, classes):  # the client's answer: normalised [ymin, xmin, ymax, xmax], label-map ids
+        return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.array(classes, np.int32),
+                          np.full(len(classes), 0.9, np.float32), len(classes), 1)
+
+    exact = [answer([[0.1, 0.1, 0.5, 0.3]], [1]), answer([[0.5, 0.5, 0.9, 0.9], [0.0, 0.0, 0.2, 0.2]], [1, 2])]
+    found = per_class_ap(data, ["a.jpg", "b.jpg"], exact)
+    assert found["cell"] == {"AP": 1.0, "AP@0.5": 1.0} and found["platelet"]["AP@0.5"] == 1.0
+    assert found["wbc"] == {"AP": None, "AP@0.5": None}  # no box of it in the test set: not measured
+    wrong_class = [answer([[0.1, 0.1, 0.5, 0.3]], [2]), answer([[0.5, 0.5, 0.9, 0.9]], [2])]
+    missed = per_class_ap(data, ["a.jpg", "b.jpg"], wrong_class)
+    assert missed["cell"]["AP@0.5"] == 0.0 and missed["platelet"]["AP@0.5"] == 0.0
