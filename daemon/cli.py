@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     from odal.daemon.commands import init as workspace_init
 
     workspace_init.add_parsers(sub)
+    from odal.daemon.commands import simulate
+
+    simulate.add_parser(sub)
     p = sub.add_parser("install-service", help="write the systemd unit and environment file")
     workspace_args.add(p)
     p.add_argument("--user", default="odal", help="the system user the daemon runs as (default odal)")
@@ -129,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.command == "simulate":
+        from odal.daemon.commands import simulate
+
+        return simulate.run(args)
     if args.command in ("init", "pretrained"):
         from odal.daemon.commands import init as workspace_init
 

@@ -25,16 +25,17 @@ def workspace_of_the_tiny_run(root: Path, tiny: dict, address: str):
     served = None
     for number, (result, export) in enumerate(zip(tiny["results"], tiny["versions"]), 1):
         round_id = history.start_round(number)
-        decision = gates.decide("mAP@0.5", 0.0, result["metrics"], served, number - 1 or None, None)
+        decision = gates.decide("mAP@0.5", 0.0, result.metrics, served, number - 1 or None, None)
         staging = publish.staging_dir(cfg.base_path, round_id)
         shutil.copytree(export, staging)
-        metrics = gates.summarize(result["metrics"])  # odal's names, as the daemon records them
-        version, _ = publish.publish(staging, cfg.base_path, history, round_id, metrics)
-        history.finish_round(round_id, "published", accepted=12 * number, n_train=result["counts"]["train"],
-                             n_eval=result["counts"]["eval"], steps=result["train"]["steps"],
-                             metrics=metrics, timings=dict(result["timings"], total=sum(
-                                 result["timings"].values())), version=version, gate=decision)
-        served = result["metrics"]
+        metrics = gates.summarize(result.metrics)  # odal's names, as the daemon records them
+        version, path = publish.publish(staging, cfg.base_path, history, round_id, metrics)
+        history.record_version(version, round_id, path, metrics, "published")  # the caller records, as round.py
+        history.finish_round(round_id, "published", accepted=12 * number, n_train=result.counts["train"],
+                             n_eval=result.counts["eval"], steps=result.train["steps"],
+                             metrics=metrics, timings=dict(result.timings, total=sum(
+                                 result.timings.values())), version=version, gate=decision)
+        served = result.metrics
     history.close()
     (cfg.work_dir / "rounds" / "2").mkdir(parents=True)
     shutil.copy(tiny["dir"] / "round" / "annotations.jsonl", cfg.work_dir / "rounds" / "2" / "annotations.jsonl")
