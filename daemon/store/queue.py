@@ -3,18 +3,22 @@
 Rows live in the workspace ledger file (table ``active_queue``, created here ``IF NOT EXISTS``), keyed by the
 image's resolved path; ``digest`` (SHA-256 of the bytes) and ``input_hash`` (odal's content hash, see
 ``odal.recipe.tasks.content_hash``) say which content was scored.  A changed file (other size or mtime) loses its
-score; a deleted one loses its row.  ``uncertainty`` is ``odal.common.uncertainty.uncertainty`` (the least confident
-detection above a floor) and ``scored_version`` the model version that answered.  :meth:`ActiveQueue.rescore_all`
-records a newer target version: rows scored by an older one keep their score for ordering until re-scored.
+score; a deleted one loses its row.  ``uncertainty`` is ``odal.common.uncertainty.uncertainty`` (the least
+confident detection above a floor) and ``scored_version`` the model version that answered; ``score``,
+``score_tiebreak``, ``detections`` and ``embedding`` are what the ``diverse`` strategy ranks by
+(:mod:`odal.daemon.store.queue_order`).  :meth:`ActiveQueue.rescore_all` records a newer target version: rows
+scored by an older one keep their score for ordering until re-scored.
 
 The daemon calls everything from its loop thread; each call is bounded (``score_pending`` scores at most
 ``limit`` images and stops at the first unreachable-server error).  The recipe, another process, opens the same
-file read-only (:meth:`ActiveQueue.reader`) and asks :meth:`ActiveQueue.next_images` for the most uncertain
-unanswered images.  No TensorFlow here: images are decoded with Pillow, the model is asked through
-``odal.serving.client``.  Files are read only through :mod:`odal.daemon.sources.safe_files` (regular files inside the data
-dir, bounded bytes) and decoded by :mod:`odal.daemon.sources.images` (pixels bounded from the header, shrunk to at most
-1024 pixels a side for scoring); a refused or broken image is marked with its error, logged once, and not read
-again until the file changes.
+file read-only (:meth:`ActiveQueue.reader`) and asks :meth:`ActiveQueue.next_images` for the unanswered images in
+the order of a strategy (``uncertainty``, ``diverse``, ``random``).  Answered images are scored too, after every
+unanswered one: their embeddings are the labelled ones the ``diverse`` strategy keeps away from.  No TensorFlow
+here: images are decoded with Pillow, the model is asked through ``odal.serving.client``.  Files are read only
+through :mod:`odal.daemon.sources.safe_files` (regular files inside the data dir, bounded bytes) and decoded by
+:mod:`odal.daemon.sources.images` (pixels bounded from the header, shrunk to at most 1024 pixels a side for
+scoring); a refused or broken image is marked with its error, logged once, and not read again until the file
+changes.
 
 Wiring in the daemon (after the ledger is open): ``ActiveQueue(cfg.ledger_path, cfg.data_dir)`` then ``scan()``;
 on ``ImageChanged`` call ``image_changed(event.path, event.deleted)``; each idle loop tick
@@ -29,20 +33,20 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import structlog
 
 from odal.daemon.sources import safe_files
 
 from odal.daemon.store import db as store
+from odal.daemon.store import queue_order
 from odal.daemon.sources.images import pixels_for_scoring
 from odal.daemon.watchers.image_dir import IMAGE_SUFFIXES
-from odal.common.uncertainty import uncertainty
 
 log = structlog.get_logger("odal.active_queue")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS active_queue (
     path TEXT PRIMARY KEY,
@@ -54,11 +58,17 @@ CREATE TABLE IF NOT EXISTS active_queue (
     scored_version INTEGER,
     scored_at REAL,
     error TEXT,
-    added_at REAL NOT NULL
+    added_at REAL NOT NULL,
+    score REAL,
+    score_tiebreak REAL,
+    detections BLOB,
+    embedding BLOB
 );
 CREATE INDEX IF NOT EXISTS active_queue_uncertainty ON active_queue (uncertainty);
 CREATE TABLE IF NOT EXISTS active_queue_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_ADDED_IN_2 = ("score REAL", "score_tiebreak REAL", "detections BLOB", "embedding BLOB")
+_SCORE_COLUMNS = "uncertainty, score, score_tiebreak, detections, embedding"
 
 
 def _is_image_name(name: str) -> bool:
@@ -68,6 +78,10 @@ def _is_image_name(name: str) -> bool:
 def _lexical(path: Path) -> Path:
     """``path`` made absolute and normalised without touching the filesystem (a loop or a FIFO is never read)."""
     return Path(os.path.abspath(path))
+
+
+def _is_answered(row, hashes: set[str], paths: set[str]) -> bool:
+    return row["path"] in paths or (row["input_hash"] is not None and row["input_hash"] in hashes)
 
 
 class ActiveQueue:
@@ -86,6 +100,11 @@ class ActiveQueue:
         with self._write() as conn:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
+            present = {row[1] for row in conn.execute("PRAGMA table_info(active_queue)")}
+            for column in _ADDED_IN_2:  # a queue made by schema 1: same rows, the new columns empty
+                if column.split()[0] not in present:
+                    conn.execute(f"ALTER TABLE active_queue ADD COLUMN {column}")
+            conn.execute("UPDATE active_queue_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             conn.execute("INSERT OR IGNORE INTO active_queue_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.execute("INSERT INTO active_queue_meta VALUES ('data_dir', ?) ON CONFLICT (key) DO UPDATE "
                          "SET value = excluded.value", (str(self.data_dir),))
@@ -166,7 +185,8 @@ class ActiveQueue:
         conn.execute(
             "INSERT INTO active_queue (path, size, mtime_ns, added_at) VALUES (?,?,?,?) ON CONFLICT (path) DO UPDATE "
             "SET size = excluded.size, mtime_ns = excluded.mtime_ns, digest = NULL, input_hash = NULL, "
-            "uncertainty = NULL, scored_version = NULL, scored_at = NULL, error = NULL "
+            "uncertainty = NULL, score = NULL, score_tiebreak = NULL, detections = NULL, embedding = NULL, "
+            "scored_version = NULL, scored_at = NULL, error = NULL "
             "WHERE size != excluded.size OR mtime_ns != excluded.mtime_ns",
             (str(path), st.st_size, st.st_mtime_ns, time.time()))
 
@@ -179,22 +199,38 @@ class ActiveQueue:
                          "SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
                          (str(int(version)),))
 
-    def pending(self, limit: int) -> list[Path]:
-        """Unanswered images to score next: never scored first, then those scored by an older version."""
+    def pending(self, limit: int, answered: bool = False) -> list[Path]:
+        """Unanswered images to score next: never scored first, then those scored by an older version.  With
+        ``answered``: the answered images to score (for their embeddings) when no unanswered one is pending."""
         target = int(self._meta("target_version") or 0)
         rows = self._read(
             "SELECT path, input_hash FROM active_queue WHERE error IS NULL AND "
             "(uncertainty IS NULL OR scored_version < ?) ORDER BY uncertainty IS NOT NULL, added_at, path", (target,))
+        if answered:
+            waiting = {row["path"] for row in self._unanswered(rows, (), len(rows))}
+            return [Path(r["path"]) for r in rows if r["path"] not in waiting][:limit]
         return [Path(r["path"]) for r in self._unanswered(rows, (), limit)]
 
-    def score_pending(self, client, model_name: str, limit: int = 16, concurrency: int = 4) -> int:
+    def score_pending(self, client, model_name: str, limit: int = 16, concurrency: int = 4,
+                      max_seconds: float | None = None) -> int:
         """Score at most ``limit`` pending images with the served model; returns how many were scored.
 
-        ``client`` is an ``odal.serving.client.ServingClient``.  Network I/O, bounded: one pipelined
-        ``predict_many`` of at most ``limit`` images (each request under the client's deadline); a serving error
-        (server down, no version yet) scores nothing and the next call tries again.  An unreadable image is
-        marked with its error and not retried until the file changes.
+        ``client`` is an ``odal.serving.client.ServingClient``.  Network I/O, bounded: pipelined ``predict_many``
+        calls of ``2 * concurrency`` images (each request under the client's deadline), at most ``limit``
+        images, and no new call once ``max_seconds`` have passed (None: no time bound); a serving error (server
+        down, no version yet) stops the step and the next call tries again.  An unreadable image is marked with its
+        error and not retried until the file changes.
         """
+        started = time.monotonic()
+        done = 0
+        while done < limit:
+            scored = self._score_chunk(client, model_name, min(limit - done, 2 * max(concurrency, 1)), concurrency)
+            done += scored
+            if scored == 0 or (max_seconds is not None and time.monotonic() - started >= max_seconds):
+                break
+        return done
+
+    def _score_chunk(self, client, model_name: str, limit: int, concurrency: int) -> int:
         from odal.recipe.tasks import content_hash
         from odal.serving.errors import ServingError
 
@@ -209,11 +245,14 @@ class ActiveQueue:
         now = time.time()
         with self._write() as conn:
             for image, detections in zip(images, found):
+                values = queue_order.score_values(detections.scores, detections.classes, detections.embedding)
                 conn.execute(
-                    "UPDATE active_queue SET digest = ?, input_hash = ?, uncertainty = ?, scored_version = ?, "
-                    "scored_at = ? WHERE path = ?",
-                    (hashlib.sha256(image.data).hexdigest(), str(content_hash(image.data)),
-                     uncertainty(detections.scores), int(detections.model_version), now, str(image.path)))
+                    "UPDATE active_queue SET digest = :digest, input_hash = :input_hash, uncertainty = :uncertainty, "
+                    "score = :score, score_tiebreak = :score_tiebreak, detections = :detections, "
+                    "embedding = :embedding, scored_version = :version, scored_at = :now WHERE path = :path",
+                    {**values, "digest": hashlib.sha256(image.data).hexdigest(),
+                     "input_hash": str(content_hash(image.data)), "version": int(detections.model_version),
+                     "now": now, "path": str(image.path)})
         return len(images)
 
     def read_pending(self, limit: int) -> list:
@@ -223,7 +262,8 @@ class ActiveQueue:
         from odal.recipe.tasks import ImageData
 
         images = []
-        for path in self.pending(limit):
+        paths = self.pending(limit)
+        for path in paths + (self.pending(limit - len(paths), answered=True) if len(paths) < limit else []):
             try:
                 resolved, _st, data = safe_files.read_file(path, [self.data_dir])
                 pixels = pixels_for_scoring(data)
@@ -244,16 +284,36 @@ class ActiveQueue:
 
     # ---------------------------------------------------------------------------------------------- reading
 
-    def next_images(self, n: int, exclude_hashes: Iterable[str | int] = ()) -> list[dict]:
-        """The ``n`` most uncertain unanswered images: scored ones by uncertainty (highest first), then unscored.
+    def next_images(self, n: int, exclude_hashes: Iterable[str | int] = (), strategy: str = "uncertainty",
+                    labels: Sequence[str] | None = None, batch: int = queue_order.DEFAULT_BATCH) -> list[dict]:
+        """The first ``n`` unanswered images in ``strategy``'s order (:func:`odal.daemon.store.queue_order.order`;
+        ``uncertainty``: scored ones by uncertainty, highest first, then unscored).  ``labels`` (the label map's,
+        by id) lets ``diverse`` count the labelled boxes per class; ``batch`` is how many it picks.
 
         Answered means: its path is in the ledger's annotations, or its input hash is in the ledger or in
         ``exclude_hashes``.  Each item: ``path``, ``uncertainty``, ``scored_version``, ``input_hash``, ``digest``.
         """
-        rows = self._read(
-            "SELECT path, uncertainty, scored_version, input_hash, digest FROM active_queue WHERE error IS NULL "
-            "ORDER BY uncertainty IS NULL, uncertainty DESC, path", ())
-        return [dict(r) for r in self._unanswered(rows, exclude_hashes, n)]
+        if strategy == "uncertainty":
+            rows = self._read(
+                "SELECT path, uncertainty, scored_version, input_hash, digest FROM active_queue WHERE error IS NULL "
+                "ORDER BY uncertainty IS NULL, uncertainty DESC, path", ())
+            return [dict(r) for r in self._unanswered(rows, exclude_hashes, n)]
+        rows = self._read(f"SELECT path, scored_version, input_hash, digest, {_SCORE_COLUMNS} FROM active_queue "
+                          "WHERE error IS NULL", ())
+        hashes, paths = self.answered()
+        hashes.update(str(h) for h in exclude_hashes)
+        done = [_is_answered(row, hashes, paths) for row in rows]
+        counts = None
+        if labels:
+            try:
+                boxes = self._read("SELECT boxes FROM annotations WHERE answer = 'accept'", ())
+            except sqlite3.OperationalError:  # no ledger table yet: nothing labelled
+                boxes = []
+            counts = queue_order.class_counts((row["boxes"] for row in boxes), labels)
+        ordered = queue_order.order([r for r, d in zip(rows, done) if not d], strategy, batch=batch, counts=counts,
+                                    answered=[r for r, d in zip(rows, done) if d])
+        return [{key: row[key] for key in ("path", "uncertainty", "scored_version", "input_hash", "digest")}
+                for row in ordered[:max(n, 0)]]
 
     def status(self) -> dict:
         """``images``, ``scored``, ``pending``, ``target_version``, ``scored_version`` (newest used), ``data_dir``."""
@@ -283,7 +343,7 @@ class ActiveQueue:
         hashes.update(str(h) for h in exclude_hashes)
         out = []
         for row in rows:
-            if row["path"] in paths or (row["input_hash"] is not None and row["input_hash"] in hashes):
+            if _is_answered(row, hashes, paths):
                 continue
             out.append(row)
             if len(out) >= limit:
