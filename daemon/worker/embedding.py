@@ -10,8 +10,8 @@ queue uses it to pick diverse images (:mod:`odal.common.selection`) without impo
 Which map is "last" per meta-architecture (the key of the model's ``predict`` output): SSD and EfficientDet
 ``feature_maps`` (the coarsest, deepest one), CenterNet ``extracted_features``, Faster R-CNN
 ``rpn_features_to_crop`` (the backbone map the box classifier crops).  D is that map's channel count: 128 for
-odal's SSDLite MobileNetV2, 44 for the tiny SSD (see README).  A model with none of these keys is exported without the
-extra output.
+odal's SSDLite MobileNetV2, 44 for the tiny SSD (see README).  A model with none of these keys is exported without
+the extra output.
 """
 
 from __future__ import annotations
