@@ -2,14 +2,14 @@
 and how long each scoring step holds the daemon's loop.  Also the cost of the ``image_embedding`` output.
 
     nice -n 10 .venv/bin/python bench/bench_rescoring.py [--images 10000] [--size 640x480] [--limit 8]
-        [--saved-model EXPORT] [--stock-saved-model EXPORT] [--workdir DIR]
+        [--max-seconds S] [--max-minutes M] [--compare-stock] [--saved-model EXPORT] [--workdir DIR]
 
 Synthetic JPEGs (coloured boxes and discs on a noisy background) in a data dir; ``odal serve`` (a real subprocess)
 serves odal's pretrained SSDLite export (``python -m odal.daemon.worker.pretrained --export``, with the embedding;
 made here when ``--saved-model`` is not given).  The queue is the daemon's own :class:`ActiveQueue` in a fresh
 ledger file.  After ``rescore_all(version)`` every row is pending; the loop then runs exactly as the daemon's
-(``daemon/main.py``): wait one tick for events (0.25 s, none come), then ``score_pending(limit=8)``, until nothing
-is pending.  Reported: the time to score everything, images/s, each step's duration (the longest is the most an
+(``daemon/main.py``): wait one tick for events (0.25 s, none come), then ``score_pending(limit=64,
+max_seconds=0.5)`` (the daemon's; ``--limit 8`` alone is what it did before), until nothing is pending.  Reported: the time to score everything, images/s, each step's duration (the longest is the most an
 event waits for the loop), the time of the recipe's ``next_images`` in the ``diverse`` order over the whole queue.
 With ``--compare-stock`` or ``--stock-saved-model`` (the same model exported by the OD API's stock module: without
 the extra output) the per-predict latency of both is compared on the same server.  Appends to
@@ -97,8 +97,10 @@ def serve(workdir: Path, models: dict[str, Path]) -> tuple[ServerProcess, str]:
     return server, server.address
 
 
-def rescore(queue: ActiveQueue, client: ServingClient, version: int, limit: int, max_seconds: float | None) -> dict:
-    """The daemon's loop after a new version: tick, score a bounded batch, until nothing is pending."""
+def rescore(queue: ActiveQueue, client: ServingClient, version: int, limit: int, max_seconds: float | None,
+            max_minutes: float | None = None) -> dict:
+    """The daemon's loop after a new version: tick, score a bounded batch, until nothing is pending (or until
+    ``max_minutes``: then the rate so far is reported, and the time for all of them extrapolated from it)."""
     queue.rescore_all(version)
     steps = []
     started = time.monotonic()
@@ -107,7 +109,7 @@ def rescore(queue: ActiveQueue, client: ServingClient, version: int, limit: int,
         step = time.monotonic()
         scored = queue.score_pending(client, "odal", limit=limit, max_seconds=max_seconds)
         steps.append(time.monotonic() - step)
-        if scored == 0:
+        if scored == 0 or (max_minutes and time.monotonic() - started > max_minutes * 60):
             break
     total = time.monotonic() - started
     status = queue.status()
@@ -130,6 +132,7 @@ def main() -> None:
     parser.add_argument("--size", default="640x480")
     parser.add_argument("--limit", type=int, default=8, help="images per loop step at most")
     parser.add_argument("--max-seconds", type=float, help="no new predict batch in a step after this long")
+    parser.add_argument("--max-minutes", type=float, help="stop the pass after this long (rate extrapolated)")
     parser.add_argument("--saved-model", type=Path, help="odal export with the embedding (default: made here)")
     parser.add_argument("--stock-saved-model", type=Path, help="the same model without the extra output")
     parser.add_argument("--compare-stock", action="store_true", help="export that stock model here")
@@ -156,17 +159,22 @@ def main() -> None:
             scan_started = time.monotonic()
             scanned = queue.scan()
             scan_seconds = time.monotonic() - scan_started
-            result = rescore(queue, client, 1, args.limit, args.max_seconds)
+            result = rescore(queue, client, 1, args.limit, args.max_seconds, args.max_minutes)
             order_started = time.monotonic()
             ranked = queue.next_images(10**9, strategy="diverse")
             order_seconds = time.monotonic() - order_started
-            steps = sorted(result["steps"][:-1]) or [0.0]
+            steps = sorted(result["steps"][:-1] if not result["status"]["pending"] else result["steps"]) or [0.0]
             sample = sorted(data.rglob("*.jpg"))[:20]
             with_embedding = predict_latency(client, "odal", sample)
             stock = predict_latency(client, "stock", sample) if args.stock_saved_model else []
             with_embedding_2 = predict_latency(client, "odal", sample) if stock else []
         n = scanned["images"]
-        bound = f" --max-seconds {args.max_seconds:g}" if args.max_seconds else ""
+        left = result["status"]["pending"]
+        done = n - left
+        rate = done / result["seconds"]
+        bound = (f" --max-seconds {args.max_seconds:g}" if args.max_seconds else "") + (
+            f" --max-minutes {args.max_minutes:g}" if args.max_minutes else "") + (
+            " --compare-stock" if stock else "")
         lines += [
             "# Re-scoring the active-learning queue after a new version",
             "",
@@ -177,9 +185,11 @@ def main() -> None:
             "",
             f"- {n} synthetic {args.size} JPEGs ({_mib(data):.0f} MiB; made in {made:.0f} s); "
             f"`scan()` {scan_seconds:.1f} s",
-            f"- all {n} scored in **{result['seconds'] / 60:.1f} min** ({n / result['seconds']:.1f} images/s), "
-            f"{len(result['steps'])} loop steps of at most {args.limit} images; pending afterwards: "
-            f"{result['status']['pending']}",
+            (f"- all {n} scored in **{result['seconds'] / 60:.1f} min** ({rate:.1f} images/s), "
+             if not left else
+             f"- stopped after {result['seconds'] / 60:.1f} min (`--max-minutes`) with {done} of {n} scored: "
+             f"{rate:.1f} images/s, **all {n} in about {n / rate / 60:.0f} min** at that rate (extrapolated), ")
+            + f"{len(result['steps'])} loop steps of at most {args.limit} images",
             f"- one step holds the loop p50 {statistics.median(steps) * 1000:.0f} ms, p95 "
             f"{steps[int(0.95 * (len(steps) - 1))] * 1000:.0f} ms, max {steps[-1] * 1000:.0f} ms (the longest an "
             f"event waits); the loop waits {TICK * 1000:.0f} ms for events between steps",

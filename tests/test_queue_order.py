@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from odal.daemon.store.queue_order import MAX_EMBEDDING, candidate, class_counts, order, score_values
 
@@ -43,3 +45,23 @@ def test_diverse_ranks_the_newest_versions_rows_first_then_older_scores_then_uns
     assert [r["path"] for r in order(rows, "uncertainty")][:2] == ["old-unsure", "new-unsure"]  # any version
     with pytest.raises(ValueError, match="uncertainty, diverse, random"):
         order(rows, "best")
+
+
+floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
+
+
+@settings(max_examples=50, deadline=None, database=None)
+@given(answers=st.lists(st.tuples(st.lists(floats, max_size=120), st.lists(st.integers(-5, 2**20), max_size=120),
+                                  st.one_of(st.none(), st.lists(floats, max_size=8).map(np.array))), max_size=12),
+       strategy=st.sampled_from(["uncertainty", "diverse", "random"]), batch=st.integers(1, 20))
+def test_any_model_answer_is_stored_within_its_bounds_and_every_row_is_ordered_once(answers, strategy, batch):
+    """Whatever a server answers (NaN, inf, 120 boxes, odd class ids, any embedding), the stored row holds at most
+    100 detections and a finite embedding or none, and the order lists every row exactly once."""
+    rows = [{"path": f"p{i}", "scored_version": 1 + i % 2, **score_values(scores, classes, embedding)}
+            for i, (scores, classes, embedding) in enumerate(answers)]
+    for row in rows:
+        assert len(row["detections"]) <= 100 * 8 and 0.0 <= row["uncertainty"] <= 1.0
+        back = candidate(row)
+        assert back.embedding is None or np.all(np.isfinite(back.embedding))
+    ranked = order(rows, strategy, batch=batch, answered=rows[:2])
+    assert sorted(r["path"] for r in ranked) == sorted(r["path"] for r in rows)

@@ -22,7 +22,8 @@ changes.
 
 Wiring in the daemon (after the ledger is open): ``ActiveQueue(cfg.ledger_path, cfg.data_dir)`` then ``scan()``;
 on ``ImageChanged`` call ``image_changed(event.path, event.deleted)``; each idle loop tick
-``score_pending(client, cfg.model_name, limit=8)``; when a published version is confirmed ``rescore_all(version)``.
+``score_pending(client, cfg.model_name, limit=64, max_seconds=0.5)`` (bench/results/rescoring.md); when a
+published version is confirmed ``rescore_all(version)``.
 """
 
 from __future__ import annotations
