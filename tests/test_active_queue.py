@@ -96,6 +96,15 @@ def test_a_changed_image_loses_its_score_and_is_scored_again(workspace, client):
     assert str(paths[0].resolve()) in {r["path"] for r in top} and top[0]["uncertainty"] > 0.99
 
 
+def test_a_scoring_step_stops_at_its_image_and_time_bounds(workspace, client):
+    """The daemon's loop is held by at most one predict batch (2 x concurrency images) past ``max_seconds``."""
+    _data, _work, paths, _ledger, queue = workspace
+    queue.scan()
+    assert queue.score_pending(client, "bright", limit=50, concurrency=2, max_seconds=0) == 4
+    assert queue.score_pending(client, "bright", limit=3, concurrency=2) == 3
+    assert queue.score_pending(client, "bright", limit=50, concurrency=2, max_seconds=60) == len(paths) - 7
+
+
 def test_rescore_all_makes_rows_of_older_versions_pending_but_keeps_their_order(workspace, client):
     _data, _work, paths, _ledger, queue = workspace
     queue.scan()
@@ -274,7 +283,7 @@ def test_diverse_keeps_away_from_answered_images_whose_embeddings_were_scored_af
     assert _kinds(first) == ["blue"]
     queue.rescore_all(2)  # as after a publish; the served version is still 1 here: every row is pending
     pending = queue.read_pending(50)
-    assert [p.path.stem for p in pending][-2:] == ["a-red-0", "b-green-0"]  # answered ones last
+    assert sorted(p.path.stem for p in pending[-2:]) == ["a-red-0", "b-green-0"]  # answered ones last
 
 
 def test_a_schema_1_queue_gains_the_score_columns_and_keeps_its_rows(tmp_path):
