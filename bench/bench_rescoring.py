@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from odal.daemon.handlers import scoring
 from odal.daemon.store.queue import ActiveQueue
 from odal.serving.client import ServingClient
 from odal.serving.process import ServerProcess
@@ -107,7 +108,7 @@ def rescore(queue: ActiveQueue, client: ServingClient, version: int, limit: int,
     while True:
         time.sleep(TICK)  # events.get(timeout=_TICK) with no event
         step = time.monotonic()
-        scored = queue.score_pending(client, "odal", limit=limit, max_seconds=max_seconds)
+        scored = scoring.score_pending(queue, client, "odal", limit=limit, max_seconds=max_seconds)
         steps.append(time.monotonic() - step)
         if scored == 0 or (max_minutes and time.monotonic() - started > max_minutes * 60):
             break

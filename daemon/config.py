@@ -9,13 +9,15 @@ settings odal cannot feed are checked here, once.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from odal.daemon.rounds import pipeline_check
+from odal.common.address import parse_address
 from odal.common.errors import ConfigError
 from odal.daemon.rounds.gate import METRICS
+from odal.daemon.store.db import LEDGER_FILE
 from odal.daemon.store.queue_order import DEFAULT_BATCH, QUEUE_STRATEGIES
 
 # section -> key -> (type, default); a default of ... means required.
@@ -43,6 +45,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "debounce_seconds": (float, 5.0),
         "eval_fraction": (float, 0.2),
         "worker_max_mb": (float, 4096.0),  # restart the TensorFlow worker between rounds beyond this RSS; 0 = never
+        "prewarm": (bool, True),  # start the worker and trace the model while waiting for annotations
     },
     "retention": {
         "versions": (int, 3),
@@ -104,6 +107,7 @@ class Config:
     log_file: Path | None
     log_level: str
     worker_max_bytes: int = 4096 << 20
+    prewarm: bool = True
     log_max_bytes: int = 64 << 20
     log_backups: int = 3
     metrics_address: str = ""
@@ -117,11 +121,10 @@ class Config:
     eval_dataset: str = ""
     queue_strategy: str = "uncertainty"
     queue_batch: int = DEFAULT_BATCH
-    raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def ledger_path(self) -> Path:
-        return self.work_dir / "ledger.sqlite"
+        return self.work_dir / LEDGER_FILE
 
     @property
     def limits(self):
@@ -133,7 +136,7 @@ class Config:
 def _typed(section: str, key: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{section}.{key}: expected {kind.__name__}, got {value!r}")
     return value
 
@@ -153,6 +156,8 @@ def parse(data: dict, path: Path) -> Config:
         for key, (kind, default) in keys.items():
             if key in data.get(section, {}):
                 values[section, key] = _typed(section, key, data[section][key], kind)
+                if (section, key) == ("log", "level"):  # INFO, Info and info alike
+                    values[section, key] = values[section, key].lower()
             elif default is ...:
                 raise ConfigError(f"{section}.{key}: required")
             else:
@@ -206,9 +211,8 @@ def parse(data: dict, path: Path) -> Config:
             raise ConfigError(f"{section}.{key}: {message}, got {values[section, key]!r}")
     eval_export = _eval_source(values, resolve("gate", "eval_export", "file"), export_dir, prodigy_db)
     metrics_address = values["metrics", "address"]
-    host, _, port = metrics_address.rpartition(":")
-    if metrics_address and not (host and port.isdigit() and int(port) <= 65535):
-        raise ConfigError(f"metrics.address: HOST:PORT (e.g. 127.0.0.1:9464), got {metrics_address!r}")
+    _host_port("metrics.address", metrics_address, "127.0.0.1:9464")
+    _host_port("serving.address", values["serving", "address"], "127.0.0.1:8500")
 
     pipeline_config = resolve("model", "pipeline_config", "file")
     pipeline = pipeline_check.read(pipeline_config)
@@ -240,6 +244,7 @@ def parse(data: dict, path: Path) -> Config:
         log_file=resolve("log", "file"),
         log_level=values["log", "level"],
         worker_max_bytes=int(values["training", "worker_max_mb"] * (1 << 20)),
+        prewarm=values["training", "prewarm"],
         log_max_bytes=int(values["log", "max_mb"] * (1 << 20)),
         log_backups=values["log", "backups"],
         metrics_address=metrics_address,
@@ -253,8 +258,15 @@ def parse(data: dict, path: Path) -> Config:
         eval_dataset=values["gate", "eval_dataset"],
         queue_strategy=values["queue", "strategy"],
         queue_batch=values["queue", "batch"],
-        raw=data,
     )
+
+
+def _host_port(key: str, address: str, example: str) -> None:
+    """An address is empty (off) or HOST:PORT: a bare host would make every later connection fail."""
+    try:
+        parse_address(address)
+    except ValueError:
+        raise ConfigError(f"{key}: HOST:PORT (e.g. {example}), got {address!r}") from None
 
 
 def _eval_source(values: dict, eval_export: Path | None, export_dir: Path | None, prodigy_db: Path | None):

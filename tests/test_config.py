@@ -56,6 +56,8 @@ def test_a_minimal_config_gets_defaults_and_paths_relative_to_the_file(workspace
     ("[training]\nworker_max_mb = -5\n", "training.worker_max_mb: must be >= 0"),
     ("[log]\nbackups = 1000\n", "log.backups: must be in 0..100"),
     ("[model]\nname = 'a b'\n", "model.name"),
+    ("[serving]\naddress = 'localhost'\n", "serving.address: HOST:PORT (e.g. 127.0.0.1:8500), got 'localhost'"),
+    ("[serving]\naddress = 'localhost:http'\n", "serving.address: HOST:PORT"),
 ])
 def test_a_bad_value_or_unknown_key_is_one_message_naming_the_key(workspace, extra, message):
     text = BASE + extra
@@ -88,3 +90,8 @@ def test_the_daemon_reports_a_config_error_in_one_line_and_exit_code_2(workspace
     assert proc.returncode == 2
     assert "training.steps_per_round: must be >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_log_level_is_case_insensitive_and_a_server_address_with_a_port_is_accepted(workspace):
+    cfg = _load(workspace, BASE + "[log]\nlevel = 'INFO'\n[serving]\naddress = 'localhost:8500'\n")
+    assert (cfg.log_level, cfg.serving_address) == ("info", "localhost:8500")

@@ -14,6 +14,7 @@ import pytest
 
 from odal.common.errors import PublishError
 from odal.daemon.rounds import publish
+from odal.daemon.rounds.contracts import Progress, RoundJob, decode, encode
 from odal.daemon.store.history import History
 
 
@@ -40,7 +41,7 @@ def test_complete_export_is_renamed_to_the_next_version_with_odal_marker(tmp_pat
     assert (version, path) == (1, base / "1")
     assert not staging.exists()
     assert json.loads((path / "assets.extra" / "odal.json").read_text())["round"] == 4
-    assert history.versions()[0]["state"] == "published"
+    assert history.versions() == []  # recorded by the orchestration (rounds/round.py), not here
 
 
 def test_incomplete_export_is_refused_and_no_version_appears(tmp_path, history):
@@ -56,8 +57,10 @@ def test_incomplete_export_is_refused_and_no_version_appears(tmp_path, history):
 def test_version_numbers_only_grow_even_after_retention_deleted_the_newest(tmp_path, history):
     base = tmp_path / "models"
     for round_id in (1, 2, 3):
-        publish.publish(_fake_export(publish.staging_dir(base, round_id)), base, history, round_id, None)
-    assert publish.prune_versions(base, history, keep=1) == [1, 2]
+        version, path = publish.publish(_fake_export(publish.staging_dir(base, round_id)), base, history, round_id,
+                                        None)
+        history.record_version(version, round_id, path, None, "published")  # as rounds/round.py does
+    assert publish.prune_versions(base, keep=1) == [1, 2]
     shutil.rmtree(base / "3")  # even with every folder gone, a new version never reuses a number
     version, _ = publish.publish(_fake_export(publish.staging_dir(base, 4)), base, history, 4, None)
     assert version == 4
@@ -88,15 +91,15 @@ def test_a_worker_killed_mid_export_never_produces_a_numbered_folder(tmp_path, t
     shutil.copy(tiny_models["dir"] / "round" / "annotations.jsonl", round_dir / "annotations.jsonl")
     from conftest import TINY_CONFIG
 
-    job = {"round_dir": str(round_dir), "pipeline_config": str(TINY_CONFIG), "label_map": str(tiny_models["label_map"]),
-           "num_classes": 2, "steps": 2, "fine_tune": None, "init_checkpoint": tiny_models["checkpoints"][1],
-           "checkpoint_dir": str(tmp_path / "ckpt"), "export_dir": str(staging), "tensorboard_dir": None}
+    job = RoundJob(round_id=1, round_dir=round_dir, pipeline_config=TINY_CONFIG, label_map=tiny_models["label_map"],
+                   num_classes=2, steps=2, init_checkpoint=tiny_models["checkpoints"][1],
+                   checkpoint_dir=tmp_path / "ckpt", export_dir=staging)
     proc = subprocess.Popen([sys.executable, "-m", "odal.daemon.worker"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    proc.stdin.write(json.dumps(job) + "\n")
+    proc.stdin.write(encode(job))
     proc.stdin.flush()
     for line in proc.stdout:
-        if '"stage": "export"' in line:
+        if decode(line) == Progress(1, "export"):
             break
     deadline = time.monotonic() + 120
     while not staging.exists() and time.monotonic() < deadline:  # wait until the export is being written

@@ -20,7 +20,9 @@ def _publish(cfg, history: History, round_id: int) -> int:
     (staging / "variables").mkdir(parents=True)
     (staging / "saved_model.pb").write_bytes(b"pb %d" % round_id)
     (staging / "variables" / "variables.index").write_bytes(b"index")
-    return publish.publish(staging, cfg.base_path, history, round_id, {"mAP": 0.1 * round_id})[0]
+    version, path = publish.publish(staging, cfg.base_path, history, round_id, {"mAP": 0.1 * round_id})
+    history.record_version(version, round_id, path, {"mAP": 0.1 * round_id}, "published")  # as rounds/round.py does
+    return version
 
 
 @pytest.fixture

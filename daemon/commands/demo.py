@@ -23,9 +23,11 @@ from pathlib import Path
 from odal.daemon.sources import datasets
 
 from odal.daemon.commands import init as workspace_init
-from odal.daemon.cli import rounds_table
+from odal.daemon.commands.status import rounds_table
+from odal.daemon.store.db import LEDGER_FILE
 from odal.daemon.store.history import History
-from odal.serving.process import ServerProcess, stop_process_group
+from odal.common.processes import stop_process_group
+from odal.serving.process import ServerProcess
 
 MARKER = ".odal-demo"
 DEMO_STEPS = {"ssdlite": 150, "tiny": 150}  # train steps a round; make demo (3 rounds) stays within 6 minutes
@@ -124,7 +126,7 @@ def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: i
             _append(export, records)
             print(f"annotator: +{len(batch)} accepted" + (f", +{len(extra)} reject/ignore" if extra else "")
                   + f" -> {export.name}; waiting for round {number} ...", flush=True)
-            result = _wait_for_round(config.parent / "work" / "ledger.sqlite", number - 1, 1200, daemon)
+            result = _wait_for_round(config.parent / "work" / LEDGER_FILE, number - 1, 1200, daemon)
             if result is None:
                 print("timed out waiting for the round", file=sys.stderr)
                 return 1
@@ -139,7 +141,7 @@ def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: i
         stop_process_group(daemon, 60)
         if server is not None:
             server.stop(60)
-    history = History(config.parent / "work" / "ledger.sqlite", readonly=True)
+    history = History(config.parent / "work" / LEDGER_FILE, readonly=True)
     print("\n" + rounds_table(history.rounds(100)))
     history.close()
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; versions in {workspace / 'models' / 'odal'}; "

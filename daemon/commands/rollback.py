@@ -42,7 +42,7 @@ def rollback(cfg: Config, version: int | None = None, force: bool = False) -> di
     history = History(cfg.ledger_path)
     try:
         known = any(row["version"] == version for row in history.versions())
-        target = publish.quarantine(cfg.base_path, version, history, "rolled back")
+        target = publish.quarantine(cfg.base_path, version)
         if known:
             history.set_version_state(version, "rolled_back", f"moved to {target}")
         else:

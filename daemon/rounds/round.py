@@ -1,167 +1,30 @@
-"""Run one training round: snapshot the ledger, hand the job to the worker child, publish what it exported.
-
-The daemon process never imports TensorFlow.  :class:`Worker` owns one long-lived child process
-(``python -m odal.daemon.worker``) that keeps TF and the traced model between rounds; if it dies, the round fails
-cleanly and the next round starts a new child.
-"""
+"""Run one training round: snapshot the ledger, hand the typed job to the worker child
+(odal.daemon.rounds.worker_client), publish what it exported.  The daemon process never imports TensorFlow."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
 from odal.daemon.rounds import gate as gates
 from odal.daemon.system import log as logs
 from odal.daemon.system.atomic import remove_tree
-from odal.daemon.config import Config
-from odal.common.errors import RoundFailed
+from odal.common.errors import PublishError
 from odal.daemon.rounds import publish
+from odal.daemon.rounds.contracts import FineTune, GateSpec, RoundJob, Served
 from odal.daemon.rounds.inputs import image_roots, round_inputs, with_images, write_splits
-from odal.daemon.rounds.inputs import split_of, write_annotations  # noqa: F401 - their old home
+from odal.daemon.rounds.progress import RoundProgress
+from odal.daemon.rounds.worker_client import Abandoned, Worker
 from odal.daemon.store.history import History
 
+if TYPE_CHECKING:  # the configuration imports the rounds' gate and pipeline check
+    from odal.daemon.config import Config
+
 log = logs.get("odal.round")
-
-
-class Abandoned(Exception):
-    """The round was stopped on purpose (daemon shutting down)."""
-
-
-class Worker:
-    """The TensorFlow child process: started on first use, reused across rounds, stopped politely.
-
-    A child whose memory (RSS) after a round is above ``max_rss`` bytes is retired and the next round starts a
-    fresh one: whatever TensorFlow keeps from round to round (a few MiB; see bench/results/worker_memory.md) cannot
-    add up over weeks.  The fresh child pays the first-round costs (tracing, a whole SavedModel) once.
-    """
-
-    def __init__(self, log_path: Path, max_bytes: int = 0, backups: int = 3, max_rss: int = 0):
-        self._log_path = log_path
-        self._log_rotation = (max_bytes, backups)  # its stderr log is rotated when a child starts, if too big
-        self._max_rss = max_rss
-        self._proc: subprocess.Popen | None = None
-        self._lock = threading.Lock()
-        self._stopping = False  # set by stop(): a child ending now was stopped on purpose
-        self._stopped = threading.Event()
-
-    @property
-    def stopping(self) -> bool:
-        """stop() was called: the daemon is shutting down."""
-        return self._stopping
-
-    def wait_stopping(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less if stop() is called meanwhile."""
-        self._stopped.wait(seconds)
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc and self._proc.poll() is None else None
-
-    def _start(self) -> subprocess.Popen:
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        max_bytes, backups = self._log_rotation
-        if max_bytes and self._log_path.exists() and self._log_path.stat().st_size > max_bytes:
-            logs.rotate(self._log_path, backups)
-        stderr = open(self._log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "odal.daemon.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=stderr, env=env, text=True, bufsize=1, start_new_session=True,
-        )
-        stderr.close()
-        ready = proc.stdout.readline()
-        if '"ready"' not in ready:
-            proc.kill()
-            proc.wait()
-            raise RoundFailed(f"the worker did not start; see {self._log_path}")
-        log.info("worker_started", pid=proc.pid)
-        return proc
-
-    def run(self, job: dict, on_progress: Callable[[dict], None]) -> dict:
-        """Send one job; relay progress; return the result (raises RoundFailed / Abandoned)."""
-        with self._lock:
-            if self._stopping:
-                raise Abandoned("worker stopping")
-            if self._proc is None or self._proc.poll() is not None:
-                self._proc = self._start()
-            proc = self._proc
-        if self._stopping:  # stop() ran while the child was starting: it never saw it
-            self.stop()
-            raise Abandoned("worker stopped")
-        try:
-            proc.stdin.write(json.dumps(job) + "\n")
-            proc.stdin.flush()
-        except BrokenPipeError:
-            pass  # the child is gone; its exit status (below) says why
-        for line in proc.stdout:
-            message = json.loads(line)
-            if message["type"] == "progress":
-                on_progress(message)
-            elif message["type"] == "result":
-                if not message["ok"]:
-                    raise RoundFailed(message["error"])
-                self._retire_if_grown(proc)
-                return message
-        code = proc.wait()
-        self._proc = None
-        if code in (-signal.SIGTERM, -signal.SIGKILL) and self._stopping:
-            raise Abandoned("worker stopped")
-        raise RoundFailed(f"the worker exited with {code} during the round; see {self._log_path}")
-
-    def _retire_if_grown(self, proc: subprocess.Popen) -> None:
-        rss = rss_bytes(proc.pid)
-        if not self._max_rss or rss is None or rss <= self._max_rss:
-            return
-        with self._lock:
-            self._proc = None
-        proc.stdin.close()  # the child ends at the end of its input
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.info("worker_retired", pid=proc.pid, rss_mb=round(rss / (1 << 20)),
-                 max_mb=round(self._max_rss / (1 << 20)))
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the child's session, SIGKILL after ``timeout``."""
-        self._stopping = True
-        self._stopped.set()
-        with self._lock:  # waits for a child being started (run() then sees _stopping and stops it)
-            proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            proc.stdin.close()
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except (ProcessLookupError, BrokenPipeError, OSError):
-            pass
-        log.info("worker_stopped", pid=proc.pid)
-
-
-def rss_bytes(pid: int) -> int | None:
-    """The resident memory of process ``pid`` (``VmRSS`` in /proc), or None if it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 @dataclass
@@ -176,7 +39,7 @@ class RoundOutcome:
 
 
 def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, labels: list[str], worker: Worker,
-              status: Callable[[str], None] = lambda text: None, confirm=None) -> RoundOutcome:
+              status: Callable[..., None] = lambda text, detail=None: None, confirm=None) -> RoundOutcome:
     """One round from the ledger snapshot ``accepted`` (taken at change counter ``seq``) to a published version."""
     round_id = history.start_round(seq)
     bound = log.bind(round=round_id)
@@ -201,37 +64,29 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
         previous = next(((rid, ckpt) for rid, ckpt in history.checkpoints() if Path(ckpt + ".index").is_file()), None)
         fine_tune = None
         if previous is None and cfg.fine_tune_checkpoint:
-            fine_tune = {"path": cfg.fine_tune_checkpoint, "type": cfg.fine_tune_checkpoint_type}
+            fine_tune = FineTune(cfg.fine_tune_checkpoint, cfg.fine_tune_checkpoint_type)
         staging = publish.staging_dir(cfg.base_path, round_id)
         cfg.base_path.mkdir(parents=True, exist_ok=True)
-        job = {
-            "round_dir": str(round_dir), "pipeline_config": str(cfg.pipeline_config), "label_map": str(cfg.label_map),
-            "num_classes": len(labels), "steps": cfg.steps_per_round,
-            "init_checkpoint": previous[1] if previous else None, "fine_tune": fine_tune,
-            "checkpoint_dir": str(cfg.work_dir / "checkpoints" / f"round-{round_id}"),
-            "export_dir": str(staging), "tensorboard_dir": str(cfg.work_dir / "tensorboard"),
-            "gate": {"metric": cfg.gate_metric, "tolerance": cfg.gate_tolerance}, "served": _served(cfg),
-        }
+        job = RoundJob(
+            round_id=round_id, round_dir=round_dir, pipeline_config=cfg.pipeline_config, label_map=cfg.label_map,
+            num_classes=len(labels), steps=cfg.steps_per_round,
+            init_checkpoint=previous[1] if previous else None, fine_tune=fine_tune,
+            checkpoint_dir=cfg.work_dir / "checkpoints" / f"round-{round_id}",
+            export_dir=staging, tensorboard_dir=cfg.work_dir / "tensorboard",
+            gate=GateSpec(cfg.gate_metric, cfg.gate_tolerance), served=_served(cfg),
+        )
 
-        def on_progress(message: dict) -> None:
-            if "step" in message:
-                status(f"round {round_id}: training {message['step']}/{message['of']}")
-                bound.debug("train_progress", step=message["step"], of=message["of"], loss=message["loss"])
-            else:
-                status(f"round {round_id}: {message['stage']}")
-                bound.info("stage_started", stage=message["stage"])
-
-        result = worker.run(job, on_progress)
-        metrics = gates.summarize(result["metrics"])
-        timings = dict(result["timings"])
-        gate = dict(result["gate"], served_metrics=gates.summarize(result["served_metrics"]),
+        result = worker.run(job, RoundProgress(round_id, cfg.steps_per_round, bound, status))
+        metrics = gates.summarize(result.metrics)
+        timings = dict(result.timings)
+        gate = dict(result.gate, served_metrics=gates.summarize(result.served_metrics),
                     eval_images=counts["eval"], **eval_info)
-        history.update_round(round_id, checkpoint=result["checkpoint"], global_step=result["train"]["global_step"],
+        history.update_round(round_id, checkpoint=result.checkpoint, global_step=result.train["global_step"],
                              metrics=metrics, timings=timings, gate=gate)
-        bound.info("round_trained", global_step=result["train"]["global_step"], loss=result["train"]["loss"],
-                   session_reused=result["session_reused"], export=result["export"], metrics=metrics,
-                   timings=timings, learning_rate=result["train"].get("learning_rate"),
-                   fine_tune=result["train"].get("fine_tune"), adjusted=result.get("adjusted"),
+        bound.info("round_trained", global_step=result.train["global_step"], loss=result.train["loss"],
+                   session_reused=result.session_reused, export=result.export, metrics=metrics,
+                   timings=timings, learning_rate=result.train.get("learning_rate"),
+                   fine_tune=result.train.get("fine_tune"), adjusted=result.adjusted,
                    gate=gate["reason"])
         if not gate["passed"]:  # not blessed: an outcome, not an error; the next round trains on from this one
             remove_tree(staging)
@@ -246,12 +101,20 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
         status(f"round {round_id}: publishing")
         publish_started = time.monotonic()
         version, path = publish.publish(staging, cfg.base_path, history, round_id, metrics)
+        history.record_version(version, round_id, path, metrics, "published")
         timings["publish"] = time.monotonic() - publish_started
         if confirm is not None:
             status(f"round {round_id}: confirming version {version}")
             confirm_started = time.monotonic()
             sample = next((a["image_path"] for a in accepted if a.get("image_path")), None)
-            confirm(version, path, history, sample)
+            failed = confirm(version, sample)
+            if failed is not None:  # it does not serve: out of the numbered namespace, the previous one serves on
+                where = publish.quarantine(cfg.base_path, version)
+                history.set_version_state(version, "quarantined", failed)
+                log.error("version_quarantined", version=version, reason=failed, moved_to=str(where),
+                          seconds=round(time.monotonic() - confirm_started, 2))
+                raise PublishError(f"version {version} did not serve ({failed}); quarantined at {where}")
+            history.set_version_state(version, "confirmed")
             timings["confirm"] = time.monotonic() - confirm_started
         else:
             history.set_version_state(version, "unconfirmed", "no serving.address configured")
@@ -301,19 +164,20 @@ def _record_failure(history: History, round_id: int, message: str, worker: Worke
             wait = min(wait * 2, max_wait)
 
 
-def _served(cfg: Config) -> dict | None:
+def _served(cfg: Config) -> Served | None:
     """The version TF Serving serves now: the newest numbered folder in the base path (a rolled-back or
     quarantined version is no longer there); None when there is none."""
     versions = publish.version_dirs(cfg.base_path)
     if not versions:
         return None
     version = max(versions)
-    return {"version": version, "path": str(versions[version])}
+    return Served(version, versions[version])
 
 
 def _retain(cfg: Config, history: History) -> None:
     """Keep the newest K versions, checkpoints and round folders (TFRecords); delete older ones."""
-    publish.prune_versions(cfg.base_path, history, cfg.keep_versions)
+    for version in publish.prune_versions(cfg.base_path, cfg.keep_versions):
+        history.set_version_state(version, "deleted", "retention")
     keep = {Path(ckpt).parent for _, ckpt in history.checkpoints()[: cfg.keep_checkpoints]}
     for folder in sorted((cfg.work_dir / "checkpoints").glob("round-*")):
         if folder not in keep:

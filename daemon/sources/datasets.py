@@ -11,7 +11,6 @@ after an annotator drew those boxes in ``image.manual`` (the simulated annotator
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 import uuid
@@ -19,6 +18,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from odal.common.hashing import content_hash
+from odal.common.spans import rect_span
 from odal.daemon.system.atomic import atomic_write, atomic_write_text
 
 SHAPE_LABELS = ("square", "disc")
@@ -92,7 +93,7 @@ def write_label_map(path: Path, labels: list[str]) -> None:
 
 def input_hash(image: Path) -> int:
     """A stand-in for Prodigy's input hash: stable for the same image bytes (Prodigy uses a 32-bit murmurhash)."""
-    return int.from_bytes(hashlib.sha1(image.read_bytes()).digest()[:4], "big", signed=True)
+    return content_hash(image.read_bytes())
 
 
 def prodigy_record(item: GroundTruth, image_field: str, answer: str = "accept",
@@ -100,11 +101,7 @@ def prodigy_record(item: GroundTruth, image_field: str, answer: str = "accept",
     """The record ``prodigy db-out`` prints for this item answered in ``image.manual`` (``--remove-base64``)."""
     spans = []
     for label, x0, y0, x1, y1 in item.boxes:
-        spans.append({
-            "id": str(uuid.uuid4()), "label": label, "color": "yellow",
-            "x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0, "center": [(x0 + x1) / 2, (y0 + y1) / 2],
-            "type": "rect", "points": [[x0, y0], [x0, y1], [x1, y1], [x1, y0]],
-        })
+        spans.append({"id": str(uuid.uuid4()), **rect_span(label, x0, y0, x1, y1), "color": "yellow"})
     hashed = input_hash(item.image)
     return {
         "image": image_field, "text": item.image.stem, "meta": {"file": item.image.name}, "path": image_field,

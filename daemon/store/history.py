@@ -4,7 +4,8 @@ A round is ``running`` until it ends ``published``, ``held_back`` (trained and e
 found it worse than the served version: not published, and the next round trains on from it), ``failed``,
 ``abandoned`` (daemon stopped or crashed) or ``skipped`` (nothing to train on).  A round's ``gate`` is the
 decision of :func:`odal.daemon.rounds.gate.decide` with the eval set it used.  A version row is written after its folder
-was renamed into the base path.
+was renamed into the base path.  Written by the round thread's orchestration (odal.daemon.rounds.round) through its
+own connection; at start by crash recovery (odal.daemon.rounds.publish.recover); by ``odal rollback``.
 """
 
 from __future__ import annotations

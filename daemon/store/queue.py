@@ -1,51 +1,37 @@
-"""The active-learning queue: every image of the data dir not yet annotated, scored by the served model.
+"""The active-learning queue, stored: every image of the data dir not yet annotated, with the served model's score.
 
 Rows live in the workspace ledger file (table ``active_queue``, created here ``IF NOT EXISTS``), keyed by the
-image's resolved path; ``digest`` (SHA-256 of the bytes) and ``input_hash`` (odal's content hash, see
-``odal.recipe.tasks.content_hash``) say which content was scored.  A changed file (other size or mtime) loses its
-score; a deleted one loses its row.  ``uncertainty`` is ``odal.common.uncertainty.uncertainty`` (the least
-confident detection above a floor) and ``scored_version`` the model version that answered; ``score``,
-``score_tiebreak``, ``detections`` and ``embedding`` are what the ``diverse`` strategy ranks by
-(:mod:`odal.daemon.store.queue_order`).  :meth:`ActiveQueue.rescore_all` records a newer target version: rows
-scored by an older one keep their score for ordering until re-scored.
+image's resolved path; ``digest`` (SHA-256 of the bytes) and ``input_hash`` (odal.common.hashing.content_hash) say
+which content was scored.  A changed file (other size or mtime) loses its score; a deleted one loses its row.
+``uncertainty`` is ``odal.common.uncertainty.uncertainty`` and ``scored_version`` the model version that answered;
+``score``, ``score_tiebreak``, ``detections`` and ``embedding`` are what the ``diverse`` strategy ranks by
+(:mod:`odal.daemon.store.queue_order`); a queue of schema 1 gains these columns in place, empty.
+:meth:`ActiveQueue.rescore_all` records a newer target version: rows scored by an older one keep their score for
+ordering until re-scored.  Answered images are scored too, after every unanswered one (``pending(answered=True)``):
+their embeddings are the labelled ones the ``diverse`` strategy keeps away from.  Scoring itself is
+odal.daemon.handlers.scoring; readers (the recipe, ``odal status``) use odal.daemon.store.queue_query, whose
+queries this class inherits.
 
-The daemon calls everything from its loop thread; each call is bounded (``score_pending`` scores at most
-``limit`` images and stops at the first unreachable-server error).  The recipe, another process, opens the same
-file read-only (:meth:`ActiveQueue.reader`) and asks :meth:`ActiveQueue.next_images` for the unanswered images in
-the order of a strategy (``uncertainty``, ``diverse``, ``random``).  Answered images are scored too, after every
-unanswered one: their embeddings are the labelled ones the ``diverse`` strategy keeps away from.  No TensorFlow
-here: images are decoded with Pillow, the model is asked through ``odal.serving.client``.  Files are read only
-through :mod:`odal.daemon.sources.safe_files` (regular files inside the data dir, bounded bytes) and decoded by
-:mod:`odal.daemon.sources.images` (pixels bounded from the header, shrunk to at most 1024 pixels a side for
-scoring); a refused or broken image is marked with its error, logged once, and not read again until the file
-changes.
-
-Wiring in the daemon (after the ledger is open): ``ActiveQueue(cfg.ledger_path, cfg.data_dir)`` then ``scan()``;
-on ``ImageChanged`` call ``image_changed(event.path, event.deleted)``; each idle loop tick
-``score_pending(client, cfg.model_name, limit=64, max_seconds=0.5)`` (bench/results/rescoring.md); when a
-published version is confirmed ``rescore_all(version)``.
+The daemon calls everything from its loop thread.  Files are only listed and checked here, through
+:mod:`odal.daemon.sources.safe_files` (regular files inside the data dir): a refused file is logged once and skipped.
+Wiring (after the ledger is open): ``ActiveQueue(cfg.ledger_path, cfg.data_dir)`` then ``scan()``; on
+``ImageChanged`` call ``image_changed(event.path, event.deleted)``; when a version is published ``rescore_all``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
 
-import structlog
-
+from odal.common.images import image_files, is_image_name
 from odal.daemon.sources import safe_files
-
 from odal.daemon.store import db as store
-from odal.daemon.store import queue_order
-from odal.daemon.sources.images import pixels_for_scoring
-from odal.daemon.watchers.image_dir import IMAGE_SUFFIXES
+from odal.daemon.store.queue_query import QueueQuery
+from odal.daemon.system import log as logs
 
-log = structlog.get_logger("odal.active_queue")
+log = logs.get("odal.active_queue")
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -69,11 +55,6 @@ CREATE INDEX IF NOT EXISTS active_queue_uncertainty ON active_queue (uncertainty
 CREATE TABLE IF NOT EXISTS active_queue_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _ADDED_IN_2 = ("score REAL", "score_tiebreak REAL", "detections BLOB", "embedding BLOB")
-_SCORE_COLUMNS = "uncertainty, score, score_tiebreak, detections, embedding"
-
-
-def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
 def _lexical(path: Path) -> Path:
@@ -81,23 +62,11 @@ def _lexical(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def _is_answered(row, hashes: set[str], paths: set[str]) -> bool:
-    return row["path"] in paths or (row["input_hash"] is not None and row["input_hash"] in hashes)
+class ActiveQueue(QueueQuery):
+    """The queue in the ledger file ``db_path`` for the images below ``data_dir``, opened to write; thread-safe."""
 
-
-class ActiveQueue:
-    """The queue in the ledger file ``db_path`` for the images below ``data_dir``; thread-safe (one lock)."""
-
-    def __init__(self, db_path: Path, data_dir: Path | None, *, readonly: bool = False) -> None:
-        self.db_path = Path(db_path)
-        self.readonly = readonly
-        self._lock = threading.Lock()
-        self._conn = store.connect(self.db_path, readonly=readonly, timeout=10 if readonly else 30)
-        if readonly:
-            stored = self._meta("data_dir")
-            self.data_dir = Path(data_dir or stored) if (data_dir or stored) else None
-            return
-        self.data_dir = Path(data_dir).resolve()
+    def __init__(self, db_path: Path, data_dir: Path) -> None:
+        super().__init__(db_path, Path(data_dir).resolve(), readonly=False)
         with self._write() as conn:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
@@ -110,27 +79,11 @@ class ActiveQueue:
             conn.execute("INSERT INTO active_queue_meta VALUES ('data_dir', ?) ON CONFLICT (key) DO UPDATE "
                          "SET value = excluded.value", (str(self.data_dir),))
 
-    @classmethod
-    def reader(cls, workspace: Path) -> "ActiveQueue":
-        """The queue of a daemon workspace (its work dir, or the ledger file itself), opened read-only."""
-        path = Path(workspace)
-        return cls(path / "ledger.sqlite" if path.is_dir() else path, None, readonly=True)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> "ActiveQueue":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # ------------------------------------------------------------------------------------------- image events
 
     def image_changed(self, path: str | Path, deleted: bool = False) -> None:
         """An :class:`ImageChanged` event: add or refresh the image, or drop it when deleted, gone or refused."""
-        if not _is_image_name(Path(path).name):
+        if not is_image_name(Path(path).name):
             return
         candidate = Path(path) if Path(path).is_absolute() else self.data_dir / path
         if deleted:
@@ -152,15 +105,12 @@ class ActiveQueue:
         device, a symlink loop or a link leading out is skipped with one ``active_queue_file_skipped`` line."""
         found: dict[str, os.stat_result] = {}
         skipped = 0
-        for dirpath, dirnames, filenames in os.walk(self.data_dir):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                if _is_image_name(name):
-                    checked = self._check(Path(dirpath) / name)
-                    if checked is None:
-                        skipped += 1
-                    else:
-                        found[str(checked[0])] = checked[1]
+        for path in image_files(self.data_dir):
+            checked = self._check(path)
+            if checked is None:
+                skipped += 1
+            else:
+                found[str(checked[0])] = checked[1]
         with self._write() as conn:
             known = {r["path"] for r in conn.execute("SELECT path FROM active_queue")}
             gone = known - set(found)
@@ -212,157 +162,25 @@ class ActiveQueue:
             return [Path(r["path"]) for r in rows if r["path"] not in waiting][:limit]
         return [Path(r["path"]) for r in self._unanswered(rows, (), limit)]
 
-    def score_pending(self, client, model_name: str, limit: int = 16, concurrency: int = 4,
-                      max_seconds: float | None = None) -> int:
-        """Score at most ``limit`` pending images with the served model; returns how many were scored.
-
-        ``client`` is an ``odal.serving.client.ServingClient``.  Network I/O, bounded: pipelined ``predict_many``
-        calls of ``2 * concurrency`` images (each request under the client's deadline), at most ``limit``
-        images, and no new call once ``max_seconds`` have passed (None: no time bound); a serving error (server
-        down, no version yet) stops the step and the next call tries again.  An unreadable image is marked with its
-        error and not retried until the file changes.
-        """
-        started = time.monotonic()
-        done = 0
-        while done < limit:
-            scored = self._score_chunk(client, model_name, min(limit - done, 2 * max(concurrency, 1)), concurrency)
-            done += scored
-            if scored == 0 or (max_seconds is not None and time.monotonic() - started >= max_seconds):
-                break
-        return done
-
-    def _score_chunk(self, client, model_name: str, limit: int, concurrency: int) -> int:
-        from odal.recipe.tasks import content_hash
-        from odal.serving.errors import ServingError
-
-        images = self.read_pending(limit)
-        if not images:
-            return 0
-        try:
-            found = client.predict_many(model_name, [image.pixels for image in images], concurrency=concurrency)
-        except ServingError as error:
-            log.info("active_queue_scoring_paused", error=str(error), pending=len(images))
-            return 0
+    def record_scores(self, scores: list[tuple[Path, str, str, int, dict]]) -> None:
+        """Store (path, digest, input hash, model version, values) of images just scored; ``values`` are the score
+        columns of :func:`odal.daemon.store.queue_order.score_values` (``uncertainty``, ``score``,
+        ``score_tiebreak``, ``detections``, ``embedding``)."""
         now = time.time()
         with self._write() as conn:
-            for image, detections in zip(images, found):
-                values = queue_order.score_values(detections.scores, detections.classes, detections.embedding)
-                conn.execute(
-                    "UPDATE active_queue SET digest = :digest, input_hash = :input_hash, uncertainty = :uncertainty, "
-                    "score = :score, score_tiebreak = :score_tiebreak, detections = :detections, "
-                    "embedding = :embedding, scored_version = :version, scored_at = :now WHERE path = :path",
-                    {**values, "digest": hashlib.sha256(image.data).hexdigest(),
-                     "input_hash": str(content_hash(image.data)), "version": int(detections.model_version),
-                     "now": now, "path": str(image.path)})
-        return len(images)
+            conn.executemany(
+                "UPDATE active_queue SET digest = :digest, input_hash = :input_hash, uncertainty = :uncertainty, "
+                "score = :score, score_tiebreak = :score_tiebreak, detections = :detections, embedding = :embedding, "
+                "scored_version = :version, scored_at = :now WHERE path = :path",
+                [{**values, "digest": digest, "input_hash": input_hash, "version": version, "now": now,
+                  "path": str(path)} for path, digest, input_hash, version, values in scores])
 
-    def read_pending(self, limit: int) -> list:
-        """The next ``limit`` pending images read for scoring (``odal.recipe.tasks.ImageData``, pixels shrunk to at
-        most 1024 a side); an image that is gone, refused or undecodable is marked with its error and logged once
-        (it is pending again only when its file changes)."""
-        from odal.recipe.tasks import ImageData
-
-        images = []
-        paths = self.pending(limit)
-        for path in paths + (self.pending(limit - len(paths), answered=True) if len(paths) < limit else []):
-            try:
-                resolved, _st, data = safe_files.read_file(path, [self.data_dir])
-                pixels = pixels_for_scoring(data)
-            except FileNotFoundError:
-                self._set(path, error="FileNotFoundError: gone")
-                continue
-            except Exception as error:  # noqa: BLE001 - refused, too large, undecodable, or a Pillow surprise
-                self._set(path, error=f"{type(error).__name__}: {error}")
-                log.warning("active_queue_image_unreadable", path=str(path), error=f"{type(error).__name__}: {error}")
-                continue
-            images.append(ImageData(resolved, data, pixels.shape[1], pixels.shape[0], pixels))
-        return images
-
-    def _set(self, path: Path, **values) -> None:
-        columns = ", ".join(f"{key} = ?" for key in values)
+    def mark_error(self, path: Path, error: str) -> None:
+        """The image cannot be scored: not pending again until its file changes."""
         with self._write() as conn:
-            conn.execute(f"UPDATE active_queue SET {columns} WHERE path = ?", (*values.values(), str(path)))
-
-    # ---------------------------------------------------------------------------------------------- reading
-
-    def next_images(self, n: int, exclude_hashes: Iterable[str | int] = (), strategy: str = "uncertainty",
-                    labels: Sequence[str] | None = None, batch: int = queue_order.DEFAULT_BATCH) -> list[dict]:
-        """The first ``n`` unanswered images in ``strategy``'s order (:func:`odal.daemon.store.queue_order.order`;
-        ``uncertainty``: scored ones by uncertainty, highest first, then unscored).  ``labels`` (the label map's,
-        by id) lets ``diverse`` count the labelled boxes per class; ``batch`` is how many it picks.
-
-        Answered means: its path is in the ledger's annotations, or its input hash is in the ledger or in
-        ``exclude_hashes``.  Each item: ``path``, ``uncertainty``, ``scored_version``, ``input_hash``, ``digest``.
-        """
-        if strategy == "uncertainty":
-            rows = self._read(
-                "SELECT path, uncertainty, scored_version, input_hash, digest FROM active_queue WHERE error IS NULL "
-                "ORDER BY uncertainty IS NULL, uncertainty DESC, path", ())
-            return [dict(r) for r in self._unanswered(rows, exclude_hashes, n)]
-        rows = self._read(f"SELECT path, scored_version, input_hash, digest, {_SCORE_COLUMNS} FROM active_queue "
-                          "WHERE error IS NULL", ())
-        hashes, paths = self.answered()
-        hashes.update(str(h) for h in exclude_hashes)
-        done = [_is_answered(row, hashes, paths) for row in rows]
-        counts = None
-        if labels:
-            try:
-                boxes = self._read("SELECT boxes FROM annotations WHERE answer = 'accept'", ())
-            except sqlite3.OperationalError:  # no ledger table yet: nothing labelled
-                boxes = []
-            counts = queue_order.class_counts((row["boxes"] for row in boxes), labels)
-        ordered = queue_order.order([r for r, d in zip(rows, done) if not d], strategy, batch=batch, counts=counts,
-                                    answered=[r for r, d in zip(rows, done) if d])
-        return [{key: row[key] for key in ("path", "uncertainty", "scored_version", "input_hash", "digest")}
-                for row in ordered[:max(n, 0)]]
-
-    def status(self) -> dict:
-        """``images``, ``scored``, ``pending``, ``target_version``, ``scored_version`` (newest used), ``data_dir``."""
-        target = int(self._meta("target_version") or 0)
-        row = self._read(
-            "SELECT COUNT(*) AS images, COUNT(uncertainty) AS scored, MAX(scored_version) AS newest, "
-            "SUM(uncertainty IS NULL OR scored_version < ?) AS pending FROM active_queue WHERE error IS NULL",
-            (target,))[0]
-        return {"images": row["images"], "scored": row["scored"], "pending": row["pending"] or 0,
-                "target_version": target or None, "scored_version": row["newest"],
-                "data_dir": str(self.data_dir) if self.data_dir else None}
-
-    def answered(self) -> tuple[set[str], set[str]]:
-        """The ledger's answered input hashes and image paths (both empty when the ledger has no table yet)."""
-        hashes: set[str] = set()
-        paths: set[str] = set()
-        if self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'annotations'", ()):
-            for row in self._read("SELECT input_hash, image_path FROM annotations", ()):
-                hashes.add(row["input_hash"])
-                if row["image_path"]:
-                    paths.add(row["image_path"])
-        return hashes, paths
-
-    def _unanswered(self, rows: list[sqlite3.Row], exclude_hashes: Iterable[str | int], limit: int) -> list:
-        """The first ``limit`` rows whose image has no answer in the ledger (by path or input hash)."""
-        hashes, paths = self.answered()
-        hashes.update(str(h) for h in exclude_hashes)
-        out = []
-        for row in rows:
-            if _is_answered(row, hashes, paths):
-                continue
-            out.append(row)
-            if len(out) >= limit:
-                break
-        return out
-
-    def _meta(self, key: str) -> str | None:
-        try:
-            rows = self._read("SELECT value FROM active_queue_meta WHERE key = ?", (key,))
-        except sqlite3.OperationalError:  # a workspace whose daemon never made a queue
-            return None
-        return rows[0]["value"] if rows else None
+            conn.execute("UPDATE active_queue SET error = ? WHERE path = ?", (error, str(path)))
 
     # --------------------------------------------------------------------------------------------- plumbing
-
-    def _read(self, sql: str, params: tuple) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
 
     def _write(self):
         if self.readonly:

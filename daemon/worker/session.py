@@ -42,16 +42,18 @@ from object_detection.builders import model_builder, optimizer_builder
 from object_detection.utils import config_util
 
 from google.protobuf import text_format
-from tensorflow.python.training import checkpoint_state_pb2
 
+from odal.daemon.rounds.contracts import FineTune
 from odal.daemon.system.atomic import atomic_write_text, remove_tree
+from odal.daemon.worker import tf_private
 from odal.daemon.worker.embedding import DetectionWithEmbeddingModule
+from odal.daemon.worker.evaluation import TracedEval
 
 Progress = Callable[[int, int, float], None]
 
 
 def load_configs(pipeline_config: Path, label_map: Path, num_classes: int, train_record: Path,
-                 eval_record: Path, fine_tune: dict | None = None) -> dict:
+                 eval_record: Path, fine_tune: FineTune | None = None) -> dict:
     """The user's pipeline.config with this round's inputs, label map, class count and fine-tune start (the
     daemon's resolved one, which it read from this file or odal.toml) filled in, adjusted as the stock train
     loop adjusts it on this machine (see :func:`adjustments`)."""
@@ -67,8 +69,8 @@ def load_configs(pipeline_config: Path, label_map: Path, num_classes: int, train
     model_config = configs["model"]
     getattr(model_config, model_config.WhichOneof("model")).num_classes = num_classes
     if fine_tune:
-        configs["train_config"].fine_tune_checkpoint = fine_tune["path"]
-        configs["train_config"].fine_tune_checkpoint_type = fine_tune["type"]
+        configs["train_config"].fine_tune_checkpoint = fine_tune.path
+        configs["train_config"].fine_tune_checkpoint_type = fine_tune.type
     return configs
 
 
@@ -105,11 +107,12 @@ class ModelSession:
         self._train_step = None
         self._datasets: dict[str, tuple[str, object]] = {}  # split -> (what it was built from, the dataset)
         self._links = tempfile.TemporaryDirectory(prefix="odal-worker-")  # the stable paths the datasets read
+        self.traced_eval = TracedEval(self.model)  # the eval step, traced once per session
         self._inference = None
         self._graph: SavedGraph | None = None  # set by the first export: what later exports write again
 
     # -- weights ---------------------------------------------------------------------------------------------------
-    def restore(self, checkpoint_prefix: str | None, fine_tune: dict | None, dataset) -> None:
+    def restore(self, checkpoint_prefix: str | None, fine_tune: FineTune | None, dataset) -> None:
         """Make the live weights those of ``checkpoint_prefix`` (the previous round), or a fine-tune start."""
         if checkpoint_prefix:
             if self.weights_from != checkpoint_prefix:
@@ -121,7 +124,7 @@ class ModelSession:
         if self.trained:
             raise RuntimeError("a session that has trained cannot start from scratch again; use a new session")
         if fine_tune:
-            return restore_fine_tune(self.model, fine_tune["path"], fine_tune["type"], self.train_config, dataset)
+            return restore_fine_tune(self.model, fine_tune.path, fine_tune.type, self.train_config, dataset)
         return None
 
     def save(self, checkpoint_dir: Path) -> str:
@@ -130,8 +133,7 @@ class ModelSession:
         (relative), which is what the OD API's exporter (``exporter_main_v2``) restores and checks."""
         self.checkpoint.save_counter.assign_add(1)  # creates it on first use: then it is part of what is written
         prefix = self.checkpoint.write(str(checkpoint_dir / "ckpt"))  # durable when the caller publishes it
-        state = checkpoint_state_pb2.CheckpointState(model_checkpoint_path="ckpt", all_model_checkpoint_paths=["ckpt"])
-        atomic_write_text(checkpoint_dir / "checkpoint", text_format.MessageToString(state))
+        atomic_write_text(checkpoint_dir / "checkpoint", tf_private.checkpoint_state("ckpt"))
         return prefix
 
     def learning_rate(self) -> float:
@@ -184,7 +186,13 @@ class ModelSession:
             cached = self._datasets[split] = (built_from, dataset)
         return cached[1]
 
-    def train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: dict | None,
+    def trace_train(self, configs: dict) -> None:
+        """Trace the train step (creating the model's and optimiser's variables) without running it."""
+        if self._train_step is None:
+            self._train_step = self._make_train_step()
+        self._train_step.get_concrete_function(iter(self._dataset(configs, "train")))
+
+    def train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: FineTune | None,
               progress: Progress, summary_dir: Path | None = None) -> dict:
         """Continue from ``init_checkpoint`` (or ``fine_tune``, or scratch) for ``steps`` steps on all train data."""
         dataset = self._dataset(configs, "train")
@@ -226,10 +234,12 @@ class ModelSession:
         dataset = self._dataset(configs, "eval")
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
         with writer.as_default():
-            metrics = model_lib_v2.eager_eval_loop(self.model, configs, dataset, global_step=self.global_step)
+            if os.environ.get("ODAL_EVAL_LOOP") == "eager":  # the OD API's loop, traced each call (benchmarks)
+                metrics = model_lib_v2.eager_eval_loop(self.model, configs, dataset, global_step=self.global_step)
+            else:
+                metrics = self.traced_eval(configs, dataset, self.global_step)
         writer.flush()
-        tf.keras.backend.set_learning_phase(True)
-        self.model._is_training = True  # noqa: SLF001 - the OD API toggles this flag itself
+        tf_private.set_training(self.model)
         return {name: float(value) for name, value in metrics.items()}
 
     # -- export ------------------------------------------------------------------------------------------------------
@@ -264,12 +274,12 @@ def restore_fine_tune(model, path: str, kind: str, train_config, dataset) -> dic
     if not model_lib_v2.is_object_based_checkpoint(path):
         raise IOError(f"train_config.fine_tune_checkpoint: {path} is not an object-based (TF2) checkpoint")
     if train_config.run_fine_tune_checkpoint_dummy_computation:
-        model_lib_v2._ensure_model_is_built(model, dataset, train_config.unpad_groundtruth_tensors)  # noqa: SLF001
+        tf_private.ensure_model_is_built(model, dataset, train_config.unpad_groundtruth_tensors)
     restore_map = model.restore_from_objects(fine_tune_checkpoint_type=kind)
     model_lib_v2.validate_tf_v2_checkpoint_restore_map(restore_map)
     status = tf.train.Checkpoint(**restore_map).restore(path).expect_partial()
     status.assert_existing_objects_matched()
-    coordinator = status._checkpoint  # noqa: SLF001 - TF keeps what matched only here
+    coordinator = tf_private.restore_coordinator(status)
     with_values = [node_id for node_id, node in enumerate(coordinator.object_graph_proto.nodes) if node.attributes]
     matched = [coordinator.object_by_proto_id.get(node_id) for node_id in with_values]
     restored_ids = {id(obj) for obj in matched if obj is not None}
@@ -295,35 +305,18 @@ class SavedGraph:
     def save(cls, module, signature, out_dir: Path) -> "SavedGraph | None":
         """``tf.saved_model.save`` into ``out_dir``; a SavedGraph for later rewrites, or None if it cannot be
         reused (asset files beside the graph, or a TensorFlow whose internals moved)."""
-        from tensorflow.python.checkpoint import checkpoint as tf_checkpoint
-        from tensorflow.python.saved_model import save as tf_save
-
-        views = []
-        view_class = getattr(tf_save, "_AugmentedGraphView", None)
-        plain_init = getattr(view_class, "__init__", None)
-        if plain_init is not None:
-            def keeping_init(view, root):  # the view this save lists the object graph with, kept with its cache
-                plain_init(view, root)
-                views.append(view)
-
-            view_class.__init__ = keeping_init
-        try:
-            tf.saved_model.save(module, str(out_dir), signatures=signature)
-        finally:
-            if plain_init is not None:
-                view_class.__init__ = plain_init
+        views = tf_private.save_keeping_graph_view(
+            lambda: tf.saved_model.save(module, str(out_dir), signatures=signature))
         files = {str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()}
         if len(views) != 1 or {f for f in files if not f.startswith("variables/")} != {"saved_model.pb",
                                                                                         "fingerprint.pb"}:
             return None
-        return cls((out_dir / "saved_model.pb").read_bytes(), tf_checkpoint.TrackableSaver(views[0]),
+        return cls((out_dir / "saved_model.pb").read_bytes(), tf_private.trackable_saver(views[0]),
                    tf.train.list_variables(str(out_dir / "variables" / "variables")),
                    [p.name for p in out_dir.iterdir() if p.is_dir()])
 
     def write(self, out_dir: Path) -> None:
         """The full save's graph and the live values of its variables, as a complete SavedModel in ``out_dir``."""
-        from tensorflow.python.saved_model import fingerprinting_utils
-
         for folder in self.folders:  # variables/, and assets/ (empty) as the full save made it
             (out_dir / folder).mkdir(parents=True)
         prefix = out_dir / "variables" / "variables"
@@ -331,7 +324,7 @@ class SavedGraph:
         if tf.train.list_variables(str(prefix)) != self.variables:
             raise RuntimeError("the rewritten variables do not match the full save's")
         (out_dir / "saved_model.pb").write_bytes(self.graph_pb)  # last, as TF does (publish_dir fsyncs it all)
-        fingerprinting_utils.write_fingerprint(str(out_dir))
+        tf_private.write_fingerprint(out_dir)
 
 
 def write_pipeline(configs: dict, path: Path) -> None:
