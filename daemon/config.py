@@ -18,6 +18,7 @@ from odal.common.address import parse_address
 from odal.common.errors import ConfigError
 from odal.daemon.rounds.gate import METRICS
 from odal.daemon.store.db import LEDGER_FILE
+from odal.daemon.store.queue_order import DEFAULT_BATCH, QUEUE_STRATEGIES
 
 # section -> key -> (type, default); a default of ... means required.
 _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
@@ -74,6 +75,10 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "eval_export": (str, ""),  # a db-out file of annotations only ever evaluated on, never trained on ...
         "eval_dataset": (str, ""),  # ... or a dataset of [prodigy] database
     },
+    "queue": {  # the order the recipe shows unannotated images in (odal.daemon.store.queue_order)
+        "strategy": (str, "uncertainty"),  # uncertainty, diverse or random
+        "batch": (int, DEFAULT_BATCH),  # diverse: how many images are chosen together (then the rest by score)
+    },
 }
 
 
@@ -114,6 +119,8 @@ class Config:
     gate_tolerance: float = 0.0
     eval_export: Path | None = None
     eval_dataset: str = ""
+    queue_strategy: str = "uncertainty"
+    queue_batch: int = DEFAULT_BATCH
 
     @property
     def ledger_path(self) -> Path:
@@ -196,6 +203,8 @@ def parse(data: dict, path: Path) -> Config:
         ("limits", "image_max_mb", lambda v: 0 < v <= 4096, "must be in (0, 4096]"),
         ("limits", "image_max_megapixels", lambda v: 0 < v <= 178, "must be in (0, 178] (Pillow refuses more)"),
         ("limits", "image_settle_seconds", lambda v: 0 <= v <= 3600, "must be in [0, 3600]"),
+        ("queue", "strategy", lambda v: v in QUEUE_STRATEGIES, ", ".join(QUEUE_STRATEGIES)),
+        ("queue", "batch", lambda v: 1 <= v <= 10_000, "must be in 1..10000"),
     ]
     for section, key, ok, message in checks:
         if not ok(values[section, key]):
@@ -248,6 +257,8 @@ def parse(data: dict, path: Path) -> Config:
         gate_tolerance=values["gate", "tolerance"],
         eval_export=eval_export,
         eval_dataset=values["gate", "eval_dataset"],
+        queue_strategy=values["queue", "strategy"],
+        queue_batch=values["queue", "batch"],
     )
 
 

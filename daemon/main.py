@@ -307,7 +307,7 @@ class Daemon:
         if time.monotonic() < self._next_scoring or not self.degraded.may_try():
             return
         try:
-            scored = scoring.score_pending(self.queue, self.scorer, self.cfg.model_name, limit=8)
+            scored = scoring.score_pending(self.queue, self.scorer, self.cfg.model_name, limit=64, max_seconds=0.5)
         except Exception as error:  # noqa: BLE001 - scoring is a courtesy: it never stops the daemon
             if is_disk_error(error):
                 self._disk_failed("scoring the active-learning queue", error)

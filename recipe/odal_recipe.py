@@ -1,7 +1,7 @@
 """odal.correct: correct the served model's boxes, most informative images first. It never trains.
 
     prodigy odal.correct DATASET SOURCE --workspace WORKSPACE -F recipe/odal_recipe.py [--label A,B]
-        [--server 127.0.0.1:8500] [--model odal] [--threshold 0.3] [--order uncertainty|file|random]
+        [--server 127.0.0.1:8500] [--model odal] [--threshold 0.3] [--order uncertainty|diverse|file|random]
         [--batch-size 10] [--wait 60] [--data-dir DIR]
 
 ``--workspace`` is the daemon's workspace folder (with ``odal.toml``) or that ``odal.toml``, as for ``odal
@@ -33,7 +33,9 @@ ARGS = {
                                    "serving.address, else 127.0.0.1:8500)", str),
     "model": (("--model", "-m"), "Model name on the server (default: the workspace's model.name)", str),
     "threshold": (("--threshold", "-t"), "Lowest score of a suggested box", float),
-    "order": (("--order", "-o"), "Task order: uncertainty (most informative first), file or random", str),
+    "order": (("--order", "-o"), "Task order: uncertainty (most informative first), diverse (informative, unlike "
+                                 "each other and rare classes too), file or random (default: the workspace's "
+                                 "queue.strategy)", str),
     "batch_size": (("--batch-size", "-b"), "Tasks per batch sent to the web app", int),
     "workspace": (("--workspace", "-w"), "The workspace folder (with odal.toml) or its odal.toml, as for "
                                          "`odal status` (default: $ODAL_CONFIG, else the current folder)", str),
@@ -44,13 +46,13 @@ ARGS = {
 
 
 def correct(dataset: str, source: str, label: Optional[List[str]] = None, server: Optional[str] = None,
-            model: Optional[str] = None, threshold: float = 0.3, order: str = "uncertainty", batch_size: int = 10,
+            model: Optional[str] = None, threshold: float = 0.3, order: Optional[str] = None, batch_size: int = 10,
             workspace: Optional[str] = None, data_dir: Optional[str] = None, wait: float = 60.0,
             hasher=None) -> dict:
     ws = load_workspace(workspace or os.environ.get("ODAL_CONFIG") or ".")
     options = StreamOptions(  # validated here, once
         source=Path(source), labels=ws.labels, shown=select_labels(ws.labels, label, ws.label_map),
-        threshold=threshold, order=order, batch_size=batch_size, work_dir=ws.work_dir,
+        threshold=threshold, order=order or ws.order, batch_size=batch_size, work_dir=ws.work_dir, queue_batch=ws.batch,
         data_dir=Path(data_dir) if data_dir else ws.data_dir)
     predictor = Predictor(server or ws.server, model or ws.model, wait_seconds=wait)
     stream = build_stream(options, predictor, hasher or own_hashes)
@@ -81,7 +83,7 @@ def _register() -> str | None:
         return None
 
     def odal_correct(dataset: str, source: str, label: Optional[List[str]] = None, server: Optional[str] = None,
-                     model: Optional[str] = None, threshold: float = 0.3, order: str = "uncertainty",
+                     model: Optional[str] = None, threshold: float = 0.3, order: Optional[str] = None,
                      batch_size: int = 10, workspace: Optional[str] = None, data_dir: Optional[str] = None,
                      wait: float = 60.0) -> dict:
         """Correct the served model's boxes on SOURCE's images, most informative first (never trains)."""

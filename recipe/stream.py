@@ -6,6 +6,8 @@
   first (rows scored by an older version than the queue's newest are stale and not used for ranking); the other
   images follow in file order.  Every batch is also scored on the fly and sorted by its live uncertainty, so an
   empty or stale queue (or no ``work_dir``) still puts the most informative images of each batch first.
+* ``diverse``: the same, with the queue in the ``diverse`` strategy's order (uncertain, unlike each other and
+  unlike the answered images, rare classes included: :mod:`odal.daemon.store.queue_order`).
 * ``file``: sorted by path.  ``random``: shuffled with ``seed``.
 
 A background thread reads images, asks the model, builds and hashes tasks, and keeps at most ``prefetch`` of them
@@ -28,7 +30,8 @@ from odal.recipe.tasks import add_detections, make_task, own_hashes, read_image
 
 log = logging.getLogger("odal.recipe")
 
-ORDERS = ("uncertainty", "file", "random")
+ORDERS = ("uncertainty", "diverse", "file", "random")
+RANKED = ("uncertainty", "diverse")  # the orders the daemon's queue ranks
 Hasher = Callable[[dict, bytes], dict]
 
 
@@ -46,6 +49,7 @@ class StreamOptions:
     prefetch: int = 32
     seed: int = 0
     shown: tuple[str, ...] | None = None  # the labels suggested to the annotators (None: all)
+    queue_batch: int = 50  # diverse: how many images the queue chooses together
 
     def __post_init__(self) -> None:
         if not Path(self.source).is_dir():
@@ -69,7 +73,8 @@ def list_images(source: Path) -> list[Path]:
 
 def ordered_paths(files: Sequence[Path], order: str, seed: int = 0,
                   ranked: Sequence[dict] = ()) -> list[Path]:
-    """``files`` in the stream's order; ``ranked`` are queue rows (``path``, ``uncertainty``, ``scored_version``)."""
+    """``files`` in the stream's order; ``ranked`` are queue rows (``path``, ``uncertainty``, ``scored_version``) in
+    the queue's order (for ``uncertainty`` and ``diverse``)."""
     files = list(files)
     if order == "file":
         return files
@@ -84,8 +89,10 @@ def ordered_paths(files: Sequence[Path], order: str, seed: int = 0,
     return first + [p for p in files if p not in chosen]
 
 
-def queue_state(work_dir: Path | None) -> tuple[list[dict], set[str], set[str], Path | None]:
-    """(ranked queue rows, answered input hashes, answered image paths, daemon data dir) of a daemon's work dir."""
+def queue_state(work_dir: Path | None, order: str = "uncertainty", labels: Sequence[str] = (),
+                batch: int = 50) -> tuple[list[dict], set[str], set[str], Path | None]:
+    """(ranked queue rows, answered input hashes, answered image paths, daemon data dir) of a daemon's work dir;
+    the rows in ``order`` (``diverse`` or else ``uncertainty``)."""
     if work_dir is None:
         return [], set(), set(), None
     from odal.daemon.store.queue_query import QueueQuery
@@ -94,7 +101,8 @@ def queue_state(work_dir: Path | None) -> tuple[list[dict], set[str], set[str], 
         with QueueQuery.reader(Path(work_dir)) as active:
             hashes, paths = active.answered()
             try:
-                rows = active.next_images(10**9)
+                rows = active.next_images(10**9, strategy="diverse" if order == "diverse" else "uncertainty",
+                                          labels=labels, batch=batch)
             except Exception as error:  # noqa: BLE001 - no queue table: the daemon runs without one
                 log.info("odal: no active-learning queue in %s (%s); scoring on the fly", work_dir, error)
                 rows = []
@@ -149,7 +157,8 @@ class Prefetcher:
 
 def build_stream(options: StreamOptions, predictor, hasher: Hasher = own_hashes) -> Prefetcher:
     """The stream of ``image_manual`` tasks (see the module docstring); ``predictor`` may be None (no model)."""
-    ranked, answered_hashes, answered_paths, queue_data_dir = queue_state(options.work_dir)
+    ranked, answered_hashes, answered_paths, queue_data_dir = queue_state(options.work_dir, options.order,
+                                                                          options.labels, options.queue_batch)
     data_dir = options.data_dir or queue_data_dir or options.source
     files = [p for p in list_images(options.source) if str(p) not in answered_paths]
     paths = ordered_paths(files, options.order, options.seed, ranked)
@@ -173,7 +182,7 @@ def build_stream(options: StreamOptions, predictor, hasher: Hasher = own_hashes)
                     task = hasher(add_detections(task, found[index], options.labels, options.threshold, options.shown),
                                   image.data)
                 tasks.append(task)
-            if options.order == "uncertainty":
+            if options.order in RANKED:
                 tasks.sort(key=lambda t: -t["meta"].get("uncertainty", 0.0))
             for task in tasks:
                 if not put(task):

@@ -1,5 +1,5 @@
 """What the recipe takes from a workspace: its labels (from the label map, by id), data dir, work dir, serving
-address and model name.
+address, model name and queue strategy (the default ``--order``).
 
 ``--workspace`` means what it means for ``odal status``: the workspace folder (with ``odal.toml``) or that
 ``odal.toml`` itself.  The file is read with the daemon's own loader (:func:`odal.daemon.config.load`; no
@@ -32,6 +32,8 @@ class RecipeWorkspace:
     work_dir: Path
     server: str
     model: str
+    order: str = "uncertainty"  # [queue] strategy: the default --order
+    batch: int = 50  # [queue] batch
 
 
 def config_file(workspace: str | Path) -> Path:
@@ -49,7 +51,8 @@ def load_workspace(workspace: str | Path) -> RecipeWorkspace:
     cfg = config_module.load(path)
     return RecipeWorkspace(config_path=path, label_map=cfg.label_map, labels=tuple(load_label_map(cfg.label_map)),
                            data_dir=cfg.data_dir, work_dir=cfg.work_dir,
-                           server=cfg.serving_address or DEFAULT_SERVER, model=cfg.model_name)
+                           server=cfg.serving_address or DEFAULT_SERVER, model=cfg.model_name,
+                           order=cfg.queue_strategy, batch=cfg.queue_batch)
 
 
 def select_labels(labels: Iterable[str], requested: str | Iterable[str] | None, label_map: Path) -> tuple[str, ...]:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 DETECTION_OUTPUTS = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
+EMBEDDING_OUTPUT = "image_embedding"  # odal's exports add it (daemon/worker/embedding.py); other models may not
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
@@ -54,7 +55,8 @@ class Detections:
     """One image's detections, best first, trimmed to ``num``.
 
     ``boxes`` are normalised ``[ymin, xmin, ymax, xmax]`` (float32, shape [num, 4]); ``classes`` are the label
-    map's ids (int32, 1-based); ``model_version`` is the version that answered.
+    map's ids (int32, 1-based); ``model_version`` is the version that answered; ``embedding`` the image's
+    feature vector (float32 [D]) when the model's signature has an ``image_embedding`` output, else None.
     """
 
     boxes: np.ndarray
@@ -62,6 +64,7 @@ class Detections:
     scores: np.ndarray
     num: int
     model_version: int
+    embedding: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -223,8 +226,9 @@ class ServingClient:
             raise ServingError("INVALID_ARGUMENT", f"input {alias!r} of {model} is {tensors.dtype_name(dtype)}; "
                                                    f"expected uint8 pixels or encoded image bytes")
         present = [name for name in DETECTION_OUTPUTS if name in info.outputs]
+        wanted = present + [EMBEDDING_OUTPUT] * (EMBEDDING_OUTPUT in info.outputs)
         return self._request(model, {alias: value}, version, label, signature,
-                             present if len(present) == len(DETECTION_OUTPUTS) else ())
+                             wanted if len(present) == len(DETECTION_OUTPUTS) else ())
 
     # ---- metadata and status -----------------------------------------------------------------------------
 
@@ -320,11 +324,13 @@ def _detections(outputs: dict[str, np.ndarray], version: int) -> Detections:
     if missing:
         raise ServingError("INVALID_ARGUMENT", f"not a detection model: outputs {', '.join(missing)} missing")
     num = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
+    embedding = outputs.get(EMBEDDING_OUTPUT)
     return Detections(
         boxes=np.asarray(outputs["detection_boxes"], dtype=np.float32)[0, :num],
         classes=np.asarray(outputs["detection_classes"])[0, :num].astype(np.int32),
         scores=np.asarray(outputs["detection_scores"], dtype=np.float32)[0, :num],
         num=num, model_version=version,
+        embedding=None if embedding is None else np.asarray(embedding, dtype=np.float32).reshape(-1),
     )
 
 
@@ -360,4 +366,5 @@ def _encoded(image) -> bytes:
     return buffer.getvalue()
 
 
-__all__ = ["ServingClient", "Detections", "Signature", "VersionStatus", "ServingError", "DETECTION_OUTPUTS"]
+__all__ = ["ServingClient", "Detections", "Signature", "VersionStatus", "ServingError", "DETECTION_OUTPUTS",
+           "EMBEDDING_OUTPUT"]

@@ -28,7 +28,8 @@ LABELS = ("square", "disc")
 @pytest.fixture(scope="module")
 def server(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("queue_serve")
-    with serve(root, {"odal": tiny_models["versions"][0], "bright": brightness_model(root / "bright")}) as address:
+    with serve(root, {"odal": tiny_models["versions"][0], "bright": brightness_model(root / "bright"),
+                      "colour": colour_model(root / "colour")}) as address:
         yield address
 
 
@@ -95,6 +96,15 @@ def test_a_changed_image_loses_its_score_and_is_scored_again(workspace, client):
     assert scoring.score_pending(queue, client, "bright") == 1
     top = queue.next_images(2)  # the two grey-128 images now tie for the most uncertain
     assert str(paths[0].resolve()) in {r["path"] for r in top} and top[0]["uncertainty"] > 0.99
+
+
+def test_a_scoring_step_stops_at_its_image_and_time_bounds(workspace, client):
+    """The daemon's loop is held by at most one predict batch (2 x concurrency images) past ``max_seconds``."""
+    _data, _work, paths, _ledger, queue = workspace
+    queue.scan()
+    assert scoring.score_pending(queue, client, "bright", limit=50, concurrency=2, max_seconds=0) == 4
+    assert scoring.score_pending(queue, client, "bright", limit=3, concurrency=2) == 3
+    assert scoring.score_pending(queue, client, "bright", limit=50, concurrency=2, max_seconds=60) == len(paths) - 7
 
 
 def test_rescore_all_makes_rows_of_older_versions_pending_but_keeps_their_order(workspace, client):
@@ -199,3 +209,113 @@ def test_the_running_daemon_scores_new_images_with_the_served_model(tmp_path):
                 queue.close()
     assert status["images"] == 5 and status["scored"] == 5, status
     assert len(ranked) == 5
+
+
+# ---- strategies: the queue in the order of odal.common.selection ------------------------------------------
+
+def colour_model(folder: Path) -> Path:
+    """A real SavedModel with the OD API detection signature plus odal's ``image_embedding``: one box, class 1,
+    score 0.5 for every image (all equally uncertain), the embedding is the image's mean colour."""
+    import tensorflow as tf
+
+    class Colour(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8, name="input_tensor")])
+        def serve(self, input_tensor):
+            mean = tf.reduce_mean(tf.cast(input_tensor, tf.float32), axis=[1, 2]) / 255.0
+            return {"detection_boxes": tf.constant([[[0.25, 0.125, 0.75, 0.625]]], tf.float32),
+                    "detection_scores": tf.fill([1, 1], 0.5), "detection_classes": tf.ones([1, 1], tf.float32),
+                    "num_detections": tf.ones([1], tf.float32), "image_embedding": mean}
+
+    module = Colour()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    return folder
+
+
+# five near-identical reds (named first), two greens, two blues: equally uncertain, three kinds
+COLOURS = {"a-red-0": (250, 0, 0), "a-red-1": (251, 0, 0), "a-red-2": (252, 1, 0), "a-red-3": (250, 2, 1),
+           "a-red-4": (253, 0, 2), "b-green-0": (0, 250, 0), "b-green-1": (0, 252, 1), "c-blue-0": (0, 0, 250),
+           "c-blue-1": (1, 0, 252)}
+
+
+@pytest.fixture
+def colours(tmp_path):
+    from PIL import Image
+
+    data, work = tmp_path / "data", tmp_path / "work"
+    data.mkdir()
+    for name, rgb in COLOURS.items():
+        Image.new("RGB", (32, 24), rgb).save(data / f"{name}.png")
+    ledger = Ledger(work / "ledger.sqlite")
+    queue = ActiveQueue(work / "ledger.sqlite", data)
+    queue.scan()
+    yield data, work, ledger, queue
+    queue.close()
+    ledger.close()
+
+
+def _kinds(rows) -> list[str]:
+    return [Path(r["path"]).stem.split("-")[1] for r in rows]
+
+
+def test_the_diverse_order_puts_one_of_each_kind_first_where_uncertainty_puts_near_duplicates(colours, client):
+    """Scored by a served model with an embedding, the queue's ``diverse`` order starts with a red, a green and a
+    blue; ``uncertainty`` (all tied) starts with three reds; the stored embedding is the model's."""
+    _data, _work, _ledger, queue = colours
+    assert scoring.score_pending(queue, client, "colour", limit=50) == len(COLOURS)
+    assert sorted(_kinds(queue.next_images(3, strategy="diverse", batch=3))) == ["blue", "green", "red"]
+    assert _kinds(queue.next_images(3)) == ["red", "red", "red"]
+    assert len(queue.next_images(50, strategy="diverse", batch=3)) == len(COLOURS)
+    assert sorted(_kinds(queue.next_images(50, strategy="random"))) == sorted(_kinds(queue.next_images(50)))
+
+
+def test_diverse_keeps_away_from_answered_images_whose_embeddings_were_scored_after_the_others(colours, client):
+    """A red and a green answered: with a new version pending, the unanswered images are scored first, then the
+    answered ones; the next two diverse picks are then a blue and the red or green farthest from the answers,
+    never the near-duplicate of an answer first."""
+    data, work, ledger, queue = colours
+    scoring.score_pending(queue, client, "colour", limit=50)
+    export = work / "answers.jsonl"
+    lines = [{"image": f"{name}.png", "_input_hash": index + 1, "answer": "accept", "_timestamp": 1, "width": 32,
+              "height": 24, "spans": [{"label": "square", "points": [[1, 1], [9, 1], [9, 9], [1, 9]]}]}
+             for index, name in enumerate(("a-red-0", "b-green-0"))]
+    export.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert ingest_export_file(export, ledger, LABELS, data, work / "images")["inserted"] == 2
+    first = queue.next_images(1, strategy="diverse", batch=1, labels=LABELS)
+    assert _kinds(first) == ["blue"]
+    queue.rescore_all(2)  # as after a publish; the served version is still 1 here: every row is pending
+    pending = scoring.read_pending(queue, 50)
+    assert sorted(p.path.stem for p in pending[-2:]) == ["a-red-0", "b-green-0"]  # answered ones last
+
+
+def test_a_schema_1_queue_gains_the_score_columns_and_keeps_its_rows(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    db = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(
+            "CREATE TABLE active_queue (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+            "digest TEXT, input_hash TEXT, uncertainty REAL, scored_version INTEGER, scored_at REAL, error TEXT, "
+            "added_at REAL NOT NULL);"
+            "CREATE TABLE active_queue_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO active_queue_meta VALUES ('schema_version', '1');"
+            f"INSERT INTO active_queue VALUES ('{data / 'x.png'}', 1, 1, 'd', 'h', 0.7, 1, 1.0, NULL, 1.0);")
+    with ActiveQueue(db, data) as queue:
+        assert [r["uncertainty"] for r in queue.next_images(5, strategy="diverse")] == [0.7]
+    with sqlite3.connect(db) as conn:
+        assert {"score", "embedding"} <= {row[1] for row in conn.execute("PRAGMA table_info(active_queue)")}
+        assert conn.execute("SELECT value FROM active_queue_meta WHERE key = 'schema_version'").fetchone() == ("2",)
+
+
+def test_the_recipe_follows_the_diverse_queue(colours, client, server):
+    from odal.recipe.predictor import Predictor
+    from odal.recipe.stream import StreamOptions
+
+    data, work, _ledger, queue = colours
+    scoring.score_pending(queue, client, "colour", limit=50)
+    predictor = Predictor(server, "colour")
+    try:
+        tasks = collect(StreamOptions(data, LABELS, order="diverse", batch_size=1, work_dir=work, queue_batch=3),
+                        predictor)
+    finally:
+        predictor.close()
+    assert sorted(Path(t["meta"]["file"]).stem.split("-")[1] for t in tasks[:3]) == ["blue", "green", "red"]

@@ -382,3 +382,25 @@ def test_config_text_is_tf_servings_own_format(backend):
     """The config the tests send is parsed by TF Serving's protos unchanged (sanity check of the harness)."""
     config = discovery.parse_config_text("model_config_list {\n" + "".join(backend.models.values()) + "}")
     assert [source.name for source in discovery.sources(config)] == list(backend.models)
+
+
+# ---- the embedding odal's exports add ----------------------------------------------------------------------
+
+def test_odal_exports_answer_an_image_embedding_over_grpc_rest_and_the_client(backend, image, reference):
+    """Every odal export's signature has ``image_embedding`` [1, D] beside the standard OD API outputs (unchanged);
+    gRPC (asked for alone), REST and ``ServingClient.predict`` return the SavedModel's own vector.  (The 20-step
+    tiny SSD gives every image the same vector; that embeddings tell images apart is checked with a real model in
+    test_active_queue.py and measured on the pretrained SSDLite in bench/results/rescoring.md.)"""
+    standard = {"detection_boxes", "detection_classes", "detection_scores", "num_detections"}
+    assert standard < set(reference) and reference["image_embedding"].shape == (1, 44)  # the tiny SSD's last map
+    outputs, _version = backend.client.predict_tensors(DETECTOR, {"input_tensor": image[np.newaxis]},
+                                                       output_filter=["image_embedding"])
+    assert set(outputs) == {"image_embedding"}
+    np.testing.assert_allclose(outputs["image_embedding"], reference["image_embedding"], rtol=1e-5, atol=1e-6)
+    status, row = backend.rest("POST", f"/v1/models/{DETECTOR}:predict", {"instances": image[np.newaxis].tolist()})
+    assert status == 200
+    np.testing.assert_allclose(row["predictions"][0]["image_embedding"], reference["image_embedding"][0],
+                               rtol=1e-5, atol=1e-6)
+    found = backend.client.predict(DETECTOR, image)
+    assert found.embedding.shape == (44,) and np.any(found.embedding != 0)
+    np.testing.assert_allclose(found.embedding, reference["image_embedding"][0], rtol=1e-5, atol=1e-6)

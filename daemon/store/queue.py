@@ -3,10 +3,14 @@
 Rows live in the workspace ledger file (table ``active_queue``, created here ``IF NOT EXISTS``), keyed by the
 image's resolved path; ``digest`` (SHA-256 of the bytes) and ``input_hash`` (odal.common.hashing.content_hash) say
 which content was scored.  A changed file (other size or mtime) loses its score; a deleted one loses its row.
-``uncertainty`` is ``odal.common.uncertainty.uncertainty`` and ``scored_version`` the model version that answered.
+``uncertainty`` is ``odal.common.uncertainty.uncertainty`` and ``scored_version`` the model version that answered;
+``score``, ``score_tiebreak``, ``detections`` and ``embedding`` are what the ``diverse`` strategy ranks by
+(:mod:`odal.daemon.store.queue_order`); a queue of schema 1 gains these columns in place, empty.
 :meth:`ActiveQueue.rescore_all` records a newer target version: rows scored by an older one keep their score for
-ordering until re-scored.  Scoring itself is odal.daemon.handlers.scoring; readers (the recipe, ``odal status``)
-use odal.daemon.store.queue_query, whose queries this class inherits.
+ordering until re-scored.  Answered images are scored too, after every unanswered one (``pending(answered=True)``):
+their embeddings are the labelled ones the ``diverse`` strategy keeps away from.  Scoring itself is
+odal.daemon.handlers.scoring; readers (the recipe, ``odal status``) use odal.daemon.store.queue_query, whose
+queries this class inherits.
 
 The daemon calls everything from its loop thread.  Files are only listed and checked here, through
 :mod:`odal.daemon.sources.safe_files` (regular files inside the data dir): a refused file is logged once and skipped.
@@ -29,7 +33,7 @@ from odal.daemon.system import log as logs
 
 log = logs.get("odal.active_queue")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS active_queue (
     path TEXT PRIMARY KEY,
@@ -41,11 +45,16 @@ CREATE TABLE IF NOT EXISTS active_queue (
     scored_version INTEGER,
     scored_at REAL,
     error TEXT,
-    added_at REAL NOT NULL
+    added_at REAL NOT NULL,
+    score REAL,
+    score_tiebreak REAL,
+    detections BLOB,
+    embedding BLOB
 );
 CREATE INDEX IF NOT EXISTS active_queue_uncertainty ON active_queue (uncertainty);
 CREATE TABLE IF NOT EXISTS active_queue_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_ADDED_IN_2 = ("score REAL", "score_tiebreak REAL", "detections BLOB", "embedding BLOB")
 
 
 def _lexical(path: Path) -> Path:
@@ -61,6 +70,11 @@ class ActiveQueue(QueueQuery):
         with self._write() as conn:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
+            present = {row[1] for row in conn.execute("PRAGMA table_info(active_queue)")}
+            for column in _ADDED_IN_2:  # a queue made by schema 1: same rows, the new columns empty
+                if column.split()[0] not in present:
+                    conn.execute(f"ALTER TABLE active_queue ADD COLUMN {column}")
+            conn.execute("UPDATE active_queue_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             conn.execute("INSERT OR IGNORE INTO active_queue_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.execute("INSERT INTO active_queue_meta VALUES ('data_dir', ?) ON CONFLICT (key) DO UPDATE "
                          "SET value = excluded.value", (str(self.data_dir),))
@@ -122,7 +136,8 @@ class ActiveQueue(QueueQuery):
         conn.execute(
             "INSERT INTO active_queue (path, size, mtime_ns, added_at) VALUES (?,?,?,?) ON CONFLICT (path) DO UPDATE "
             "SET size = excluded.size, mtime_ns = excluded.mtime_ns, digest = NULL, input_hash = NULL, "
-            "uncertainty = NULL, scored_version = NULL, scored_at = NULL, error = NULL "
+            "uncertainty = NULL, score = NULL, score_tiebreak = NULL, detections = NULL, embedding = NULL, "
+            "scored_version = NULL, scored_at = NULL, error = NULL "
             "WHERE size != excluded.size OR mtime_ns != excluded.mtime_ns",
             (str(path), st.st_size, st.st_mtime_ns, time.time()))
 
@@ -135,22 +150,30 @@ class ActiveQueue(QueueQuery):
                          "SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
                          (str(int(version)),))
 
-    def pending(self, limit: int) -> list[Path]:
-        """Unanswered images to score next: never scored first, then those scored by an older version."""
+    def pending(self, limit: int, answered: bool = False) -> list[Path]:
+        """Unanswered images to score next: never scored first, then those scored by an older version.  With
+        ``answered``: the answered images to score (for their embeddings) when no unanswered one is pending."""
         target = int(self._meta("target_version") or 0)
         rows = self._read(
             "SELECT path, input_hash FROM active_queue WHERE error IS NULL AND "
             "(uncertainty IS NULL OR scored_version < ?) ORDER BY uncertainty IS NOT NULL, added_at, path", (target,))
+        if answered:
+            waiting = {row["path"] for row in self._unanswered(rows, (), len(rows))}
+            return [Path(r["path"]) for r in rows if r["path"] not in waiting][:limit]
         return [Path(r["path"]) for r in self._unanswered(rows, (), limit)]
 
-    def record_scores(self, scores: list[tuple[Path, str, str, float, int]]) -> None:
-        """Store (path, digest, input hash, uncertainty, model version) of images just scored."""
+    def record_scores(self, scores: list[tuple[Path, str, str, int, dict]]) -> None:
+        """Store (path, digest, input hash, model version, values) of images just scored; ``values`` are the score
+        columns of :func:`odal.daemon.store.queue_order.score_values` (``uncertainty``, ``score``,
+        ``score_tiebreak``, ``detections``, ``embedding``)."""
         now = time.time()
         with self._write() as conn:
-            conn.executemany("UPDATE active_queue SET digest = ?, input_hash = ?, uncertainty = ?, scored_version = ?, "
-                             "scored_at = ? WHERE path = ?",
-                             [(digest, input_hash, value, version, now, str(path))
-                              for path, digest, input_hash, value, version in scores])
+            conn.executemany(
+                "UPDATE active_queue SET digest = :digest, input_hash = :input_hash, uncertainty = :uncertainty, "
+                "score = :score, score_tiebreak = :score_tiebreak, detections = :detections, embedding = :embedding, "
+                "scored_version = :version, scored_at = :now WHERE path = :path",
+                [{**values, "digest": digest, "input_hash": input_hash, "version": version, "now": now,
+                  "path": str(path)} for path, digest, input_hash, version, values in scores])
 
     def mark_error(self, path: Path, error: str) -> None:
         """The image cannot be scored: not pending again until its file changes."""

@@ -1,8 +1,9 @@
 """The active-learning queue, read-only: the one way the recipe (another process) and ``odal status`` read it.
 
 The daemon owns the table (odal.daemon.store.queue writes it, odal.daemon.handlers.scoring scores it); readers
-open the workspace's ledger file read-only and ask for the most uncertain unanswered images and the queue's
-status.  No TensorFlow, no numpy: SQLite only.
+open the workspace's ledger file read-only and ask for the unanswered images in the order of a strategy
+(``uncertainty``, ``diverse``, ``random``: odal.daemon.store.queue_order) and the queue's status.  No TensorFlow, no
+I/O but SQLite.
 """
 
 from __future__ import annotations
@@ -10,9 +11,16 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from odal.daemon.store import db as store
+from odal.daemon.store import queue_order
+
+_SCORE_COLUMNS = "uncertainty, score, score_tiebreak, detections, embedding"
+
+
+def _is_answered(row, hashes: set[str], paths: set[str]) -> bool:
+    return row["path"] in paths or (row["input_hash"] is not None and row["input_hash"] in hashes)
 
 
 class QueueQuery:
@@ -42,16 +50,36 @@ class QueueQuery:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def next_images(self, n: int, exclude_hashes: Iterable[str | int] = ()) -> list[dict]:
-        """The ``n`` most uncertain unanswered images: scored ones by uncertainty (highest first), then unscored.
+    def next_images(self, n: int, exclude_hashes: Iterable[str | int] = (), strategy: str = "uncertainty",
+                    labels: Sequence[str] | None = None, batch: int = queue_order.DEFAULT_BATCH) -> list[dict]:
+        """The first ``n`` unanswered images in ``strategy``'s order (:func:`odal.daemon.store.queue_order.order`;
+        ``uncertainty``: scored ones by uncertainty, highest first, then unscored).  ``labels`` (the label map's,
+        by id) lets ``diverse`` count the labelled boxes per class; ``batch`` is how many it picks.
 
         Answered means: its path is in the ledger's annotations, or its input hash is in the ledger or in
         ``exclude_hashes``.  Each item: ``path``, ``uncertainty``, ``scored_version``, ``input_hash``, ``digest``.
         """
-        rows = self._read(
-            "SELECT path, uncertainty, scored_version, input_hash, digest FROM active_queue WHERE error IS NULL "
-            "ORDER BY uncertainty IS NULL, uncertainty DESC, path", ())
-        return [dict(r) for r in self._unanswered(rows, exclude_hashes, n)]
+        if strategy == "uncertainty":
+            rows = self._read(
+                "SELECT path, uncertainty, scored_version, input_hash, digest FROM active_queue WHERE error IS NULL "
+                "ORDER BY uncertainty IS NULL, uncertainty DESC, path", ())
+            return [dict(r) for r in self._unanswered(rows, exclude_hashes, n)]
+        rows = self._read(f"SELECT path, scored_version, input_hash, digest, {_SCORE_COLUMNS} FROM active_queue "
+                          "WHERE error IS NULL", ())
+        hashes, paths = self.answered()
+        hashes.update(str(h) for h in exclude_hashes)
+        done = [_is_answered(row, hashes, paths) for row in rows]
+        counts = None
+        if labels:
+            try:
+                boxes = self._read("SELECT boxes FROM annotations WHERE answer = 'accept'", ())
+            except sqlite3.OperationalError:  # no ledger table yet: nothing labelled
+                boxes = []
+            counts = queue_order.class_counts((row["boxes"] for row in boxes), labels)
+        ordered = queue_order.order([r for r, d in zip(rows, done) if not d], strategy, batch=batch, counts=counts,
+                                    answered=[r for r, d in zip(rows, done) if d])
+        return [{key: row[key] for key in ("path", "uncertainty", "scored_version", "input_hash", "digest")}
+                for row in ordered[:max(n, 0)]]
 
     def status(self) -> dict:
         """``images``, ``scored``, ``pending``, ``target_version``, ``scored_version`` (newest used), ``data_dir``."""
@@ -81,7 +109,7 @@ class QueueQuery:
         hashes.update(str(h) for h in exclude_hashes)
         out = []
         for row in rows:
-            if row["path"] in paths or (row["input_hash"] is not None and row["input_hash"] in hashes):
+            if _is_answered(row, hashes, paths):
                 continue
             out.append(row)
             if len(out) >= limit:

@@ -219,12 +219,11 @@ def _readable(folder: Path) -> None:
 
 def export(out_dir: Path, converted: Path | None = None) -> Path:
     """The converted model with its own class (person) as a SavedModel in ``out_dir`` (which must not exist),
-    written as every round's export is (``serving_default``: uint8 ``input_tensor`` -> detections)."""
+    written as every round's export is (``serving_default``: uint8 ``input_tensor`` -> detections, ``image_embedding``)."""
     from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede tensorflow)
 
     import tensorflow as tf
-    from object_detection import exporter_lib_v2
-
+    from odal.daemon.worker.embedding import DetectionWithEmbeddingModule
     from odal.daemon.worker.session import SavedGraph
 
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -232,7 +231,7 @@ def export(out_dir: Path, converted: Path | None = None) -> Path:
     prefix = checkpoint_prefix(converted)
     model = build_model(load_configs(len(LABELS)))
     tf.train.Checkpoint(model=model).restore(str(prefix)).assert_existing_objects_matched()
-    module = exporter_lib_v2.DetectionFromImageModule(model)
+    module = DetectionWithEmbeddingModule(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

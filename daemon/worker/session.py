@@ -39,7 +39,7 @@ from typing import Callable
 from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede object_detection)
 
 import tensorflow as tf
-from object_detection import exporter_lib_v2, inputs, model_lib_v2
+from object_detection import inputs, model_lib_v2
 from object_detection.builders import model_builder, optimizer_builder
 from object_detection.utils import config_util
 
@@ -48,6 +48,7 @@ from google.protobuf import text_format
 from odal.daemon.rounds.contracts import FineTune
 from odal.daemon.system.atomic import atomic_write_text, remove_tree
 from odal.daemon.worker import freeze, tf_private
+from odal.daemon.worker.embedding import DetectionWithEmbeddingModule
 from odal.daemon.worker.evaluation import TracedEval
 
 Progress = Callable[[int, int, float], None]
@@ -261,12 +262,13 @@ class ModelSession:
 
     # -- export ------------------------------------------------------------------------------------------------------
     def export(self, checkpoint_prefix: str, out_dir: Path) -> str:
-        """A SavedModel (``serving_default``: uint8 ``input_tensor`` [1, H, W, 3] -> detections) in ``out_dir``
+        """A SavedModel (``serving_default``: uint8 ``input_tensor`` [1, H, W, 3] -> detections and
+        ``image_embedding``, see :mod:`odal.daemon.worker.embedding`) in ``out_dir``
         (not there yet; the caller publishes it).  Returns how it was written: ``"weights"`` (the graph of the
         session's first export, new variables), ``"full"``, or ``"full (rewrite failed: ...)"``."""
         if self._inference is None:
             model = model_builder.build(model_config=self.model_config, is_training=False)
-            module = exporter_lib_v2.DetectionFromImageModule(model)
+            module = DetectionWithEmbeddingModule(model)
             concrete = module.__call__.get_concrete_function()
             self._inference = (model, module, concrete)
         model, module, concrete = self._inference
