@@ -19,6 +19,8 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
+
 from odal.daemon import config as config_module
 from odal.daemon.commands import simulate_select as strategies
 from odal.daemon.commands.simulate_classes import per_class_ap
@@ -134,16 +136,20 @@ class Run:
         self.state["pending"] = None
         return record
 
-    def candidates(self, pool: list[str], version: int, scored: bool) -> list[strategies.Candidate]:
-        """The unlabelled pool as the served version ``version`` sees it (empty detections when not ``scored``)."""
+    def candidates(self, pool: list[str], version: int, scored: bool, labelled: list[str] = ()):
+        """The unlabelled pool as the served version ``version`` sees it (empty detections when not ``scored``),
+        and the ``labelled`` images' embeddings by the same version (None when none: the model has no
+        ``image_embedding`` output, or no labelled image was asked for)."""
         if not scored:
-            return [strategies.Candidate(key) for key in pool]
+            return [strategies.Candidate(key) for key in pool], None
         self.sim.client.wait_until_available(self.cfg.model_name, version, timeout=900)
-        pixels = [self.sim.pixels(key) for key in pool]
-        found = self.sim.client.predict_many(self.cfg.model_name, pixels, version=version, concurrency=2,
-                                             timeout=120)
-        return [strategies.Candidate(key, tuple(map(float, d.scores)), tuple(map(int, d.classes)))
-                for key, d in zip(pool, found)]
+        keys = list(pool) + list(labelled)
+        found = self.sim.client.predict_many(self.cfg.model_name, [self.sim.pixels(key) for key in keys],
+                                             version=version, concurrency=2, timeout=120)
+        candidates = [strategies.Candidate(key, tuple(map(float, d.scores)), tuple(map(int, d.classes)),
+                                           d.embedding) for key, d in zip(pool, found)]
+        known = [d.embedding for d in found[len(pool):] if d.embedding is not None]
+        return candidates, (np.stack(known) if known else None)
 
 
 def start_checkpoint(sim, repeat: int, split) -> str:
@@ -187,9 +193,10 @@ def run_strategy(sim, strategy: str, repeat: int, split) -> None:
                 done = set(labelled(state))
                 pool = [key for key in split.pool if key not in done]
                 previous = state["rounds"][-1]["version"]
-                candidates = run.candidates(pool, previous, strategies.needs_model(strategy))
+                candidates, embedded = run.candidates(pool, previous, strategies.needs_model(strategy),
+                                                      sorted(done) if strategies.needs_embeddings(strategy) else ())
                 added = sorted(strategies.select(strategy, candidates, settings["batch"], data=sim.data,
-                                                 labelled=sorted(done),
+                                                 labelled=sorted(done), labelled_embeddings=embedded,
                                                  seed=settings["seed"] * 1000 + repeat * 100 + number))
             state["pending"] = {"round": number, "added": added}
             results.save()  # chosen before it is annotated: an interrupted round is redone with the same images
