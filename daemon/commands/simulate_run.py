@@ -118,7 +118,7 @@ class Run:
         try:
             history.abandon_running()
             outcome = run_round(cfg, history, accepted, seq, sim.data.labels, sim.worker,
-                                lambda text: sim.progress.status(f"{self.name}: {text}"))
+                                lambda text, detail=None: sim.progress.status(f"{self.name}: {text}"))
         finally:
             history.close()
         if outcome.state != "published":
