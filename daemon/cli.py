@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     from odal.daemon.commands import init as workspace_init
 
     workspace_init.add_parsers(sub)
+    from odal.daemon.commands import train_worker
+
+    train_worker.add_parsers(sub)
     p = sub.add_parser("install-service", help="write the systemd unit and environment file")
     p.add_argument("--config", required=True)
     p.add_argument("--user", default="odal")
@@ -247,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(Path(args.workspace), args.rounds, Path(args.images) if args.images else None,
                             per_round=args.per_round, steps=args.steps, serve=not args.no_serve,
                             model=args.model)
+        if args.command == "train-worker":
+            return train_worker.run(args)
         if args.command in ("init", "pretrained"):
             from odal.daemon.commands import init as workspace_init
 

@@ -17,6 +17,8 @@ from odal.daemon.rounds import pipeline_check
 from odal.common.errors import ConfigError
 from odal.daemon.rounds.gate import METRICS
 
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
 # section -> key -> (type, default); a default of ... means required.
 _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "prodigy": {
@@ -42,6 +44,10 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "debounce_seconds": (float, 5.0),
         "eval_fraction": (float, 0.2),
         "worker_max_mb": (float, 4096.0),  # restart the TensorFlow worker between rounds beyond this RSS; 0 = never
+        "strategy": (str, "default"),  # tf.distribute: default | mirrored | multi_worker (odal.daemon.worker.distribute)
+        "cpu_devices": (int, 0),  # mirrored over this many logical CPU devices instead of the GPUs (0 = GPUs)
+        "workers": (list, []),  # multi_worker: every worker's "host:port", the chief (this daemon) first
+        "index": (int, 0),  # multi_worker: this host's place in workers (0 = the chief, which runs odal-daemon)
     },
     "retention": {
         "versions": (int, 3),
@@ -99,6 +105,10 @@ class Config:
     log_file: Path | None
     log_level: str
     worker_max_bytes: int = 4096 << 20
+    strategy: str = "default"
+    cpu_devices: int = 0
+    workers: tuple[str, ...] = ()
+    worker_index: int = 0
     log_max_bytes: int = 64 << 20
     log_backups: int = 3
     metrics_address: str = ""
@@ -126,6 +136,8 @@ class Config:
 def _typed(section: str, key: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is list and not (isinstance(value, list) and all(isinstance(item, str) for item in value)):
+        raise ConfigError(f"{section}.{key}: expected a list of strings, got {value!r}")
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ConfigError(f"{section}.{key}: expected {kind.__name__}, got {value!r}")
     return value
@@ -176,6 +188,11 @@ def parse(data: dict, path: Path) -> Config:
         ("training", "debounce_seconds", lambda v: v >= 0, "must be >= 0"),
         ("training", "eval_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)"),
         ("training", "worker_max_mb", lambda v: v >= 0, "must be >= 0 (0: never restart the worker)"),
+        ("training", "strategy", lambda v: v in STRATEGIES, ", ".join(STRATEGIES)),
+        ("training", "cpu_devices", lambda v: 0 <= v <= 64, "must be in 0..64 (0: the GPUs)"),
+        ("training", "workers", lambda v: all(_host_port(w) for w in v), "each HOST:PORT"),
+        ("training", "index", lambda v: 0 <= v < max(1, len(values["training", "workers"])),
+         "must be a place in training.workers (0 = the chief)"),
         ("retention", "versions", lambda v: v >= 1, "must be >= 1"),
         ("retention", "checkpoints", lambda v: v >= 1, "must be >= 1"),
         ("serving", "confirm_timeout_seconds", lambda v: v > 0, "must be > 0"),
@@ -195,10 +212,11 @@ def parse(data: dict, path: Path) -> Config:
     for section, key, ok, message in checks:
         if not ok(values[section, key]):
             raise ConfigError(f"{section}.{key}: {message}, got {values[section, key]!r}")
+    if values["training", "strategy"] == "multi_worker" and len(values["training", "workers"]) < 2:
+        raise ConfigError("training.workers: multi_worker needs at least two HOST:PORT, the chief's first")
     eval_export = _eval_source(values, resolve("gate", "eval_export", "file"), export_dir, prodigy_db)
     metrics_address = values["metrics", "address"]
-    host, _, port = metrics_address.rpartition(":")
-    if metrics_address and not (host and port.isdigit() and int(port) <= 65535):
+    if metrics_address and not _host_port(metrics_address):
         raise ConfigError(f"metrics.address: HOST:PORT (e.g. 127.0.0.1:9464), got {metrics_address!r}")
 
     pipeline_config = resolve("model", "pipeline_config", "file")
@@ -231,6 +249,10 @@ def parse(data: dict, path: Path) -> Config:
         log_file=resolve("log", "file"),
         log_level=values["log", "level"],
         worker_max_bytes=int(values["training", "worker_max_mb"] * (1 << 20)),
+        strategy=values["training", "strategy"],
+        cpu_devices=values["training", "cpu_devices"],
+        workers=tuple(values["training", "workers"]),
+        worker_index=values["training", "index"],
         log_max_bytes=int(values["log", "max_mb"] * (1 << 20)),
         log_backups=values["log", "backups"],
         metrics_address=metrics_address,
@@ -244,6 +266,11 @@ def parse(data: dict, path: Path) -> Config:
         eval_dataset=values["gate", "eval_dataset"],
         raw=data,
     )
+
+
+def _host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) <= 65535
 
 
 def _eval_source(values: dict, eval_export: Path | None, export_dir: Path | None, prodigy_db: Path | None):

@@ -66,8 +66,7 @@ class Daemon:
         limits.configure(cfg.limits)
         self.degraded = Degraded()  # a full disk: events retried with backoff, shown in status, never an exit
         self.rechecks = SettleRechecks(cfg.limits.settle_seconds + 1.0)
-        self.worker = Worker(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups,
-                             cfg.worker_max_bytes)
+        self.worker = Worker.for_config(cfg)
         self._round_thread: threading.Thread | None = None
         self._last_event = 0.0
         self._next_scoring = 0.0

@@ -25,7 +25,7 @@ from odal.daemon.system import log as logs
 from odal.daemon.system.atomic import remove_tree
 from odal.daemon.config import Config
 from odal.common.errors import RoundFailed
-from odal.daemon.rounds import publish
+from odal.daemon.rounds import distributed, publish
 from odal.daemon.rounds.inputs import image_roots, round_inputs, with_images, write_splits
 from odal.daemon.rounds.inputs import split_of, write_annotations  # noqa: F401 - their old home
 from odal.daemon.store.history import History
@@ -45,14 +45,22 @@ class Worker:
     add up over weeks.  The fresh child pays the first-round costs (tracing, a whole SavedModel) once.
     """
 
-    def __init__(self, log_path: Path, max_bytes: int = 0, backups: int = 3, max_rss: int = 0):
+    def __init__(self, log_path: Path, max_bytes: int = 0, backups: int = 3, max_rss: int = 0,
+                 one_round: bool = False):
         self._log_path = log_path
+        self._one_round = one_round  # a child per round (multi-worker: each round forms its collective group)
+        self._spec = None  # the tf.distribute spec the child was started for (a child keeps its strategy)
         self._log_rotation = (max_bytes, backups)  # its stderr log is rotated when a child starts, if too big
         self._max_rss = max_rss
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._stopping = False  # set by stop(): a child ending now was stopped on purpose
         self._stopped = threading.Event()
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> "Worker":
+        return cls(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups, cfg.worker_max_bytes,
+                   one_round=cfg.strategy == "multi_worker")
 
     @property
     def stopping(self) -> bool:
@@ -92,8 +100,10 @@ class Worker:
         with self._lock:
             if self._stopping:
                 raise Abandoned("worker stopping")
+            if self._proc is not None and self._proc.poll() is None and job.get("distribute") != self._spec:
+                self._retire(self._proc, reason="training.strategy changed")
             if self._proc is None or self._proc.poll() is not None:
-                self._proc = self._start()
+                self._proc, self._spec = self._start(), job.get("distribute")
             proc = self._proc
         if self._stopping:  # stop() ran while the child was starting: it never saw it
             self.stop()
@@ -120,18 +130,23 @@ class Worker:
 
     def _retire_if_grown(self, proc: subprocess.Popen) -> None:
         rss = rss_bytes(proc.pid)
-        if not self._max_rss or rss is None or rss <= self._max_rss:
-            return
-        with self._lock:
-            self._proc = None
+        if self._one_round:
+            with self._lock:
+                self._retire(proc, reason="one round per child (multi_worker)", rss_mb=round((rss or 0) / (1 << 20)))
+        elif self._max_rss and rss is not None and rss > self._max_rss:
+            with self._lock:
+                self._retire(proc, reason="grown", rss_mb=round(rss / (1 << 20)), max_mb=round(self._max_rss / (1 << 20)))
+
+    def _retire(self, proc: subprocess.Popen, **why) -> None:
+        """End the child politely (it exits at the end of its input); the next round starts a new one."""
+        self._proc = None
         proc.stdin.close()  # the child ends at the end of its input
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        log.info("worker_retired", pid=proc.pid, rss_mb=round(rss / (1 << 20)),
-                 max_mb=round(self._max_rss / (1 << 20)))
+        log.info("worker_retired", pid=proc.pid, **why)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the child's session, SIGKILL after ``timeout``."""
@@ -211,6 +226,7 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
             "checkpoint_dir": str(cfg.work_dir / "checkpoints" / f"round-{round_id}"),
             "export_dir": str(staging), "tensorboard_dir": str(cfg.work_dir / "tensorboard"),
             "gate": {"metric": cfg.gate_metric, "tolerance": cfg.gate_tolerance}, "served": _served(cfg),
+            "distribute": distributed.spec(cfg),
         }
 
         def on_progress(message: dict) -> None:
@@ -221,7 +237,12 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
                 status(f"round {round_id}: {message['stage']}")
                 bound.info("stage_started", stage=message["stage"])
 
-        result = worker.run(job, on_progress)
+        if cfg.strategy == "multi_worker":  # the other workers (odal train-worker) run the same job in step
+            distributed.announce(cfg, job)
+        try:
+            result = worker.run(job, on_progress)
+        finally:
+            distributed.withdraw(cfg)
         metrics = gates.summarize(result["metrics"])
         timings = dict(result["timings"])
         gate = dict(result["gate"], served_metrics=gates.summarize(result["served_metrics"]),

@@ -13,6 +13,11 @@ A job names every input and output path (see ``odal.daemon.rounds.round`` for ho
     tensorboard_dir  where TensorBoard events go, or null
     gate             {"metric", "tolerance"} of the publish gate (odal.daemon.rounds.gate), or null: no gate
     served           {"version", "path"} of the version serving now, or null: nothing serves
+    distribute       {"strategy", "cpu_devices", "workers", "index"} (odal.daemon.worker.distribute), or null
+
+A multi-worker job at a worker other than the chief (index 0) only trains: its records go to its own folder
+(``round_dir/worker-N``), its checkpoint to a temporary folder that is deleted (every worker must save, as the OD
+API's train loop does, but only the chief's is kept), and it neither evaluates nor exports.
 
 With a gate, the served version is evaluated on the same eval data as the candidate; a candidate the gate holds
 back is not exported (the result's ``gate`` says why, ``export`` is null).
@@ -20,6 +25,7 @@ back is not exported (the result's ``gate`` says why, ``export`` is null).
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,6 +33,7 @@ from typing import Callable
 from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede object_detection)
 from odal.daemon.rounds import gate as gates
 from odal.daemon.system.atomic import publish_dir, remove_tree
+from odal.daemon.worker import distribute
 from odal.daemon.worker import session as sessions
 from odal.daemon.worker.served import evaluate_served
 from odal.daemon.worker.tfrecords import write_records
@@ -44,7 +51,7 @@ def _session(configs: dict, init_checkpoint: str | None) -> tuple[sessions.Model
     key = sessions.session_key(configs)
     if _SESSION is not None and _SESSION.key == key and (init_checkpoint is not None or not _SESSION.trained):
         return _SESSION, True
-    _SESSION = sessions.ModelSession(configs)
+    _SESSION = sessions.ModelSession(configs, distribute.current())
     return _SESSION, False
 
 
@@ -55,7 +62,9 @@ def _fresh(path: Path) -> Path:
 
 
 def run_job(job: dict, send: Callable[[dict], None]) -> dict:
+    dist = distribute.configure(job.get("distribute"))
     round_dir = Path(job["round_dir"])
+    records_dir = round_dir if dist.is_chief else round_dir / f"worker-{dist.spec['index']}"
     timings: dict[str, float] = {}
 
     def stage(name: str):
@@ -63,19 +72,21 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
         return time.monotonic()
 
     started = stage("records")
-    counts = write_records(round_dir / "annotations.jsonl", round_dir)
+    records_dir.mkdir(parents=True, exist_ok=True)
+    counts = write_records(round_dir / "annotations.jsonl", records_dir)
     timings["records"] = time.monotonic() - started
 
     try:
         configs = sessions.load_configs(
             Path(job["pipeline_config"]), Path(job["label_map"]), job["num_classes"],
-            round_dir / "train.record", round_dir / "eval.record", job.get("fine_tune"),
+            records_dir / "train.record", records_dir / "eval.record", job.get("fine_tune"),
         )
     except Exception as error:  # text_format.ParseError and friends do not name the file
         raise ValueError(f"{job['pipeline_config']} is not a usable pipeline config: "
                          f"{type(error).__name__}: {error}") from error
     adjusted = sessions.adjustments(configs)
-    sessions.write_pipeline(configs, round_dir / "pipeline.config")
+    if dist.is_chief:
+        sessions.write_pipeline(configs, round_dir / "pipeline.config")
 
     started = stage("train")
     init = job.get("init_checkpoint")
@@ -84,10 +95,15 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
     def progress(done: int, total: int, loss: float) -> None:
         send({"type": "progress", "stage": "train", "step": done, "of": total, "loss": loss})
 
-    tb = Path(job["tensorboard_dir"]) if job.get("tensorboard_dir") else None
+    tb = Path(job["tensorboard_dir"]) if job.get("tensorboard_dir") and dist.is_chief else None
     train = session.train(configs, job["steps"], init, job.get("fine_tune"), progress,
                           tb / "train" if tb else None)
     timings["train"] = time.monotonic() - started
+    if not dist.is_chief:
+        with tempfile.TemporaryDirectory(prefix="odal-worker-ckpt-") as scratch:
+            session.save(Path(scratch))
+        return {"counts": counts, "train": train, "session_reused": reused, "export": None, "adjusted": adjusted,
+                "checkpoint": None, "metrics": None, "served_metrics": None, "gate": None, "timings": timings}
 
     checkpoint_dir = Path(job["checkpoint_dir"])
     partial = _fresh(checkpoint_dir.with_name(f".{checkpoint_dir.name}.partial"))

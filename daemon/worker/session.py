@@ -45,6 +45,7 @@ from google.protobuf import text_format
 from tensorflow.python.training import checkpoint_state_pb2
 
 from odal.daemon.system.atomic import atomic_write_text, remove_tree
+from odal.daemon.worker import distribute
 
 Progress = Callable[[int, int, float], None]
 
@@ -87,16 +88,20 @@ def session_key(configs: dict) -> str:
 
 
 class ModelSession:
-    def __init__(self, configs: dict):
+    def __init__(self, configs: dict, dist: distribute.Distribution = distribute.DEFAULT):
         self.key = session_key(configs)
+        self.dist = dist  # the tf.distribute strategy the model, its optimiser and its train step live in
         self.model_config = configs["model"]
         train_config = configs["train_config"]
         self.train_config = train_config
-        self.model = model_builder.build(model_config=self.model_config, is_training=True)
-        self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="global_step")
-        # The step the learning-rate schedule is evaluated at: set before each train step (see the module's doc).
-        self.schedule_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="schedule_step")
-        self.optimizer, rates = optimizer_builder.build(train_config.optimizer, global_step=self.schedule_step)
+        with dist.scope():  # as model_lib_v2.train_loop builds them
+            self.model = model_builder.build(model_config=self.model_config, is_training=True)
+            self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="global_step",
+                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            # The step the learning-rate schedule is evaluated at: set before each train step (the module's doc).
+            self.schedule_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="schedule_step",
+                                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.optimizer, rates = optimizer_builder.build(train_config.optimizer, global_step=self.schedule_step)
         self._rate = rates[0] if rates else None
         self.checkpoint = tf.train.Checkpoint(step=self.global_step, model=self.model, optimizer=self.optimizer)
         self.weights_from: str | None = None  # the checkpoint the live weights equal, None if none (or unknown)
@@ -143,17 +148,27 @@ class ModelSession:
         model, optimizer, step = self.model, self.optimizer, self.global_step
         train_config = self.train_config
         clip = train_config.gradient_clipping_by_norm if train_config.gradient_clipping_by_norm > 0 else None
+        strategy, replicas = self.dist.strategy, self.dist.replicas
+
+        def replica_step(features, labels):
+            losses = model_lib_v2.eager_train_step(
+                model, features, labels, train_config.unpad_groundtruth_tensors, optimizer,
+                training_step=step, add_regularization_loss=train_config.add_regularization_loss,
+                clip_gradients_value=clip, num_replicas=replicas,
+            )
+            step.assign_add(1)
+            return losses["Loss/total_loss"]
 
         @tf.function
         def train_step(iterator):
             features, labels = next(iterator)
-            losses = model_lib_v2.eager_train_step(
-                model, features, labels, train_config.unpad_groundtruth_tensors, optimizer,
-                training_step=step, add_regularization_loss=train_config.add_regularization_loss,
-                clip_gradients_value=clip,
-            )
-            step.assign_add(1)
-            return losses["Loss/total_loss"]
+            if strategy is None:
+                return replica_step(features, labels)
+            # As model_lib_v2.train_loop: each replica's loss is divided by the replica count (eager_train_step), so
+            # the gradients all-reduced by the optimiser are those of the global batch's mean loss, and the
+            # replicas' losses are summed into that mean.
+            per_replica = strategy.run(replica_step, args=(features, labels))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
         return train_step
 
@@ -174,7 +189,14 @@ class ModelSession:
         built_from = str(input_config) + str(configs[f"{split}_config"])
         cached = self._datasets.get(split)
         if cached is None or cached[0] != built_from:
-            if split == "train":
+            if split == "train" and self.dist.strategy is not None:
+                def dataset_fn(context):  # as model_lib_v2.train_loop, with the per-replica batch
+                    return inputs.train_input(train_config=configs["train_config"], train_input_config=input_config,
+                                              model_config=self.model_config, model=self.model,
+                                              input_context=distribute.input_context(context)).repeat()
+
+                dataset = self.dist.strategy.distribute_datasets_from_function(dataset_fn)
+            elif split == "train":
                 dataset = inputs.train_input(train_config=configs["train_config"], train_input_config=input_config,
                                              model_config=self.model_config, model=self.model).repeat()
             else:
@@ -186,6 +208,11 @@ class ModelSession:
     def train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: dict | None,
               progress: Progress, summary_dir: Path | None = None) -> dict:
         """Continue from ``init_checkpoint`` (or ``fine_tune``, or scratch) for ``steps`` steps on all train data."""
+        with self.dist.scope():
+            return self._train(configs, steps, init_checkpoint, fine_tune, progress, summary_dir)
+
+    def _train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: dict | None,
+               progress: Progress, summary_dir: Path | None) -> dict:
         dataset = self._dataset(configs, "train")
         restored = self.restore(init_checkpoint, fine_tune, dataset)
         if self._train_step is None:
@@ -197,7 +224,7 @@ class ModelSession:
         started = time.monotonic()
         first_step_seconds = None
         loss = float("nan")
-        rates = []
+        rates, losses = [], []  # losses: every step's (the global batch's mean total loss)
         self.weights_from, self.trained = None, True  # from the first step on, no checkpoint equals the weights
         with writer.as_default():
             for done in range(1, steps + 1):
@@ -206,13 +233,15 @@ class ModelSession:
                     rates.append(self.learning_rate())
                     tf.summary.scalar("learning_rate", rates[-1], step=self.global_step)
                 loss = float(self._train_step(iterator))
+                losses.append(round(loss, 6))
                 if first_step_seconds is None:
                     first_step_seconds = time.monotonic() - started
                 if done % 10 == 0 or done == steps:
                     tf.summary.scalar("loss/total", loss, step=self.global_step)
                     progress(done, steps, loss)
         writer.flush()
-        result = {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss,
+        result = {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss, "losses": losses,
+                  "replicas": self.dist.replicas,
                   "first_step_seconds": first_step_seconds, "seconds": time.monotonic() - started,
                   "learning_rate": {"first": rates[0], "last": rates[-1], "max": max(rates)} if rates else None}
         if restored is not None:
