@@ -42,12 +42,16 @@ def _train(root: Path, images: list) -> Path:
                       "xmax": x1 / item.width, "ymax": y1 / item.height} for l, x0, y0, x1, y1 in item.boxes]
             out.write(json.dumps({"input_hash": str(index), "image_path": str(item.image), "boxes": boxes,
                                   "split": "eval" if index % 6 == 0 else "train"}) + "\n")
-    job = {"round_dir": str(round_dir), "pipeline_config": str(REPO / "daemon/assets/ssd_mobilenet_v2_tiny.config"),
-           "label_map": str(root / "label_map.pbtxt"), "num_classes": len(labels), "steps": 20, "fine_tune": None,
-           "init_checkpoint": None, "checkpoint_dir": str(root / "ckpt"), "export_dir": str(root / "export"),
-           "tensorboard_dir": None}
-    subprocess.run([sys.executable, "-m", "odal.daemon.worker"], input=json.dumps(job) + "\n", text=True,
-                   check=True, capture_output=True, timeout=1200)
+    from odal.daemon.rounds.contracts import RoundJob
+    from odal.daemon.rounds.worker_client import Worker
+
+    worker = Worker(root / "worker.log")
+    try:
+        worker.run(RoundJob(round_id=1, round_dir=round_dir, pipeline_config=REPO / "daemon/assets/ssd_mobilenet_v2_tiny.config",
+                            label_map=root / "label_map.pbtxt", num_classes=len(labels), steps=20,
+                            checkpoint_dir=root / "ckpt", export_dir=root / "export"))
+    finally:
+        worker.stop()
     return root / "export"
 
 

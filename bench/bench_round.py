@@ -58,18 +58,18 @@ def stock_round(root: Path, round_dir: Path, number: int, steps: int, label_map:
 
 
 def odal_rounds(root: Path, round_dirs: list[Path], steps: int, label_map: Path, labels: list[str]) -> list[dict]:
-    worker = Worker()
+    worker = Worker(root / "worker.log")
     out = []
     started = time.monotonic()
     for number, round_dir in enumerate(round_dirs, 1):
         message = worker.run(round_job(root, round_dir, number, steps, label_map, labels))
-        timings = dict(message["timings"])
+        timings = dict(message.timings)
         timings["total"] = time.monotonic() - started  # includes process start + import in round 1
-        timings["first_step"] = message["train"]["first_step_seconds"]
-        timings["how"] = message["export"]
+        timings["first_step"] = message.train["first_step_seconds"]
+        timings["how"] = message.export
         out.append(timings)
         started = time.monotonic()
-    worker.close()
+    worker.stop()
     return out
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from worker_jobs import Worker, arguments, round_job, shapes, write_result, write_round
 
-from odal.daemon.rounds.round import rss_bytes
+from odal.daemon.rounds.worker_client import rss_bytes
 
 
 def main() -> int:
@@ -28,18 +28,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         items, labels, label_map = shapes(root, args.images)
-        worker = Worker()
+        worker = Worker(root / "worker.log")
         for number in range(1, args.rounds + 1):
             round_dir = root / "rounds" / str(number)
             write_round(round_dir, items, labels, 0.25)
             message = worker.run(round_job(root, round_dir, number, args.steps, label_map, labels))
-            samples.append((number, rss_bytes(worker.pid) / (1 << 20), message["export"], message["timings"]))
+            samples.append((number, rss_bytes(worker.pid) / (1 << 20), message.export, message.timings))
             print(f"round {number:3d}: {samples[-1][1]:7.0f} MiB", flush=True)
             if number > 1:  # what retention does to old rounds
                 for old in (root / "rounds" / str(number - 1), root / "odal_export" / str(number - 1),
                             root / "odal_ckpt" / str(number - 2)):
                     shutil.rmtree(old, ignore_errors=True)
-        worker.close()
+        worker.stop()
     first, last = samples[0][1], samples[-1][1]
     settled = samples[min(4, len(samples) - 1)][1]
     per_round = (last - settled) / max(len(samples) - 1 - min(4, len(samples) - 1), 1)

@@ -1,15 +1,17 @@
-"""What the round benchmarks share: generated annotations, a round job, and a real worker child to run jobs in."""
+"""What the round benchmarks share: generated annotations, a round job, and the daemon's worker client
+(odal.daemon.rounds.worker_client.Worker) to run jobs in a real worker child."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 
+from odal.daemon.rounds.contracts import RoundJob
+from odal.daemon.rounds.inputs import write_annotations
+from odal.daemon.rounds.worker_client import Worker
 from odal.daemon.sources import datasets
-from odal.daemon.rounds.round import write_annotations
+
+__all__ = ["CONFIG", "Worker", "arguments", "round_job", "shapes", "write_result", "write_round"]
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "daemon" / "assets" / "ssd_mobilenet_v2_tiny.config"
@@ -43,36 +45,12 @@ def write_round(round_dir: Path, items: list, labels: list[str], eval_fraction: 
     write_annotations(round_dir / "annotations.jsonl", accepted, labels, eval_fraction)
 
 
-def round_job(root: Path, round_dir: Path, number: int, steps: int, label_map: Path, labels: list[str]) -> dict:
+def round_job(root: Path, round_dir: Path, number: int, steps: int, label_map: Path, labels: list[str]) -> RoundJob:
     """Round ``number``'s job, continuing round ``number - 1``'s checkpoint under ``root``."""
-    return {"round_dir": str(round_dir), "pipeline_config": str(CONFIG), "label_map": str(label_map),
-            "num_classes": len(labels), "steps": steps, "fine_tune": None,
-            "init_checkpoint": str(root / "odal_ckpt" / str(number - 1) / "ckpt") if number > 1 else None,
-            "checkpoint_dir": str(root / "odal_ckpt" / str(number)),
-            "export_dir": str(root / "odal_export" / str(number)), "tensorboard_dir": None}
-
-
-class Worker:
-    """``python -m odal.daemon.worker``: one job at a time over its stdin/stdout, as the daemon drives it."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "odal.daemon.worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.pid = self.proc.pid
-
-    def run(self, job: dict) -> dict:
-        self.proc.stdin.write(json.dumps(job) + "\n")
-        self.proc.stdin.flush()
-        for line in self.proc.stdout:
-            message = json.loads(line)
-            if message["type"] == "result":
-                assert message["ok"], message
-                return message
-        raise RuntimeError("the worker exited without a result")
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
+    return RoundJob(round_id=number, round_dir=round_dir, pipeline_config=CONFIG, label_map=label_map,
+                    num_classes=len(labels), steps=steps,
+                    init_checkpoint=str(root / "odal_ckpt" / str(number - 1) / "ckpt") if number > 1 else None,
+                    checkpoint_dir=root / "odal_ckpt" / str(number), export_dir=root / "odal_export" / str(number))
 
 
 def write_result(name: str, lines: list[str]) -> None:

@@ -6,11 +6,10 @@ accepted annotations and a quiet ``debounce_seconds`` -> ``rounds/round.py`` run
 (``worker/rounds.py``: records, train, evaluate, export) -> ``rounds/publish.py`` renames the export into
 ``<base_path>/<version>`` -> TF Serving loads it (``rounds/confirm.py`` checks it answers).
 
-Threads: the watchdog observer (queues events), this main loop (ingest, triggers, sd_notify), and at most one
-round thread.  Signal handlers only record the signal (no lock, no log: the interrupted main thread may hold the
-log writer's lock); the loop acts on it within a tick, and a long read stops at its next line.  SIGTERM/SIGINT: stop watching, abandon the round (the worker child is stopped politely), exit 0.
-SIGHUP: reload the configuration (a changed label map reads every source again).  SIGUSR1 (``odal retry``): read
-every source again from its start, so lines fixed since they were set aside are ingested.
+Threads: the watchdog observer (queues events), this main loop (ingest, triggers, scoring, sd_notify, signals),
+and at most one round thread (run_round).  Signal handlers only record the signal (no lock, no log: the interrupted
+thread may hold the log writer's lock); the loop acts on it within a tick, a long read stops at its next line:
+SIGTERM/SIGINT stop (round abandoned, worker stopped politely, exit 0), SIGHUP reloads, SIGUSR1 re-reads sources.
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ from odal.daemon import watchers
 from odal.daemon.config import Config
 from odal.daemon.handlers import ingest, ingest_db
 from odal.daemon.rounds import publish
-from odal.daemon.rounds.round import Abandoned, Worker, run_round
+from odal.daemon.rounds.round import run_round
+from odal.daemon.rounds.worker_client import Abandoned, Worker
 from odal.daemon.sources import limits
 from odal.daemon.sources.label_map import load_label_map
 from odal.daemon.store.history import History

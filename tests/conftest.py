@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from odal.common.errors import RoundFailed
+from odal.daemon.rounds.contracts import RoundJob, RoundResult
+from odal.daemon.rounds.worker_client import Worker
 from odal.daemon.sources import datasets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,18 +20,15 @@ PRODIGY_FIXTURES = SHARED / "prodigy"
 TINY_CONFIG = REPO / "daemon" / "assets" / "ssd_mobilenet_v2_tiny.config"
 
 
-def run_worker_jobs(jobs: list[dict], timeout: float = 900) -> list[dict]:
-    """Run round jobs through a real worker child process; returns its result messages."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "odal.daemon.worker"],
-        input="".join(json.dumps(job) + "\n" for job in jobs),
-        capture_output=True, text=True, timeout=timeout,
-    )
-    results = [json.loads(line) for line in proc.stdout.splitlines() if '"result"' in line]
-    assert proc.returncode == 0 and len(results) == len(jobs), proc.stderr[-4000:]
-    for result in results:
-        assert result["ok"], result.get("error", "") + proc.stderr[-4000:]
-    return results
+def run_worker_jobs(jobs: list[RoundJob], log_path: Path) -> list[RoundResult]:
+    """Run round jobs, in order, in one real worker child through the daemon's client; their results."""
+    worker = Worker(log_path)
+    try:
+        return [worker.run(job) for job in jobs]
+    except RoundFailed as error:
+        raise AssertionError(f"{error}\n{log_path.read_text()[-4000:]}") from None
+    finally:
+        worker.stop()
 
 
 @pytest.fixture(scope="session")
@@ -55,20 +53,16 @@ def tiny_models(tmp_path_factory) -> dict:
             ]
             out.write(json.dumps({"input_hash": str(index), "image_path": str(item.image), "boxes": boxes,
                                   "split": "eval" if index % 6 == 0 else "train"}) + "\n")
-    jobs = []
-    for number in (1, 2):
-        jobs.append({
-            "round_dir": str(round_dir), "pipeline_config": str(TINY_CONFIG), "label_map": str(label_map),
-            "num_classes": len(labels), "steps": 20, "fine_tune": None,
-            "init_checkpoint": str(root / "ckpt-1" / "ckpt") if number == 2 else None,
-            "checkpoint_dir": str(root / f"ckpt-{number}"), "export_dir": str(root / "export" / str(number)),
-            "tensorboard_dir": None,
-        })
-    results = run_worker_jobs(jobs)
+    jobs = [RoundJob(round_id=number, round_dir=round_dir, pipeline_config=TINY_CONFIG, label_map=label_map,
+                     num_classes=len(labels), steps=20,
+                     init_checkpoint=str(root / "ckpt-1" / "ckpt") if number == 2 else None,
+                     checkpoint_dir=root / f"ckpt-{number}", export_dir=root / "export" / str(number))
+            for number in (1, 2)]
+    results = run_worker_jobs(jobs, root / "worker.log")
     return {
         "dir": root, "label_map": label_map, "labels": labels, "images": [item.image for item in items],
         "items": items, "versions": [root / "export" / "1", root / "export" / "2"],
-        "checkpoints": [r["checkpoint"] for r in results], "results": results,
+        "checkpoints": [r.checkpoint for r in results], "results": results,
     }
 
 

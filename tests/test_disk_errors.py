@@ -20,7 +20,8 @@ from daemon_harness import DaemonProcess, append_records, make_workspace, odal_c
 
 from odal.daemon.sources import datasets
 from odal.daemon.config import load
-from odal.daemon.rounds.round import Worker, run_round
+from odal.daemon.rounds.round import run_round
+from odal.daemon.rounds.worker_client import Worker
 from odal.daemon.store.history import History
 from odal.daemon.system.log import RotatingFile
 

@@ -32,7 +32,9 @@ from PIL import Image
 
 from odal.daemon.config import load
 from odal.daemon.rounds import publish
-from odal.daemon.rounds.round import Worker, run_round
+from odal.daemon.rounds.contracts import Distribute, RoundJob
+from odal.daemon.rounds.round import run_round
+from odal.daemon.rounds.worker_client import Worker
 from odal.daemon.store.history import History
 from odal.daemon.store.ledger import Ledger
 
@@ -76,16 +78,15 @@ def _free_ports(count: int) -> list[int]:
 
 def test_mirrored_round_over_two_cpu_devices_exports_a_model_that_predicts_and_trains_like_one_device(
         tiny_models, tmp_path):
-    reference = tiny_models["results"][1]["train"]
-    job = {"round_dir": str(tiny_models["dir"] / "round"), "pipeline_config": str(TINY_CONFIG),
-           "label_map": str(tiny_models["label_map"]), "num_classes": len(tiny_models["labels"]), "steps": STEPS,
-           "fine_tune": None, "init_checkpoint": tiny_models["checkpoints"][0],
-           "checkpoint_dir": str(tmp_path / "ckpt"), "export_dir": str(tmp_path / "export"), "tensorboard_dir": None,
-           "distribute": {"strategy": "mirrored", "cpu_devices": 2}}
-    result = run_worker_jobs([job])[0]
-    train = result["train"]
+    reference = tiny_models["results"][1].train
+    job = RoundJob(round_id=1, round_dir=tiny_models["dir"] / "round", pipeline_config=TINY_CONFIG,
+                   label_map=tiny_models["label_map"], num_classes=len(tiny_models["labels"]), steps=STEPS,
+                   init_checkpoint=tiny_models["checkpoints"][0], checkpoint_dir=tmp_path / "ckpt",
+                   export_dir=tmp_path / "export", distribute=Distribute("mirrored", cpu_devices=2))
+    result = run_worker_jobs([job], tmp_path / "worker.log")[0]
+    train = result.train
     assert train["replicas"] == 2 and train["global_step"] == 2 * STEPS  # continued round 1's step, +1 a step
-    assert result["export"] == "full" and result["metrics"] is not None
+    assert result.export == "full" and result.metrics is not None
     _predicts(tmp_path / "export", tiny_models["images"][0])
     assert_close_to_reference(train["losses"], reference["losses"])
 
@@ -108,7 +109,7 @@ class RecordingWorker(Worker):
 
     results: list[dict]
 
-    def run(self, job, on_progress):
+    def run(self, job, on_progress=lambda progress: None):
         result = super().run(job, on_progress)
         self.results = [*getattr(self, "results", []), result]
         return result
@@ -149,11 +150,11 @@ def test_multi_worker_round_with_a_train_worker_over_loopback_publishes_a_model_
     versions = publish.version_dirs(cfg.base_path)
     assert list(versions) == [outcome.version]
     _predicts(versions[outcome.version], items[0].image)
-    chief = worker.results[0]["train"]
+    chief = worker.results[0].train
     assert chief["replicas"] == 2 and outcome.metrics is not None
     # The other worker trained the same round in step (same steps, same global step) and kept nothing.
     trained = [e for e in other_log if e["event"] == "round_trained"]
     assert len(trained) == 1 and trained[0]["global_step"] == chief["global_step"] == 2 * STEPS
     assert not (cfg.work_dir / "distributed" / "job.json").exists()
     assert {p.name for p in (cfg.work_dir / "checkpoints").iterdir()} == {f"round-{outcome.round_id}"}
-    assert_close_to_reference(chief["losses"], tiny_models["results"][1]["train"]["losses"])
+    assert_close_to_reference(chief["losses"], tiny_models["results"][1].train["losses"])

@@ -27,7 +27,8 @@ from odal.daemon.sources import datasets
 from odal.daemon.config import load
 from odal.daemon.rounds import publish
 from odal.daemon.commands.rollback import rollback
-from odal.daemon.rounds.round import Worker, run_round
+from odal.daemon.rounds.round import run_round
+from odal.daemon.rounds.worker_client import Worker
 from odal.daemon.store.history import History
 from odal.daemon.store.ledger import Ledger
 

@@ -14,6 +14,7 @@ import pytest
 
 from odal.common.errors import PublishError
 from odal.daemon.rounds import publish
+from odal.daemon.rounds.contracts import Progress, RoundJob, decode, encode
 from odal.daemon.store.history import History
 
 
@@ -88,15 +89,15 @@ def test_a_worker_killed_mid_export_never_produces_a_numbered_folder(tmp_path, t
     shutil.copy(tiny_models["dir"] / "round" / "annotations.jsonl", round_dir / "annotations.jsonl")
     from conftest import TINY_CONFIG
 
-    job = {"round_dir": str(round_dir), "pipeline_config": str(TINY_CONFIG), "label_map": str(tiny_models["label_map"]),
-           "num_classes": 2, "steps": 2, "fine_tune": None, "init_checkpoint": tiny_models["checkpoints"][1],
-           "checkpoint_dir": str(tmp_path / "ckpt"), "export_dir": str(staging), "tensorboard_dir": None}
+    job = RoundJob(round_id=1, round_dir=round_dir, pipeline_config=TINY_CONFIG, label_map=tiny_models["label_map"],
+                   num_classes=2, steps=2, init_checkpoint=tiny_models["checkpoints"][1],
+                   checkpoint_dir=tmp_path / "ckpt", export_dir=staging)
     proc = subprocess.Popen([sys.executable, "-m", "odal.daemon.worker"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    proc.stdin.write(json.dumps(job) + "\n")
+    proc.stdin.write(encode(job))
     proc.stdin.flush()
     for line in proc.stdout:
-        if '"stage": "export"' in line:
+        if decode(line) == Progress(1, "export"):
             break
     deadline = time.monotonic() + 120
     while not staging.exists() and time.monotonic() < deadline:  # wait until the export is being written

@@ -31,10 +31,11 @@ def test_two_rounds_export_loadable_savedmodels_that_detect(tiny_models):
 
 def test_second_round_reuses_the_traced_session_and_continues_the_global_step(tiny_models):
     first, second = tiny_models["results"]
-    assert not first["session_reused"] and second["session_reused"]
-    assert first["train"]["global_step"] == 20 and second["train"]["global_step"] == 40
-    assert first["counts"] == second["counts"] and first["counts"]["eval"] > 0
-    assert 0.0 <= second["metrics"]["DetectionBoxes_Precision/mAP"] <= 1.0
+    assert not first.session_reused and second.session_reused
+    assert first.train["global_step"] == 20 and second.train["global_step"] == 40
+    assert first.counts == second.counts and first.counts["eval"] > 0
+    assert 0.0 <= second.metrics["DetectionBoxes_Precision/mAP"] <= 1.0
+    assert (first.round_id, second.round_id) == (1, 2)  # each answer names the job it answers
 
 
 # A fresh worker session's exports, in a child process (the OD API needs its compat module imported before
@@ -82,7 +83,7 @@ def test_a_later_export_is_the_first_graph_with_new_weights_equal_to_a_whole_sav
     """Round 2 writes only weights (the graph is round 1's); it must be what a whole tf.saved_model.save of the
     same checkpoint writes: the same variable names (TF Serving's restore op asks for them), shapes and values."""
     first, second = tiny_models["results"]
-    assert (first["export"], second["export"]) == ("full", "weights")
+    assert (first.export, second.export) == ("full", "weights")
     v1, v2 = tiny_models["versions"]
     reference = whole_saves["reference"]
     assert whole_saves["modes"][0] == "full"
@@ -145,27 +146,27 @@ def test_the_daemons_worker_is_retired_after_a_round_that_left_it_above_its_memo
     (which builds its session again) and still publishes a usable model."""
     from structlog.testing import capture_logs
 
-    from odal.daemon.rounds.round import Worker
+    from odal.daemon.rounds.contracts import RoundJob
+    from odal.daemon.rounds.worker_client import Worker
 
     worker = Worker(tmp_path / "worker.log", max_rss=1 << 20)  # 1 MiB: every TensorFlow child is above it
     results, pids = [], []
     try:
         with capture_logs() as logs:
             for number in (1, 2):
-                job = {"round_dir": str(tiny_models["dir"] / "round"), "pipeline_config": str(TINY_CONFIG),
-                       "label_map": str(tiny_models["label_map"]), "num_classes": len(tiny_models["labels"]),
-                       "steps": 2, "fine_tune": None,
-                       "init_checkpoint": tiny_models["checkpoints"][0] if number == 1 else results[0]["checkpoint"],
-                       "checkpoint_dir": str(tmp_path / f"ckpt-{number}"),
-                       "export_dir": str(tmp_path / "export" / str(number)), "tensorboard_dir": None}
-                results.append(worker.run(job, lambda message: None))
+                job = RoundJob(
+                    round_id=number, round_dir=tiny_models["dir"] / "round", pipeline_config=TINY_CONFIG,
+                    label_map=tiny_models["label_map"], num_classes=len(tiny_models["labels"]), steps=2,
+                    init_checkpoint=tiny_models["checkpoints"][0] if number == 1 else results[0].checkpoint,
+                    checkpoint_dir=tmp_path / f"ckpt-{number}", export_dir=tmp_path / "export" / str(number))
+                results.append(worker.run(job))
                 pids.append(worker.pid)
     finally:
         worker.stop()
     retired = [e for e in logs if e["event"] == "worker_retired"]
     assert len(retired) == 2 and retired[0]["pid"] != retired[1]["pid"] and retired[0]["max_mb"] == 1
     assert pids == [None, None]  # no child left running after either round
-    assert [r["session_reused"] for r in results] == [False, False]
-    assert [r["export"] for r in results] == ["full", "full"]
+    assert [r.session_reused for r in results] == [False, False]
+    assert [r.export for r in results] == ["full", "full"]
     image = np.asarray(Image.open(tiny_models["images"][0]).convert("RGB"))[np.newaxis]
     assert _scores(tmp_path / "export" / "2", image).shape[-1] > 0

@@ -15,6 +15,8 @@ import tensorflow as tf
 from conftest import TINY_CONFIG, run_worker_jobs
 from PIL import Image
 
+from odal.daemon.rounds.contracts import FineTune, RoundJob
+
 pytestmark = pytest.mark.slow
 
 # The tiny SSD with a decaying schedule over 20 steps, and bfloat16 asked for (a TPU setting).
@@ -49,15 +51,15 @@ def three_rounds(tiny_models, tmp_path_factory):
         round_dir = root / "rounds" / str(number)
         round_dir.mkdir(parents=True)
         shutil.copyfile(tiny_models["dir"] / "round" / "annotations.jsonl", round_dir / "annotations.jsonl")
-        jobs.append({
-            "round_dir": str(round_dir), "pipeline_config": str(config), "label_map": str(tiny_models["label_map"]),
-            "num_classes": len(tiny_models["labels"]), "steps": 10,
-            "fine_tune": {"path": tiny_models["checkpoints"][1], "type": "detection"} if number == 1 else None,
-            "init_checkpoint": str(root / "ckpt" / str(number - 1) / "ckpt") if number > 1 else None,
-            "checkpoint_dir": str(root / "ckpt" / str(number)), "export_dir": str(root / "export" / str(number)),
-            "tensorboard_dir": str(root / "tensorboard"),
-        })
-    return {"root": root, "results": run_worker_jobs(jobs), "jobs": jobs}
+        jobs.append(RoundJob(
+            round_id=number, round_dir=round_dir, pipeline_config=config, label_map=tiny_models["label_map"],
+            num_classes=len(tiny_models["labels"]), steps=10,
+            fine_tune=FineTune(tiny_models["checkpoints"][1], "detection") if number == 1 else None,
+            init_checkpoint=str(root / "ckpt" / str(number - 1) / "ckpt") if number > 1 else None,
+            checkpoint_dir=root / "ckpt" / str(number), export_dir=root / "export" / str(number),
+            tensorboard_dir=root / "tensorboard",
+        ))
+    return {"root": root, "results": run_worker_jobs(jobs, root / "worker.log"), "jobs": jobs}
 
 
 def _trainable(prefix: str) -> dict:
@@ -67,24 +69,24 @@ def _trainable(prefix: str) -> dict:
 
 
 def test_round_one_restores_the_fine_tune_checkpoint_and_reports_what_it_restored(tiny_models, three_rounds):
-    first = three_rounds["results"][0]["train"]
+    first = three_rounds["results"][0].train
     assert first["fine_tune"]["checkpoint"] == tiny_models["checkpoints"][1]
     assert first["fine_tune"]["type"] == "detection"
     # "detection" restores the feature extractor and box predictor; the optimiser state and step are skipped.
     assert first["fine_tune"]["restored"] > 50 and first["fine_tune"]["skipped"] > 0
-    recorded = (Path(three_rounds["jobs"][0]["round_dir"]) / "pipeline.config").read_text()
+    recorded = (three_rounds["jobs"][0].round_dir / "pipeline.config").read_text()
     assert f'fine_tune_checkpoint: "{tiny_models["checkpoints"][1]}"' in recorded
 
 
 def test_each_round_restarts_the_schedule_so_a_round_past_its_end_still_learns(three_rounds):
     results = three_rounds["results"]
-    assert [r["train"]["global_step"] for r in results] == [10, 20, 30]
+    assert [r.train["global_step"] for r in results] == [10, 20, 30]
     # Round 3 runs at global steps 20-30, past the schedule's total_steps: the weights still moved.
-    second, third = (_trainable(r["checkpoint"]) for r in results[1:])
+    second, third = (_trainable(r.checkpoint) for r in results[1:])
     assert second.keys() == third.keys() and len(second) > 10
     assert max(float(np.abs(second[k] - third[k]).max()) for k in second) > 1e-4
     for result in results:  # each round: the config's base rate first, annealed at its end
-        rate = result["train"]["learning_rate"]
+        rate = result.train["learning_rate"]
         assert rate["first"] == pytest.approx(0.002) and 0 <= rate["last"] < 0.0004
     events = list((three_rounds["root"] / "tensorboard").rglob("events.out.tfevents*"))
     tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(str(path))
@@ -93,9 +95,9 @@ def test_each_round_restarts_the_schedule_so_a_round_past_its_end_still_learns(t
 
 
 def test_use_bfloat16_is_turned_off_on_a_cpu_as_the_stock_loop_does(three_rounds):
-    assert three_rounds["results"][0]["adjusted"] == ["train_config.use_bfloat16: off (not a TPU; as the stock "
+    assert three_rounds["results"][0].adjusted == ["train_config.use_bfloat16: off (not a TPU; as the stock "
                                                       "train loop)"]
-    recorded = (Path(three_rounds["jobs"][0]["round_dir"]) / "pipeline.config").read_text()
+    recorded = (three_rounds["jobs"][0].round_dir / "pipeline.config").read_text()
     assert "use_bfloat16: true" not in recorded
 
 
@@ -117,12 +119,12 @@ def test_a_checkpoint_odal_wrote_is_re_exported_by_the_od_apis_exporter_to_the_s
                                                                                        three_rounds):
     job = three_rounds["jobs"][2]
     out = three_rounds["root"] / "reexport"
-    proc = subprocess.run([sys.executable, "-c", _REEXPORT, str(Path(job["round_dir"]) / "pipeline.config"),
-                           job["checkpoint_dir"], str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", _REEXPORT, str(job.round_dir / "pipeline.config"),
+                           str(job.checkpoint_dir), str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     image = tf.constant(np.asarray(Image.open(tiny_models["images"][0]).convert("RGB"))[np.newaxis])
     theirs = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"](input_tensor=image)
-    ours = tf.saved_model.load(job["export_dir"]).signatures["serving_default"](input_tensor=image)
+    ours = tf.saved_model.load(str(job.export_dir)).signatures["serving_default"](input_tensor=image)
     np.testing.assert_allclose(theirs["detection_scores"].numpy(), ours["detection_scores"].numpy(), atol=1e-5)
     np.testing.assert_allclose(theirs["detection_boxes"].numpy(), ours["detection_boxes"].numpy(), atol=1e-5)
-    assert three_rounds["results"][2]["checkpoint"] == job["checkpoint_dir"] + "/ckpt"
+    assert three_rounds["results"][2].checkpoint == str(job.checkpoint_dir / "ckpt")

@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_worker_jobs
 from PIL import Image
 
+from odal.daemon.rounds.contracts import RoundJob
 from odal.daemon.sources import datasets
 
 pytestmark = pytest.mark.slow
@@ -48,16 +48,11 @@ def zoo_rounds(tmp_path_factory):
         round_dir = root / name
         round_dir.mkdir()
         (round_dir / "annotations.jsonl").write_text("".join(lines))
-        jobs.append({"round_dir": str(round_dir), "pipeline_config": str(ZOO / f"{name}.config"),
-                     "label_map": str(root / "label_map.pbtxt"), "num_classes": len(labels), "steps": 1,
-                     "fine_tune": None, "init_checkpoint": None, "checkpoint_dir": str(root / "ckpt" / name),
-                     "export_dir": str(root / "export" / name), "tensorboard_dir": None})
-    proc = subprocess.run([sys.executable, "-m", "odal.daemon.worker"],
-                          input="".join(json.dumps(job) + "\n" for job in jobs),
-                          capture_output=True, text=True, timeout=1800)
-    results = [json.loads(line) for line in proc.stdout.splitlines() if '"result"' in line]
-    assert proc.returncode == 0 and len(results) == len(jobs), proc.stderr[-4000:]
-    return {"image": items[0].image, "stderr": proc.stderr,
+        jobs.append(RoundJob(round_id=len(jobs) + 1, round_dir=round_dir, pipeline_config=ZOO / f"{name}.config",
+                             label_map=root / "label_map.pbtxt", num_classes=len(labels), steps=1,
+                             checkpoint_dir=root / "ckpt" / name, export_dir=root / "export" / name))
+    results = run_worker_jobs(jobs, root / "worker.log")  # a failed job fails here, with the worker's log
+    return {"image": items[0].image,
             **{name: (job, result) for name, job, result in zip(RUN, jobs, results)}}
 
 
@@ -67,19 +62,18 @@ def test_a_sample_config_trains_evaluates_and_exports_a_savedmodel_that_predicts
         pytest.skip("set ODAL_ZOO_CONFIGS=1 to train all four sample configs (several minutes)")
     zoo_rounds = request.getfixturevalue("zoo_rounds")
     job, result = zoo_rounds[name]
-    assert result["ok"], result.get("error", "") + zoo_rounds["stderr"][-3000:]
-    assert result["train"]["global_step"] == 1 and math.isfinite(result["train"]["loss"])
-    assert 0.0 <= result["metrics"]["DetectionBoxes_Precision/mAP@.50IOU"] <= 1.0
-    assert result["export"] == "full"
+    assert result.train["global_step"] == 1 and math.isfinite(result.train["loss"])
+    assert 0.0 <= result.metrics["DetectionBoxes_Precision/mAP@.50IOU"] <= 1.0
+    assert result.export == "full"
     image = tf.constant(np.asarray(Image.open(zoo_rounds["image"]).convert("RGB"))[np.newaxis])
-    detections = tf.saved_model.load(job["export_dir"]).signatures["serving_default"](input_tensor=image)
+    detections = tf.saved_model.load(str(job.export_dir)).signatures["serving_default"](input_tensor=image)
     boxes, scores = detections["detection_boxes"].numpy(), detections["detection_scores"].numpy()
     assert boxes.shape[0] == 1 and boxes.shape[-1] == 4 and scores.shape == boxes.shape[:2]
     assert np.isfinite(boxes).all() and ((scores >= 0) & (scores <= 1)).all()
     # (After one step from scratch a model may detect nothing above its threshold; its weights must be numbers.)
-    reader = tf.train.load_checkpoint(result["checkpoint"])
-    weights = [reader.get_tensor(key) for key, _ in tf.train.list_variables(result["checkpoint"]) if "/model/" in
+    reader = tf.train.load_checkpoint(result.checkpoint)
+    weights = [reader.get_tensor(key) for key, _ in tf.train.list_variables(result.checkpoint) if "/model/" in
                f"/{key}" and "OPTIMIZER_SLOT" not in key]
     assert weights and all(np.isfinite(w).all() for w in weights if w.dtype.kind == "f")
-    if "use_bfloat16: true" in Path(job["pipeline_config"]).read_text():  # a TPU setting, off as the stock loop
-        assert result["adjusted"] == ["train_config.use_bfloat16: off (not a TPU; as the stock train loop)"]
+    if "use_bfloat16: true" in job.pipeline_config.read_text():  # a TPU setting, off as the stock loop
+        assert result.adjusted == ["train_config.use_bfloat16: off (not a TPU; as the stock train loop)"]

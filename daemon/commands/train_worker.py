@@ -2,24 +2,23 @@
 
 It reads the same odal.toml as the chief (``[training] strategy = "multi_worker"``, ``workers``; its own place is
 ``--index`` or ``training.index``) from the shared workspace, and runs every round job the chief posts
-(``odal.daemon.rounds.distributed``) in a fresh TensorFlow worker child (``python -m odal.daemon.worker``), which
-joins the chief's ``MultiWorkerMirroredStrategy``, trains in step with it, and writes nothing the chief keeps.  The
+(``odal.daemon.rounds.distributed``) in a fresh TensorFlow worker child (through the daemon's own client; the
+child's log is ``work/logs/train-worker-N.log``), which joins the chief's ``MultiWorkerMirroredStrategy``, trains in step with it, and writes nothing the chief keeps.  The
 child lives until the chief withdraws the job (its round has ended: evaluated, exported, published), so no worker
 leaves the collective group while the chief still runs the round.  SIGTERM / SIGINT stop it (and the child).
 """
 
 from __future__ import annotations
 
-import json
-import os
+import dataclasses
 import signal
-import subprocess
-import sys
 import threading
 
-from odal.common.errors import ConfigError
+from odal.common.errors import ConfigError, RoundFailed
 from odal.daemon import config as config_module
 from odal.daemon.rounds import distributed
+from odal.daemon.rounds.contracts import RoundJob
+from odal.daemon.rounds.worker_client import Abandoned, Worker
 from odal.daemon.system import log as logs
 
 POLL_SECONDS = 0.5
@@ -55,68 +54,43 @@ def serve(cfg, index: int, stop: threading.Event) -> None:
     log.info("train_worker_started", workers=list(cfg.workers), jobs=str(distributed.job_path(cfg)))
     done: str | None = None
     while not stop.is_set():
-        job = distributed.posted(cfg)
-        if job is not None and job["id"] != done:
-            done = job["id"]
-            run_job(cfg, job, index, stop, log)
+        found = distributed.posted(cfg)
+        if found is not None and found[0] != done:
+            done = found[0]
+            run_posted(cfg, found[0], found[1], index, stop, log)
         stop.wait(POLL_SECONDS)
     log.info("train_worker_stopped")
 
 
-def run_job(cfg, job: dict, index: int, stop: threading.Event, log) -> None:
-    job = dict(job, distribute=dict(job["distribute"], index=index))
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
-    child = subprocess.Popen([sys.executable, "-m", "odal.daemon.worker"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, bufsize=1, env=env, start_new_session=True)
-    log.info("round_joined", round_dir=job["round_dir"], pid=child.pid)
-    watcher = threading.Thread(target=_stop_child_on, args=(stop, child), daemon=True)
-    watcher.start()
-    try:
-        child.stdin.write(json.dumps(job) + "\n")
-        child.stdin.flush()
-        for line in child.stdout:
-            message = json.loads(line)
-            if message["type"] == "result":
-                if message["ok"]:
-                    log.info("round_trained", round_dir=job["round_dir"], loss=message["train"]["loss"],
-                             global_step=message["train"]["global_step"], timings=message["timings"])
-                else:
-                    log.error("round_failed", round_dir=job["round_dir"], error=message["error"])
-                break
-        # Stay in the group until the chief's round has ended.
-        while not stop.is_set() and (distributed.posted(cfg) or {}).get("id") == job["id"]:
-            stop.wait(POLL_SECONDS)
-    except (BrokenPipeError, ValueError) as error:
-        log.error("round_failed", round_dir=job["round_dir"], error=f"{type(error).__name__}: {error}")
-    finally:
-        _end(child)
-        stop_watch = stop.is_set()
-        log.info("round_left", round_dir=job["round_dir"], exit_code=child.returncode, stopping=stop_watch)
-
-
-def _stop_child_on(stop: threading.Event, child: subprocess.Popen) -> None:
-    while child.poll() is None:
-        if stop.wait(0.5):
-            _end(child)
-            return
-
-
-def _end(child: subprocess.Popen, timeout: float = 10.0) -> None:
-    """Close the child's input (it exits at its end), SIGTERM its session after ``timeout``, SIGKILL after that."""
-    if child.poll() is not None:
+def run_posted(cfg, posting: str, job: RoundJob, index: int, stop: threading.Event, log) -> None:
+    """Train ``job`` as worker ``index`` in a fresh worker child, which stays in the group until the chief
+    withdraws the job."""
+    if job.distribute is None or job.distribute.strategy != "multi_worker":
+        log.error("job_refused", round=job.round_id, error="the posted job is not a multi_worker job")
         return
-    try:
-        child.stdin.close()
-    except OSError:
-        pass
-    for signum in (None, signal.SIGTERM, signal.SIGKILL):
-        if signum is not None:
-            try:
-                os.killpg(child.pid, signum)
-            except ProcessLookupError:
+    job = dataclasses.replace(job, distribute=dataclasses.replace(job.distribute, index=index))
+    worker = Worker(cfg.work_dir / "logs" / f"train-worker-{index}.log", cfg.log_max_bytes, cfg.log_backups)
+    finished = threading.Event()
+
+    def stop_on_signal() -> None:
+        while not finished.wait(POLL_SECONDS):
+            if stop.is_set():
+                worker.stop()
                 return
-        try:
-            child.wait(timeout)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+
+    threading.Thread(target=stop_on_signal, name="train-worker-stop", daemon=True).start()
+    log.info("round_joined", round=job.round_id)
+    try:
+        result = worker.run(job)
+        log.info("round_trained", round=job.round_id, loss=result.train["loss"],
+                 global_step=result.train["global_step"], replicas=result.train.get("replicas"),
+                 timings=result.timings)
+        while not stop.is_set() and (distributed.posted(cfg) or ("",))[0] == posting:  # the chief's round goes on
+            stop.wait(POLL_SECONDS)
+    except RoundFailed as error:
+        log.error("round_failed", round=job.round_id, error=str(error))
+    except Abandoned:
+        log.info("round_abandoned", round=job.round_id)
+    finally:
+        finished.set()
+        worker.stop()

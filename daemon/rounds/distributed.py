@@ -16,38 +16,40 @@ import uuid
 from pathlib import Path
 
 from odal.daemon.config import Config
+from odal.daemon.rounds.contracts import Distribute, ProtocolError, RoundJob, decode, encode
 from odal.daemon.system.atomic import atomic_write_text
 
 
-def spec(cfg: Config) -> dict | None:
+def spec(cfg: Config) -> Distribute | None:
     """What the worker needs to make the strategy (``odal.daemon.worker.distribute``); None: the default one."""
     if cfg.strategy == "default":
         return None
     if cfg.strategy == "mirrored":
-        return {"strategy": "mirrored", "cpu_devices": cfg.cpu_devices}
-    return {"strategy": "multi_worker", "workers": list(cfg.workers), "index": cfg.worker_index}
+        return Distribute("mirrored", cpu_devices=cfg.cpu_devices)
+    return Distribute("multi_worker", workers=cfg.workers, index=cfg.worker_index)
 
 
 def job_path(cfg: Config) -> Path:
     return cfg.work_dir / "distributed" / "job.json"
 
 
-def announce(cfg: Config, job: dict) -> dict:
-    """Post ``job`` for the other workers; returns it as posted (with its ``id``)."""
-    posted = dict(job, id=uuid.uuid4().hex, posted_at=time.time())
+def announce(cfg: Config, job: RoundJob) -> str:
+    """Post ``job`` for the other workers; returns its posting's id."""
+    posting = uuid.uuid4().hex
     job_path(cfg).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(job_path(cfg), json.dumps(posted))
-    return posted
+    atomic_write_text(job_path(cfg), json.dumps({"id": posting, "posted_at": time.time(), "job": encode(job)}))
+    return posting
 
 
 def withdraw(cfg: Config) -> None:
     job_path(cfg).unlink(missing_ok=True)
 
 
-def posted(cfg: Config) -> dict | None:
-    """The job posted now, or None (none, or not readable yet)."""
+def posted(cfg: Config) -> tuple[str, RoundJob] | None:
+    """(posting id, job) posted now, or None (none, or not a job)."""
     try:
-        job = json.loads(job_path(cfg).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        posting = json.loads(job_path(cfg).read_text(encoding="utf-8"))
+        job = decode(posting["job"])
+    except (OSError, ValueError, KeyError, TypeError, ProtocolError):
         return None
-    return job if isinstance(job, dict) and "id" in job else None
+    return (str(posting["id"]), job) if isinstance(job, RoundJob) else None

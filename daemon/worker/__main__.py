@@ -1,17 +1,18 @@
 """The round worker: a child process that imports TensorFlow once and runs round jobs sent by the daemon.
 
-Protocol (one JSON object per line): the daemon writes a job to stdin; the worker answers on its protocol stream
-(the original stdout; anything else printed goes to stderr) with ``progress`` lines and one ``result`` line per
-job.  It exits at end of input.  Every output of a job goes where the job says; a failed job leaves no partial
-output behind (files are written aside and renamed).
+Protocol (odal.daemon.rounds.contracts, one JSON object per line): the client writes a job to stdin; the worker
+answers on its protocol stream (the original stdout; anything else printed goes to stderr) with ``progress`` lines
+and one ``result`` (or ``failed``) line per job, each echoing the job's round id.  It exits at end of input.
+Every output of a job goes where the job says; a failed job leaves no partial output behind (files are written
+aside and renamed).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
+from odal.daemon.rounds.contracts import JobFailed, Ready, RoundJob, decode, encode, round_id_of
 from odal.daemon.worker.rounds import run_job
 
 
@@ -20,22 +21,23 @@ def main() -> int:
     os.dup2(2, 1)  # stray prints (pycocotools prints its tables) must not corrupt the protocol
     sys.stdout = sys.stderr
 
-    def send(message: dict) -> None:
-        protocol.write(json.dumps(message) + "\n")
+    def send(message) -> None:
+        protocol.write(encode(message))
 
-    send({"type": "ready", "pid": os.getpid()})
+    send(Ready(os.getpid()))
     for line in sys.stdin:
         if not line.strip():
             continue
-        job = json.loads(line)
         try:
-            result = run_job(job, send)
-            send({"type": "result", "ok": True, **result})
+            job = decode(line)
+            if not isinstance(job, RoundJob):
+                raise TypeError(f"expected a job, got {type(job).__name__}")
+            send(run_job(job, send))
         except Exception as error:  # noqa: BLE001 - reported to the daemon, which records the failed round
             import traceback
 
             traceback.print_exc()
-            send({"type": "result", "ok": False, "error": f"{type(error).__name__}: {error}"})
+            send(JobFailed(round_id_of(line), f"{type(error).__name__}: {error}"))
     return 0
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from odal.daemon.rounds.contracts import Distribute
+
 # How long one collective (a gradient all-reduce, the first of which waits for every worker) may wait for the
 # other workers before the round fails; a worker that never comes must not hang the daemon's round forever.
 COLLECTIVE_TIMEOUT_SECONDS = 600
@@ -29,12 +31,16 @@ COLLECTIVE_TIMEOUT_SECONDS = 600
 
 @dataclass(frozen=True)
 class Distribution:
-    spec: dict
-    strategy: object | None  # None: TensorFlow's default strategy
+    spec: Distribute | None  # None: TensorFlow's default strategy
+    strategy: object | None
+
+    @property
+    def index(self) -> int:
+        return self.spec.index if self.spec is not None else 0
 
     @property
     def is_chief(self) -> bool:
-        return self.spec.get("strategy") != "multi_worker" or self.spec.get("index", 0) == 0
+        return self.spec is None or self.spec.strategy != "multi_worker" or self.spec.index == 0
 
     @property
     def replicas(self) -> int:
@@ -45,7 +51,7 @@ class Distribution:
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
 
-DEFAULT = Distribution({"strategy": "default"}, None)
+DEFAULT = Distribution(None, None)
 _CURRENT: Distribution | None = None
 
 
@@ -53,24 +59,22 @@ def current() -> Distribution:
     return _CURRENT or DEFAULT
 
 
-def configure(spec: dict | None) -> Distribution:
+def configure(spec: Distribute | None) -> Distribution:
     """The process's strategy for ``spec``, made on first call; a later job with another spec is refused (the
-    daemon starts a new worker when the configuration changes)."""
+    daemon's client starts a new worker when the configuration changes)."""
     global _CURRENT
-    spec = dict(spec or {"strategy": "default"})
+    if spec is not None and spec.strategy == "default":
+        spec = None
     if _CURRENT is not None:
         if _CURRENT.spec != spec:
             raise RuntimeError(f"this worker trains with {_CURRENT.spec}; a job asked for {spec} (restart it)")
         return _CURRENT
-    _CURRENT = Distribution(spec, _build(spec))
+    _CURRENT = Distribution(spec, _build(spec) if spec is not None else None)
     return _CURRENT
 
 
-def _build(spec: dict):
-    kind = spec.get("strategy", "default")
-    if kind == "default":
-        return None
-    cpu_devices = int(spec.get("cpu_devices", 0))
+def _build(spec: Distribute):
+    kind, cpu_devices = spec.strategy, spec.cpu_devices
     if kind == "mirrored":
         if cpu_devices > 0:
             cpus = tf.config.list_physical_devices("CPU")
@@ -79,8 +83,8 @@ def _build(spec: dict):
             return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_devices)])
         return tf.distribute.MirroredStrategy()  # all local GPUs (one CPU device when there is none)
     if kind == "multi_worker":
-        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": list(spec["workers"])},
-                                              "task": {"type": "worker", "index": int(spec["index"])}})
+        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": list(spec.workers)},
+                                              "task": {"type": "worker", "index": spec.index}})
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     raise ValueError(f"training.strategy: unknown strategy {kind!r}")

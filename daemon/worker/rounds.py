@@ -1,26 +1,13 @@
 """One round job, inside the worker: records -> train -> evaluate -> export, each stage timed.
 
-A job names every input and output path (see ``odal.daemon.rounds.round`` for how the daemon builds it):
+The job (odal.daemon.rounds.contracts.RoundJob) names every input and output path.  With a gate, the served
+version is evaluated on the same eval data as the candidate; a candidate the gate holds back is not exported (the
+result's ``gate`` says why, ``export`` is None).
 
-    round_dir        folder of this round: annotations.jsonl (input), records, pipeline.config, logs
-    pipeline_config  the user's pipeline.config
-    label_map        label map (.pbtxt); num_classes is its size
-    init_checkpoint  checkpoint prefix to continue from (previous round), or null
-    fine_tune        {"path", "type"} used when there is no init_checkpoint, or null
-    steps            train steps this round
-    checkpoint_dir   where this round's checkpoint must appear (written aside, renamed into place)
-    export_dir       where the SavedModel must appear (a staging folder the daemon publishes)
-    tensorboard_dir  where TensorBoard events go, or null
-    gate             {"metric", "tolerance"} of the publish gate (odal.daemon.rounds.gate), or null: no gate
-    served           {"version", "path"} of the version serving now, or null: nothing serves
-    distribute       {"strategy", "cpu_devices", "workers", "index"} (odal.daemon.worker.distribute), or null
-
-A multi-worker job at a worker other than the chief (index 0) only trains: its records go to its own folder
-(``round_dir/worker-N``), its checkpoint to a temporary folder that is deleted (every worker must save, as the OD
-API's train loop does, but only the chief's is kept), and it neither evaluates nor exports.
-
-With a gate, the served version is evaluated on the same eval data as the candidate; a candidate the gate holds
-back is not exported (the result's ``gate`` says why, ``export`` is null).
+A multi-worker job (``job.distribute``) at a worker other than the chief (index 0) only trains, in step with the
+chief: its records go to its own folder (``round_dir/worker-N``), its checkpoint to a temporary folder that is
+deleted (every worker saves, as the OD API's train loop has them do, but only the chief's is kept), and it neither
+evaluates nor exports.
 """
 
 from __future__ import annotations
@@ -32,6 +19,7 @@ from typing import Callable
 
 from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede object_detection)
 from odal.daemon.rounds import gate as gates
+from odal.daemon.rounds.contracts import Progress, RoundJob, RoundResult
 from odal.daemon.system.atomic import publish_dir, remove_tree
 from odal.daemon.worker import distribute
 from odal.daemon.worker import session as sessions
@@ -61,14 +49,14 @@ def _fresh(path: Path) -> Path:
     return path
 
 
-def run_job(job: dict, send: Callable[[dict], None]) -> dict:
-    dist = distribute.configure(job.get("distribute"))
-    round_dir = Path(job["round_dir"])
-    records_dir = round_dir if dist.is_chief else round_dir / f"worker-{dist.spec['index']}"
+def run_job(job: RoundJob, send: Callable[[Progress], None]) -> RoundResult:
+    dist = distribute.configure(job.distribute)
+    round_dir = job.round_dir
+    records_dir = round_dir if dist.is_chief else round_dir / f"worker-{dist.index}"
     timings: dict[str, float] = {}
 
     def stage(name: str):
-        send({"type": "progress", "stage": name})
+        send(Progress(job.round_id, name))
         return time.monotonic()
 
     started = stage("records")
@@ -78,34 +66,35 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
 
     try:
         configs = sessions.load_configs(
-            Path(job["pipeline_config"]), Path(job["label_map"]), job["num_classes"],
-            records_dir / "train.record", records_dir / "eval.record", job.get("fine_tune"),
+            job.pipeline_config, job.label_map, job.num_classes,
+            records_dir / "train.record", records_dir / "eval.record", job.fine_tune,
         )
     except Exception as error:  # text_format.ParseError and friends do not name the file
-        raise ValueError(f"{job['pipeline_config']} is not a usable pipeline config: "
+        raise ValueError(f"{job.pipeline_config} is not a usable pipeline config: "
                          f"{type(error).__name__}: {error}") from error
     adjusted = sessions.adjustments(configs)
     if dist.is_chief:
         sessions.write_pipeline(configs, round_dir / "pipeline.config")
 
     started = stage("train")
-    init = job.get("init_checkpoint")
+    init = job.init_checkpoint
     session, reused = _session(configs, init)
 
     def progress(done: int, total: int, loss: float) -> None:
-        send({"type": "progress", "stage": "train", "step": done, "of": total, "loss": loss})
+        send(Progress(job.round_id, "train", done, total, loss))
 
-    tb = Path(job["tensorboard_dir"]) if job.get("tensorboard_dir") and dist.is_chief else None
-    train = session.train(configs, job["steps"], init, job.get("fine_tune"), progress,
+    tb = job.tensorboard_dir if dist.is_chief else None
+    train = session.train(configs, job.steps, init, job.fine_tune, progress,
                           tb / "train" if tb else None)
     timings["train"] = time.monotonic() - started
     if not dist.is_chief:
         with tempfile.TemporaryDirectory(prefix="odal-worker-ckpt-") as scratch:
             session.save(Path(scratch))
-        return {"counts": counts, "train": train, "session_reused": reused, "export": None, "adjusted": adjusted,
-                "checkpoint": None, "metrics": None, "served_metrics": None, "gate": None, "timings": timings}
+        return RoundResult(round_id=job.round_id, counts=counts, train=train, session_reused=reused, export=None,
+                           adjusted=adjusted, checkpoint=None, metrics=None, served_metrics=None, gate=None,
+                           timings=timings)
 
-    checkpoint_dir = Path(job["checkpoint_dir"])
+    checkpoint_dir = job.checkpoint_dir
     partial = _fresh(checkpoint_dir.with_name(f".{checkpoint_dir.name}.partial"))
     prefix_in_partial = session.save(partial)
     remove_tree(checkpoint_dir)
@@ -120,35 +109,28 @@ def run_job(job: dict, send: Callable[[dict], None]) -> dict:
         timings["evaluate"] = time.monotonic() - started
 
     decision, served_metrics = None, None
-    if job.get("gate"):
-        served, served_error = job.get("served"), None
+    if job.gate is not None:
+        served, served_error = job.served, None
         if served and metrics is not None:
             started = stage("evaluate served")
             try:
-                served_metrics = evaluate_served(session, configs, Path(served["path"]),
+                served_metrics = evaluate_served(session, configs, served.path,
                                                  tb / "eval_served" if tb else None)
             except Exception as error:  # noqa: BLE001 - recorded in the gate; the round goes on
                 served_error = f"{type(error).__name__}: {error}"[:500]
             timings["evaluate_served"] = time.monotonic() - started
-        decision = gates.decide(job["gate"]["metric"], job["gate"]["tolerance"], metrics, served_metrics,
-                                served["version"] if served else None, served_error)
+        decision = gates.decide(job.gate.metric, job.gate.tolerance, metrics, served_metrics,
+                                served.version if served else None, served_error)
 
     export_mode = None
     if decision is None or decision["passed"]:
         started = stage("export")
-        export_dir = _fresh(Path(job["export_dir"]))
+        export_dir = _fresh(job.export_dir)
         export_mode = session.export(prefix, export_dir)
         timings["export"] = time.monotonic() - started
 
-    return {
-        "counts": counts,
-        "train": train,
-        "session_reused": reused,
-        "export": export_mode,
-        "adjusted": adjusted,
-        "checkpoint": prefix,
-        "metrics": metrics,
-        "served_metrics": served_metrics,
-        "gate": decision,
-        "timings": timings,
-    }
+    return RoundResult(
+        round_id=job.round_id, counts=counts, train=train, session_reused=reused, export=export_mode,
+        adjusted=adjusted, checkpoint=prefix, metrics=metrics, served_metrics=served_metrics, gate=decision,
+        timings=timings,
+    )

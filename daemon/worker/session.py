@@ -44,6 +44,7 @@ from object_detection.utils import config_util
 from google.protobuf import text_format
 from tensorflow.python.training import checkpoint_state_pb2
 
+from odal.daemon.rounds.contracts import FineTune
 from odal.daemon.system.atomic import atomic_write_text, remove_tree
 from odal.daemon.worker import distribute
 
@@ -51,7 +52,7 @@ Progress = Callable[[int, int, float], None]
 
 
 def load_configs(pipeline_config: Path, label_map: Path, num_classes: int, train_record: Path,
-                 eval_record: Path, fine_tune: dict | None = None) -> dict:
+                 eval_record: Path, fine_tune: FineTune | None = None) -> dict:
     """The user's pipeline.config with this round's inputs, label map, class count and fine-tune start (the
     daemon's resolved one, which it read from this file or odal.toml) filled in, adjusted as the stock train
     loop adjusts it on this machine (see :func:`adjustments`)."""
@@ -67,8 +68,8 @@ def load_configs(pipeline_config: Path, label_map: Path, num_classes: int, train
     model_config = configs["model"]
     getattr(model_config, model_config.WhichOneof("model")).num_classes = num_classes
     if fine_tune:
-        configs["train_config"].fine_tune_checkpoint = fine_tune["path"]
-        configs["train_config"].fine_tune_checkpoint_type = fine_tune["type"]
+        configs["train_config"].fine_tune_checkpoint = fine_tune.path
+        configs["train_config"].fine_tune_checkpoint_type = fine_tune.type
     return configs
 
 
@@ -113,7 +114,7 @@ class ModelSession:
         self._graph: SavedGraph | None = None  # set by the first export: what later exports write again
 
     # -- weights ---------------------------------------------------------------------------------------------------
-    def restore(self, checkpoint_prefix: str | None, fine_tune: dict | None, dataset) -> None:
+    def restore(self, checkpoint_prefix: str | None, fine_tune: FineTune | None, dataset) -> None:
         """Make the live weights those of ``checkpoint_prefix`` (the previous round), or a fine-tune start."""
         if checkpoint_prefix:
             if self.weights_from != checkpoint_prefix:
@@ -125,7 +126,7 @@ class ModelSession:
         if self.trained:
             raise RuntimeError("a session that has trained cannot start from scratch again; use a new session")
         if fine_tune:
-            return restore_fine_tune(self.model, fine_tune["path"], fine_tune["type"], self.train_config, dataset)
+            return restore_fine_tune(self.model, fine_tune.path, fine_tune.type, self.train_config, dataset)
         return None
 
     def save(self, checkpoint_dir: Path) -> str:
@@ -205,7 +206,7 @@ class ModelSession:
             cached = self._datasets[split] = (built_from, dataset)
         return cached[1]
 
-    def train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: dict | None,
+    def train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: FineTune | None,
               progress: Progress, summary_dir: Path | None = None) -> dict:
         """Continue from ``init_checkpoint`` (or ``fine_tune``, or scratch) for ``steps`` steps on all train data."""
         with self.dist.scope():

@@ -1,0 +1,209 @@
+"""The one client of the TensorFlow worker child (``python -m odal.daemon.worker``), used by the daemon's rounds,
+the benchmarks and the tests.
+
+The daemon process never imports TensorFlow: :class:`Worker` owns one long-lived child that keeps TF and the traced
+model between rounds, sends it typed jobs and reads typed answers (odal.daemon.rounds.contracts).  If the child
+dies, the round fails cleanly (RoundFailed) and the next round starts a new child.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Callable
+
+from odal.common.errors import RoundFailed
+from odal.daemon.rounds.contracts import (JobFailed, Progress, ProtocolError, Ready, RoundJob, RoundResult, decode,
+                                          encode)
+from odal.daemon.system import log as logs
+
+log = logs.get("odal.worker_client")
+
+
+class Abandoned(Exception):
+    """The round was stopped on purpose (daemon shutting down)."""
+
+
+class Worker:
+    """The TensorFlow child process: started on first use, reused across rounds, stopped politely.
+
+    A child whose memory (RSS) after a round is above ``max_rss`` bytes is retired and the next round starts a
+    fresh one: whatever TensorFlow keeps from round to round (a few MiB; see bench/results/worker_memory.md) cannot
+    add up over weeks.  The fresh child pays the first-round costs (tracing, a whole SavedModel) once.
+    """
+
+    def __init__(self, log_path: Path, max_bytes: int = 0, backups: int = 3, max_rss: int = 0,
+                 one_round: bool = False):
+        self._log_path = log_path
+        self._one_round = one_round  # a child per round (multi-worker: each round forms its collective group)
+        self._spec = None  # the job.distribute the child was started for (a child keeps its strategy)
+        self._log_rotation = (max_bytes, backups)  # its stderr log is rotated when a child starts, if too big
+        self._max_rss = max_rss
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._stopping = False  # set by stop(): a child ending now was stopped on purpose
+        self._stopped = threading.Event()
+
+    @classmethod
+    def for_config(cls, cfg) -> "Worker":
+        """The daemon's worker for the workspace configuration ``cfg``."""
+        return cls(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups, cfg.worker_max_bytes,
+                   one_round=cfg.strategy == "multi_worker")
+
+    @property
+    def stopping(self) -> bool:
+        """stop() was called: the daemon is shutting down."""
+        return self._stopping
+
+    def wait_stopping(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if stop() is called meanwhile."""
+        self._stopped.wait(seconds)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc and self._proc.poll() is None else None
+
+    def _start(self) -> subprocess.Popen:
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        max_bytes, backups = self._log_rotation
+        if max_bytes and self._log_path.exists() and self._log_path.stat().st_size > max_bytes:
+            logs.rotate(self._log_path, backups)
+        stderr = open(self._log_path, "ab")  # noqa: SIM115 - handed to the child
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "odal.daemon.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=stderr, env=env, text=True, bufsize=1, start_new_session=True,
+        )
+        stderr.close()
+        try:
+            ready = decode(proc.stdout.readline())
+        except ProtocolError:
+            ready = None
+        if not isinstance(ready, Ready):
+            proc.kill()
+            proc.wait()
+            raise RoundFailed(f"the worker did not start; see {self._log_path}")
+        log.info("worker_started", pid=proc.pid)
+        return proc
+
+    def run(self, job: RoundJob, on_progress: Callable[[Progress], None] = lambda progress: None) -> RoundResult:
+        """Send one job; relay its progress; return its result (raises RoundFailed / Abandoned).  An answer for
+        another round than ``job.round_id``, or a line that is not a protocol message, fails the round."""
+        with self._lock:
+            if self._stopping:
+                raise Abandoned("worker stopping")
+            if self._proc is not None and self._proc.poll() is None and job.distribute != self._spec:
+                self._retire(self._proc, reason="training.strategy changed")
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc, self._spec = self._start(), job.distribute
+            proc = self._proc
+        if self._stopping:  # stop() ran while the child was starting: it never saw it
+            self.stop()
+            raise Abandoned("worker stopped")
+        try:
+            proc.stdin.write(encode(job))
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the child is gone; its exit status (below) says why
+        try:
+            for line in proc.stdout:
+                message = _answer(job, line)
+                if isinstance(message, Progress):
+                    on_progress(message)
+                elif isinstance(message, (RoundResult, JobFailed)):
+                    break
+            else:
+                message = None
+        except BaseException:  # a bad or foreign answer, or on_progress raised: the child's later answers must not
+            self._discard(proc)  # be read as the next job's, so it goes and the next round starts a fresh one
+            raise
+        if isinstance(message, JobFailed):
+            raise RoundFailed(message.error)
+        if isinstance(message, RoundResult):
+            self._retire_if_grown(proc)
+            return message
+        code = proc.wait()
+        self._proc = None
+        if code in (-signal.SIGTERM, -signal.SIGKILL) and self._stopping:
+            raise Abandoned("worker stopped")
+        raise RoundFailed(f"the worker exited with {code} during the round; see {self._log_path}")
+
+    def _discard(self, proc: subprocess.Popen) -> None:
+        """Kill a child that is out of step with its client (a bad or foreign answer, a relay that raised)."""
+        with self._lock:
+            if self._proc is proc:
+                self._proc = None
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.wait()
+        log.warning("worker_discarded", pid=proc.pid)
+
+    def _retire_if_grown(self, proc: subprocess.Popen) -> None:
+        rss = rss_bytes(proc.pid)
+        if self._one_round:
+            with self._lock:
+                self._retire(proc, reason="one round per child (multi_worker)")
+        elif self._max_rss and rss is not None and rss > self._max_rss:
+            with self._lock:
+                self._retire(proc, rss_mb=round(rss / (1 << 20)), max_mb=round(self._max_rss / (1 << 20)))
+
+    def _retire(self, proc: subprocess.Popen, **why) -> None:
+        """End the child politely (it exits at the end of its input); the next round starts a new one."""
+        self._proc = None
+        proc.stdin.close()  # the child ends at the end of its input
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.info("worker_retired", pid=proc.pid, **why)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the child's session, SIGKILL after ``timeout``."""
+        self._stopping = True
+        self._stopped.set()
+        with self._lock:  # waits for a child being started (run() then sees _stopping and stops it)
+            proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            proc.stdin.close()
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except (ProcessLookupError, BrokenPipeError, OSError):
+            pass
+        log.info("worker_stopped", pid=proc.pid)
+
+
+def rss_bytes(pid: int) -> int | None:
+    """The resident memory of process ``pid`` (``VmRSS`` in /proc), or None if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _answer(job: RoundJob, line: str):
+    """The message on ``line``, checked to answer ``job`` (RoundFailed when it is not a message, or answers another
+    round; a failure whose round id the child could not read is taken as this job's)."""
+    try:
+        message = decode(line)
+    except ProtocolError as error:
+        raise RoundFailed(f"the worker answered round {job.round_id} with a bad line: {error}") from None
+    if isinstance(message, JobFailed) and message.round_id is None:
+        return message
+    if getattr(message, "round_id", job.round_id) != job.round_id:
+        raise RoundFailed(f"the worker answered round {message.round_id} to the job of round {job.round_id}")
+    return message
