@@ -72,21 +72,6 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def test_mirrored_round_over_two_cpu_devices_exports_a_model_that_predicts_and_trains_like_one_device(
-        tiny_models, tmp_path):
-    reference = tiny_models["results"][1].train
-    job = RoundJob(round_id=1, round_dir=tiny_models["dir"] / "round", pipeline_config=TINY_CONFIG,
-                   label_map=tiny_models["label_map"], num_classes=len(tiny_models["labels"]), steps=STEPS,
-                   init_checkpoint=tiny_models["checkpoints"][0], checkpoint_dir=tmp_path / "ckpt",
-                   export_dir=tmp_path / "export", distribute=Distribute("mirrored", cpu_devices=2))
-    result = run_worker_jobs([job], tmp_path / "worker.log")[0]
-    train = result.train
-    assert train["replicas"] == 2 and train["global_step"] == 2 * STEPS  # continued round 1's step, +1 a step
-    assert result.export == "full" and result.metrics is not None
-    _predicts(tmp_path / "export", tiny_models["images"][0])
-    assert_close_to_reference(train["losses"], reference["losses"])
-
-
 def _events(path: Path) -> list[dict]:
     """The JSON log events in a file that also holds TensorFlow's own stderr lines."""
     events = []
@@ -154,3 +139,18 @@ def test_multi_worker_round_with_a_train_worker_over_loopback_publishes_a_model_
     assert not (cfg.work_dir / "distributed" / "job.json").exists()
     assert {p.name for p in (cfg.work_dir / "checkpoints").iterdir()} == {f"round-{outcome.round_id}"}
     assert_close_to_reference(chief["losses"], tiny_models["results"][1].train["losses"])
+
+
+def test_mirrored_round_over_two_cpu_devices_exports_a_model_that_predicts_and_trains_like_one_device(
+        tiny_models, tmp_path):
+    reference = tiny_models["results"][1].train
+    job = RoundJob(round_id=1, round_dir=tiny_models["dir"] / "round", pipeline_config=TINY_CONFIG,
+                   label_map=tiny_models["label_map"], num_classes=len(tiny_models["labels"]), steps=STEPS,
+                   init_checkpoint=tiny_models["checkpoints"][0], checkpoint_dir=tmp_path / "ckpt",
+                   export_dir=tmp_path / "export", distribute=Distribute("mirrored", cpu_devices=2))
+    result = run_worker_jobs([job], tmp_path / "worker.log")[0]
+    train = result.train
+    assert train["replicas"] == 2 and train["global_step"] == 2 * STEPS  # continued round 1's step, +1 a step
+    assert result.export == "full" and result.metrics is not None
+    _predicts(tmp_path / "export", tiny_models["images"][0])
+    assert_close_to_reference(train["losses"], reference["losses"])
