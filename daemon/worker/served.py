@@ -27,10 +27,11 @@ def evaluate_served(session, configs: dict, saved_model_dir: Path, summary_dir: 
     """COCO metrics of the SavedModel in ``saved_model_dir`` on the session's eval data; the session's live
     weights are unchanged afterwards.  Raises :class:`ServedMismatch` (or TensorFlow's error) when its weights
     cannot stand in for the model's."""
-    weights = [v for v in session.model.variables if v is not session.global_step]
+    model = session.evaluation_model()
+    weights = [v for v in model.variables if v is not session.global_step]
     live = [np.array(v.numpy(), copy=True) for v in weights]
     try:
-        status = tf.train.Checkpoint(_model=session.model).restore(
+        status = tf.train.Checkpoint(_model=model).restore(
             str(Path(saved_model_dir) / "variables" / "variables"))
         status.expect_partial()
         # Every weight of the model must have come from the served version, else we would evaluate a mixture.
@@ -46,4 +47,4 @@ def evaluate_served(session, configs: dict, saved_model_dir: Path, summary_dir: 
             variable.assign(value)
         # An evaluation that failed half-way leaves the model in inference mode; training must not go on in it.
         tf.keras.backend.set_learning_phase(True)
-        session.model._is_training = True  # noqa: SLF001 - the OD API toggles this flag itself
+        model._is_training = True  # noqa: SLF001 - the OD API toggles this flag itself

@@ -111,6 +111,7 @@ class ModelSession:
         self._datasets: dict[str, tuple[str, object]] = {}  # split -> (what it was built from, the dataset)
         self._links = tempfile.TemporaryDirectory(prefix="odal-worker-")  # the stable paths the datasets read
         self._inference = None
+        self._plain = None  # under a strategy: (one-device model that evaluations run, checkpoint it holds)
         self._graph: SavedGraph | None = None  # set by the first export: what later exports write again
 
     # -- weights ---------------------------------------------------------------------------------------------------
@@ -251,15 +252,31 @@ class ModelSession:
 
     # -- evaluate ----------------------------------------------------------------------------------------------------
     def evaluate(self, configs: dict, summary_dir: Path | None = None) -> dict:
-        """COCO detection metrics on the eval split, with the live weights."""
+        """COCO detection metrics on the eval split, with the live weights (under a strategy: those of the
+        checkpoint just saved, ``weights_from``, in :meth:`evaluation_model`)."""
         dataset = self._dataset(configs, "eval")
+        model = self.evaluation_model()
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
         with writer.as_default():
-            metrics = model_lib_v2.eager_eval_loop(self.model, configs, dataset, global_step=self.global_step)
+            metrics = model_lib_v2.eager_eval_loop(model, configs, dataset, global_step=self.global_step)
         writer.flush()
         tf.keras.backend.set_learning_phase(True)
-        self.model._is_training = True  # noqa: SLF001 - the OD API toggles this flag itself
+        model._is_training = True  # noqa: SLF001 - the OD API toggles this flag itself
         return {name: float(value) for name, value in metrics.items()}
+
+    def evaluation_model(self):
+        """The model evaluations run: the training model itself, or under a strategy a one-device copy holding
+        the checkpoint ``weights_from``.  (A distributed model's batch-norm statistics are synchronised on read:
+        reading them outside the replicas is an all-reduce across the workers, which the other workers, done with
+        the round, never join: the chief's evaluation waited until the collective timeout.)"""
+        if self.dist.strategy is None:
+            return self.model
+        if self._plain is None:
+            self._plain = [model_builder.build(model_config=self.model_config, is_training=True), None]
+        if self._plain[1] != self.weights_from and self.weights_from:
+            tf.train.Checkpoint(model=self._plain[0]).restore(self.weights_from).expect_partial()
+            self._plain[1] = self.weights_from
+        return self._plain[0]
 
     # -- export ------------------------------------------------------------------------------------------------------
     def export(self, checkpoint_prefix: str, out_dir: Path) -> str:
