@@ -52,6 +52,7 @@ test-fast: $(STAMP)
 # Benchmarks (minutes; results in bench/results/). bench_serving needs a model: it uses the demo's newest version.
 bench: $(STAMP)
 	$(BIN)/python bench/bench_round.py
+	nice -n 10 $(BIN)/python bench/bench_latency.py
 	$(BIN)/python bench/bench_worker_memory.py
 	$(BIN)/python bench/bench_idle.py
 	$(BIN)/python bench/bench_ingest.py

@@ -26,7 +26,7 @@ from daemon_harness import DaemonProcess, make_workspace  # noqa: E402
 from hostile import KINDS, make  # noqa: E402
 from test_recipe import brightness_model, serve  # noqa: E402
 
-from odal.daemon.store.queue import ActiveQueue  # noqa: E402
+from odal.daemon.store.queue_query import QueueQuery  # noqa: E402
 
 
 def memory(pid: int) -> dict:
@@ -75,7 +75,7 @@ def main() -> int:
                                                          f'data_dir = "{data}"'))
             with DaemonProcess(config) as daemon:
                 rows.append(("daemon started (queue scanned)", memory(daemon.pid), memory(spid)))
-                queue = ActiveQueue.reader(config.parent / "work")
+                queue = QueueQuery.reader(config.parent / "work")
                 started = time.monotonic()
                 scored: set[str] = set()
                 while time.monotonic() - started < 300 and not expected <= scored:

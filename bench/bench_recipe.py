@@ -47,7 +47,8 @@ def _train(root: Path, images: list) -> Path:
 
     worker = Worker(root / "worker.log")
     try:
-        worker.run(RoundJob(round_id=1, round_dir=round_dir, pipeline_config=REPO / "daemon/assets/ssd_mobilenet_v2_tiny.config",
+        worker.run(RoundJob(round_id=1, round_dir=round_dir,
+                            pipeline_config=REPO / "daemon/assets/ssd_mobilenet_v2_tiny.config",
                             label_map=root / "label_map.pbtxt", num_classes=len(labels), steps=20,
                             checkpoint_dir=root / "ckpt", export_dir=root / "export"))
     finally:

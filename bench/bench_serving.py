@@ -96,11 +96,49 @@ def _summary(runs: list[dict]) -> dict:
             "rps": len(latencies) / wall, "n": len(latencies)}
 
 
-def _start_server(saved_model: Path, workdir: Path) -> ServerProcess:
-    base = workdir / "models" / "bench"
+def model_base(workdir: Path, name: str, saved_model: Path) -> Path:
+    """A model base path ``workdir/models/name`` whose version 1 is ``saved_model`` (a link)."""
+    base = workdir / "models" / name
     base.mkdir(parents=True)
     os.symlink(saved_model.resolve(), base / "1")
-    return ServerProcess(workdir / "serve.log", "--model_name=bench", f"--model_base_path={base}")
+    return base
+
+
+def start_server(label: str, base: Path, workdir: Path, model: str, *flags: str, pythonpath: str | None = None,
+                 wait: float = 0.0) -> ServerProcess:
+    """``odal serve`` of ``base`` as ``model`` (an older checkout's code with ``pythonpath``); waits until the
+    model is available when ``wait`` (seconds) is given."""
+    env = dict(os.environ)
+    if pythonpath:
+        os.environ["PYTHONPATH"] = pythonpath
+    try:
+        server = ServerProcess(workdir / f"serve-{label}.log", f"--model_name={model}", f"--model_base_path={base}",
+                               *flags)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    if wait:
+        from odal.serving.client import ServingClient
+
+        with ServingClient(server.address, timeout=120) as client:
+            client.wait_until_available(model, timeout=wait)
+    return server
+
+
+def rest_caller(port: int, model: str, body: bytes, timeout: float = 300):
+    """A call POSTing ``body`` to REST predict on a kept-alive connection per thread; raises unless 200."""
+    local = threading.local()
+
+    def call() -> None:
+        if getattr(local, "conn", None) is None:
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        local.conn.request("POST", f"/v1/models/{model}:predict", body, {"Content-Type": "application/json"})
+        answer = local.conn.getresponse()
+        payload = answer.read()
+        if answer.status != 200:
+            raise RuntimeError(payload[:200])
+        json.loads(payload)
+    return call
 
 
 def main(argv: list[str]) -> int:
@@ -134,7 +172,7 @@ def main(argv: list[str]) -> int:
         {key: value.numpy() for key, value in outputs.items()}
 
     workdir = Path(tempfile.mkdtemp(prefix="odal-bench-"))
-    server = _start_server(args.saved_model, workdir)
+    server = start_server("bench", model_base(workdir, "bench", args.saved_model), workdir, "bench")
     try:
         from odal.serving.client import ServingClient
         client = ServingClient(server.address, timeout=120)
@@ -154,18 +192,7 @@ def main(argv: list[str]) -> int:
             rows.append(("odal serve, gRPC", concurrency, _summary(grpc_runs)))
             print(rows[-2], rows[-1], flush=True)
 
-        body = json.dumps({"instances": batch.tolist()}).encode()
-        local = threading.local()
-
-        def rest_call() -> None:
-            if getattr(local, "conn", None) is None:
-                local.conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=120)
-            local.conn.request("POST", "/v1/models/bench:predict", body, {"Content-Type": "application/json"})
-            answer = local.conn.getresponse()
-            payload = answer.read()
-            if answer.status != 200:
-                raise RuntimeError(payload[:200])
-            json.loads(payload)
+        rest_call = rest_caller(server.rest_port, "bench", json.dumps({"instances": batch.tolist()}).encode(), 120)
 
         for concurrency in CONCURRENCY:
             rows.append(("odal serve, REST (JSON pixels)", concurrency,

@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from serving_fixtures import peak_rss_mib, save_small_model  # noqa: E402
 
+from bench_serving import start_server  # noqa: E402
+
 IMAGE = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(1, 4, 5, 3)
 
 
@@ -101,17 +103,7 @@ def _hostile(server: ServerProcess) -> dict:
 
 
 def _start(label: str, base: Path, workdir: Path, pythonpath: str | None) -> ServerProcess:
-    env_before = os.environ.get("PYTHONPATH")
-    if pythonpath:
-        os.environ["PYTHONPATH"] = pythonpath
-    try:
-        server = ServerProcess(workdir / f"serve-{label}.log", "--model_name=m", f"--model_base_path={base}")
-    finally:
-        if pythonpath:
-            os.environ.pop("PYTHONPATH") if env_before is None else os.environ.__setitem__("PYTHONPATH", env_before)
-    from odal.serving.client import ServingClient
-    with ServingClient(server.address, timeout=60) as client:
-        client.wait_until_available("m", timeout=300)
+    server = start_server(label, base, workdir, "m", pythonpath=pythonpath, wait=300)
     _post(server.rest_port, json.dumps({"instances": IMAGE.tolist()}).encode())
     return server
 

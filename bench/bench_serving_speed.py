@@ -17,7 +17,6 @@ batching >= the in-process call's.  Writes bench/results/serving_speed.md.  Not 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import platform
@@ -25,55 +24,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 
-from bench_serving import _image, _measure, _summary
+from bench_serving import _image, _measure, _summary, model_base, rest_caller, start_server
 from odal.serving.process import ServerProcess
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results" / "serving_speed.md"
-
-
-def _server(label: str, base: Path, workdir: Path, pythonpath: str | None, *flags: str) -> ServerProcess:
-    env = dict(os.environ)
-    if pythonpath:
-        os.environ["PYTHONPATH"] = pythonpath
-    try:
-        server = ServerProcess(workdir / f"serve-{label}.log", "--model_name=bench", f"--model_base_path={base}",
-                               *flags)
-    finally:
-        os.environ.clear()
-        os.environ.update(env)
-    from odal.serving.client import ServingClient
-    with ServingClient(server.address, timeout=120) as client:
-        client.wait_until_available("bench", timeout=300)
-    return server
-
-
-def _base(workdir: Path, name: str, saved_model: Path) -> Path:
-    base = workdir / "models" / name
-    base.mkdir(parents=True)
-    os.symlink(saved_model.resolve(), base / "1")
-    return base
-
-
-def _rest_caller(port: int, body: bytes):
-    local = threading.local()
-
-    def call() -> None:
-        if getattr(local, "conn", None) is None:
-            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        local.conn.request("POST", "/v1/models/bench:predict", body, {"Content-Type": "application/json"})
-        answer = local.conn.getresponse()
-        payload = answer.read()
-        if answer.status != 200:
-            raise RuntimeError(payload[:200])
-        json.loads(payload)
-    return call
 
 
 def _batchable_copy(saved_model: Path, folder: Path) -> None:
@@ -120,8 +80,8 @@ def main(argv: list[str]) -> int:
     servers: dict[str, ServerProcess] = {}
     rows: list[tuple[str, dict]] = []
     try:
-        base = _base(workdir, "plain", args.saved_model)
-        servers["after"] = _server("after", base, workdir, None)
+        base = model_base(workdir, "plain", args.saved_model)
+        servers["after"] = start_server("after", base, workdir, "bench", wait=300)
         if args.compare_commit:
             old = workdir / "old"
             (old / "odal").mkdir(parents=True)
@@ -129,15 +89,16 @@ def main(argv: list[str]) -> int:
                                      check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(old / "odal")], input=archive, check=True)
             (old / "odal" / "daemon").symlink_to(REPO / "daemon")
-            servers["before"] = _server("before", base, workdir, str(old))
+            servers["before"] = start_server("before", base, workdir, "bench", pythonpath=str(old), wait=300)
         client = ServingClient(servers["after"].address, timeout=300)
         grpc = lambda: client.predict_tensors("bench", {"input_tensor": image})  # noqa: E731
         runs: dict[str, list] = {"grpc": [], "rest": [], "rest_before": []}
         for _ in range(args.rounds):
             runs["grpc"].append(_measure(grpc, 1, args.requests, 2))
-            runs["rest"].append(_measure(_rest_caller(servers["after"].rest_port, body), 1, args.rest_requests, 1))
+            runs["rest"].append(_measure(rest_caller(servers["after"].rest_port, "bench", body), 1,
+                                         args.rest_requests, 1))
             if "before" in servers:
-                runs["rest_before"].append(_measure(_rest_caller(servers["before"].rest_port, body), 1,
+                runs["rest_before"].append(_measure(rest_caller(servers["before"].rest_port, "bench", body), 1,
                                                     args.before_requests, 1))
         rows.append((f"gRPC, HEAD {head}, 1 client", _summary(runs["grpc"])))
         rows.append((f"REST JSON numbers, HEAD {head}, 1 client", _summary(runs["rest"])))
@@ -149,8 +110,9 @@ def main(argv: list[str]) -> int:
 
         _batchable_copy(args.saved_model, workdir / "batchable")
         batching_file = REPO / "serving" / "batching_parameters.txt"
-        servers["batching"] = _server("batching", _base(workdir, "batchable", workdir / "batchable"), workdir, None,
-                                      "--enable_batching", f"--batching_parameters_file={batching_file}")
+        servers["batching"] = start_server("batching", model_base(workdir, "batchable", workdir / "batchable"),
+                                           workdir, "bench", "--enable_batching",
+                                           f"--batching_parameters_file={batching_file}", wait=300)
         batched_client = ServingClient(servers["batching"].address, timeout=300)
         function = tf.saved_model.load(str(args.saved_model)).signatures["serving_default"]
 

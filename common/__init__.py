@@ -1,1 +1,2 @@
-"""odal.common: the leaf layer (imports nothing of odal): errors, uncertainty, sd_notify."""
+"""odal.common: the leaf layer that daemon, serving and recipe import (it imports nothing of odal): errors, image
+rules, content hash, rect spans, HOST:PORT, process groups, uncertainty, sd_notify."""

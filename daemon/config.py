@@ -9,13 +9,15 @@ settings odal cannot feed are checked here, once.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from odal.daemon.rounds import pipeline_check
+from odal.common.address import parse_address
 from odal.common.errors import ConfigError
 from odal.daemon.rounds.gate import METRICS
+from odal.daemon.store.db import LEDGER_FILE
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -48,6 +50,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "cpu_devices": (int, 0),  # mirrored over this many logical CPU devices instead of the GPUs (0 = GPUs)
         "workers": (list, []),  # multi_worker: every worker's "host:port", the chief (this daemon) first
         "index": (int, 0),  # multi_worker: this host's place in workers (0 = the chief, which runs odal-daemon)
+        "prewarm": (bool, True),  # start the worker and trace the model while waiting for annotations
     },
     "retention": {
         "versions": (int, 3),
@@ -109,6 +112,7 @@ class Config:
     cpu_devices: int = 0
     workers: tuple[str, ...] = ()
     worker_index: int = 0
+    prewarm: bool = True
     log_max_bytes: int = 64 << 20
     log_backups: int = 3
     metrics_address: str = ""
@@ -120,11 +124,10 @@ class Config:
     gate_tolerance: float = 0.0
     eval_export: Path | None = None
     eval_dataset: str = ""
-    raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def ledger_path(self) -> Path:
-        return self.work_dir / "ledger.sqlite"
+        return self.work_dir / LEDGER_FILE
 
     @property
     def limits(self):
@@ -138,7 +141,7 @@ def _typed(section: str, key: str, value: Any, kind: type) -> Any:
         return float(value)
     if kind is list and not (isinstance(value, list) and all(isinstance(item, str) for item in value)):
         raise ConfigError(f"{section}.{key}: expected a list of strings, got {value!r}")
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{section}.{key}: expected {kind.__name__}, got {value!r}")
     return value
 
@@ -158,6 +161,8 @@ def parse(data: dict, path: Path) -> Config:
         for key, (kind, default) in keys.items():
             if key in data.get(section, {}):
                 values[section, key] = _typed(section, key, data[section][key], kind)
+                if (section, key) == ("log", "level"):  # INFO, Info and info alike
+                    values[section, key] = values[section, key].lower()
             elif default is ...:
                 raise ConfigError(f"{section}.{key}: required")
             else:
@@ -190,7 +195,7 @@ def parse(data: dict, path: Path) -> Config:
         ("training", "worker_max_mb", lambda v: v >= 0, "must be >= 0 (0: never restart the worker)"),
         ("training", "strategy", lambda v: v in STRATEGIES, ", ".join(STRATEGIES)),
         ("training", "cpu_devices", lambda v: 0 <= v <= 64, "must be in 0..64 (0: the GPUs)"),
-        ("training", "workers", lambda v: all(_host_port(w) for w in v), "each HOST:PORT"),
+        ("training", "workers", lambda v: all(_is_host_port(w) for w in v), "each HOST:PORT"),
         ("training", "index", lambda v: 0 <= v < max(1, len(values["training", "workers"])),
          "must be a place in training.workers (0 = the chief)"),
         ("retention", "versions", lambda v: v >= 1, "must be >= 1"),
@@ -216,12 +221,13 @@ def parse(data: dict, path: Path) -> Config:
         raise ConfigError("training.workers: multi_worker needs at least two HOST:PORT, the chief's first")
     eval_export = _eval_source(values, resolve("gate", "eval_export", "file"), export_dir, prodigy_db)
     metrics_address = values["metrics", "address"]
-    if metrics_address and not _host_port(metrics_address):
-        raise ConfigError(f"metrics.address: HOST:PORT (e.g. 127.0.0.1:9464), got {metrics_address!r}")
+    _host_port("metrics.address", metrics_address, "127.0.0.1:9464")
+    _host_port("serving.address", values["serving", "address"], "127.0.0.1:8500")
 
     pipeline_config = resolve("model", "pipeline_config", "file")
     pipeline = pipeline_check.read(pipeline_config)
     pipeline_check.unsupported(pipeline, pipeline_config)
+    pipeline_check.trainable_patterns(pipeline, pipeline_config)
     fine_tune = pipeline_check.fine_tune(pipeline, pipeline_config, values["model", "fine_tune_checkpoint"],
                                          values["model", "fine_tune_checkpoint_type"], base)
 
@@ -253,6 +259,7 @@ def parse(data: dict, path: Path) -> Config:
         cpu_devices=values["training", "cpu_devices"],
         workers=tuple(values["training", "workers"]),
         worker_index=values["training", "index"],
+        prewarm=values["training", "prewarm"],
         log_max_bytes=int(values["log", "max_mb"] * (1 << 20)),
         log_backups=values["log", "backups"],
         metrics_address=metrics_address,
@@ -264,13 +271,22 @@ def parse(data: dict, path: Path) -> Config:
         gate_tolerance=values["gate", "tolerance"],
         eval_export=eval_export,
         eval_dataset=values["gate", "eval_dataset"],
-        raw=data,
     )
 
 
-def _host_port(text: str) -> bool:
-    host, _, port = text.rpartition(":")
-    return bool(host) and port.isdigit() and int(port) <= 65535
+def _host_port(key: str, address: str, example: str) -> None:
+    """An address is empty (off) or HOST:PORT: a bare host would make every later connection fail."""
+    try:
+        parse_address(address)
+    except ValueError:
+        raise ConfigError(f"{key}: HOST:PORT (e.g. {example}), got {address!r}") from None
+
+
+def _is_host_port(address: str) -> bool:
+    try:
+        return parse_address(address) is not None
+    except ValueError:
+        return False
 
 
 def _eval_source(values: dict, eval_export: Path | None, export_dir: Path | None, prodigy_db: Path | None):

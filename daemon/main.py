@@ -25,11 +25,11 @@ from pathlib import Path
 from odal.common.sdnotify import Notifier, watchdog_interval
 from odal.daemon import watchers
 from odal.daemon.config import Config
-from odal.daemon.handlers import ingest, ingest_db
+from odal.daemon.handlers import ingest, ingest_db, scoring
 from odal.daemon.rounds import publish
 from odal.daemon.rounds.round import run_round
-from odal.daemon.rounds.worker_client import Abandoned, Worker
-from odal.daemon.sources import limits
+from odal.daemon.rounds.worker_client import Abandoned, worker_for
+from odal.daemon.sources import limits, prodigy_db
 from odal.daemon.sources.label_map import load_label_map
 from odal.daemon.store.history import History
 from odal.daemon.store.ledger import Ledger
@@ -38,8 +38,9 @@ from odal.daemon.store.statusfile import StatusFile
 from odal.daemon.system import log as logs
 from odal.daemon.system.degraded import Degraded, is_disk_error
 from odal.daemon.system.lock import WorkspaceLock
-from odal.daemon.system.metrics import Metrics
+from odal.daemon.system.metrics import Metrics, serve_address
 from odal.daemon.watchers.events import ExportChanged, ImageChanged, ProdigyDbChanged
+from odal.daemon.watchers.export_dir import export_files
 from odal.daemon.watchers.image_dir import SettleRechecks
 from odal.serving.client import ServingClient
 
@@ -66,13 +67,12 @@ class Daemon:
         limits.configure(cfg.limits)
         self.degraded = Degraded()  # a full disk: events retried with backoff, shown in status, never an exit
         self.rechecks = SettleRechecks(cfg.limits.settle_seconds + 1.0)
-        self.worker = Worker.for_config(cfg)
+        self.worker = worker_for(cfg, self.labels)  # prewarmed in run(): traced before annotations arrive
         self._round_thread: threading.Thread | None = None
         self._last_event = 0.0
         self._next_scoring = 0.0
         self._failed_at_seq: int | None = None  # ledger change counter a round last failed on
         self.scorer = None
-        self._status = "idle"
         self.metrics = Metrics()
         self.status_file = StatusFile(cfg.work_dir)
         self._ping_every = watchdog_interval() or 10.0
@@ -93,11 +93,11 @@ class Daemon:
             abandoned = self.history.abandon_running()
             if cfg.prodigy_db is not None:
                 try:
-                    ingest_db.check_schema(cfg.prodigy_db)
+                    prodigy_db.check_schema(cfg.prodigy_db)
                 except sqlite3.OperationalError as error:  # Prodigy is writing: checked again on each read
                     log.warning("prodigy_db_locked", file=str(cfg.prodigy_db), error=str(error))
             observer = watchers.start(cfg, self.events)
-            metrics_server = self._serve_metrics()
+            metrics_server = serve_address(cfg.metrics_address, self.metrics)
             log.info("daemon_started", config=str(cfg.path), export_dir=str(cfg.export_dir or ""),
                      prodigy_db=str(cfg.prodigy_db or ""), data_dir=str(cfg.data_dir), base_path=str(cfg.base_path),
                      labels=self.labels, abandoned_rounds=abandoned)
@@ -105,6 +105,7 @@ class Daemon:
             if fine_tune.checkpoint:  # where round 1 starts from (a round with an earlier checkpoint continues it)
                 log.info("fine_tune_checkpoint", path=fine_tune.checkpoint, type=fine_tune.type,
                          source=fine_tune.source, **({"override": fine_tune.note} if fine_tune.note else {}))
+            self.worker.prewarm()
             try:
                 self.notifier.ready()  # the watchers run; what they see meanwhile waits on the queue
                 self._set_status("reading annotation sources")
@@ -269,13 +270,12 @@ class Daemon:
         as the set-aside list names them."""
         read = set()
         if self.cfg.export_dir is not None and self.cfg.export_dir.is_dir():
-            for path in sorted(self.cfg.export_dir.iterdir()):
-                if path.suffix in (".jsonl", ".json") and not path.name.startswith("."):
-                    self._handle(ExportChanged(str(path)))
-                    read.add(ingest.source_label(path))
+            for path in export_files(self.cfg.export_dir):
+                self._handle(ExportChanged(str(path)))
+                read.add(ingest.source_label(path))
         if self.cfg.prodigy_db is not None:
             self._handle(ProdigyDbChanged(str(self.cfg.prodigy_db)))
-            read.add(ingest_db.file_label(self.cfg.prodigy_db, self.cfg.prodigy_dataset))
+            read.add(prodigy_db.file_label(self.cfg.prodigy_db, self.cfg.prodigy_dataset))
         return read
 
     def _log_ingest(self, source: str, stats: dict) -> None:
@@ -307,7 +307,7 @@ class Daemon:
         if time.monotonic() < self._next_scoring or not self.degraded.may_try():
             return
         try:
-            scored = self.queue.score_pending(self.scorer, self.cfg.model_name, limit=8)
+            scored = scoring.score_pending(self.queue, self.scorer, self.cfg.model_name, limit=8)
         except Exception as error:  # noqa: BLE001 - scoring is a courtesy: it never stops the daemon
             if is_disk_error(error):
                 self._disk_failed("scoring the active-learning queue", error)
@@ -349,35 +349,26 @@ class Daemon:
 
         return confirm.Confirmer(self.cfg)
 
-    def _set_status(self, text: str) -> None:
-        self._status = text
+    def _set_status(self, text: str, detail: dict | None = None) -> None:  # detail: a round's stage, step, ETA
         self.notifier.status(text)
-        self.status_file.set(text)
-
-    def _serve_metrics(self):
-        """The Prometheus endpoint when ``[metrics] address`` is set (loopback is the intended use)."""
-        if not self.cfg.metrics_address:
-            return None
-        from odal.daemon.system.metrics import parse_address, serve
-
-        host, port = parse_address(self.cfg.metrics_address)
-        server = serve(host, port, self.metrics)
-        log.info("metrics_serving", address=f"{server.host}:{server.port}")
-        return server
+        self.status_file.set(text, detail)
 
     def _reload(self) -> None:
         from odal.daemon import config as config_module
+        from odal.daemon.system import reload
 
         self.reload_requested.clear()
         self.notifier.reloading()
         try:
-            new = config_module.load(self.cfg.path)
+            new, waiting = reload.merge(self.cfg, config_module.load(self.cfg.path))
             labels = load_label_map(new.label_map)
             changed = labels != self.labels
             self.cfg, self.labels = new, labels
             limits.configure(new.limits)
             self.rechecks.delay = new.limits.settle_seconds + 1.0
             log.info("config_reloaded", config=str(new.path), labels_changed=changed)
+            if waiting:  # kept at their running values until the daemon restarts
+                log.warning("config_needs_restart", keys=waiting)
             if changed:  # lines set aside for a label that is known now get their chance
                 self.retry_requested.set()
             else:

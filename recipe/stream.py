@@ -16,7 +16,6 @@ without suggestions (one warning, see :mod:`odal.recipe.predictor`).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
 import threading
@@ -24,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from odal.recipe.tasks import add_detections, is_image_name, make_task, own_hashes, read_image
+from odal.common.images import image_files
+from odal.recipe.tasks import add_detections, make_task, own_hashes, read_image
 
 log = logging.getLogger("odal.recipe")
 
@@ -64,11 +64,7 @@ class StreamOptions:
 
 def list_images(source: Path) -> list[Path]:
     """Every image below ``source`` (hidden files and folders skipped), resolved, sorted by path."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(source):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath, name).resolve() for name in filenames if is_image_name(name))
-    return sorted(found)
+    return sorted(path.resolve() for path in image_files(source))
 
 
 def ordered_paths(files: Sequence[Path], order: str, seed: int = 0,
@@ -92,10 +88,10 @@ def queue_state(work_dir: Path | None) -> tuple[list[dict], set[str], set[str], 
     """(ranked queue rows, answered input hashes, answered image paths, daemon data dir) of a daemon's work dir."""
     if work_dir is None:
         return [], set(), set(), None
-    from odal.daemon.store.queue import ActiveQueue
+    from odal.daemon.store.queue_query import QueueQuery
 
     try:
-        with ActiveQueue.reader(Path(work_dir)) as active:
+        with QueueQuery.reader(Path(work_dir)) as active:
             hashes, paths = active.answered()
             try:
                 rows = active.next_images(10**9)

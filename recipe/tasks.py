@@ -11,29 +11,19 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import mimetypes
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Iterable, Sequence
 
 import numpy as np
 
-from odal.daemon.watchers.image_dir import IMAGE_SUFFIXES
+from odal.common.hashing import content_hash
+from odal.common.images import ImageData
+from odal.common.spans import rect_span
 from odal.common.uncertainty import uncertainty
 from odal.serving.client import Detections
-
-
-@dataclass(frozen=True)
-class ImageData:
-    path: Path
-    data: bytes
-    width: int
-    height: int
-    pixels: np.ndarray  # (height, width, 3) uint8
 
 
 def read_image(path: Path) -> ImageData:
@@ -49,12 +39,6 @@ def read_image(path: Path) -> ImageData:
         raise ValueError(f"{path}: not a readable image: {error}") from error
     height, width = pixels.shape[:2]
     return ImageData(path, data, width, height, pixels)
-
-
-def content_hash(data: bytes) -> int:
-    """Stable input hash of image bytes when Prodigy's ``set_hashes`` is absent: the first 4 bytes of SHA-1 as a
-    signed int (the same rule as ``odal.daemon.sources.datasets.input_hash``, so the demo annotator agrees)."""
-    return int.from_bytes(hashlib.sha1(data).digest()[:4], "big", signed=True)
 
 
 def own_hashes(task: dict, data: bytes) -> dict:
@@ -78,15 +62,6 @@ def stored_path(path: Path, data_dir: Path | None) -> str:
         if resolved.is_relative_to(root):
             return resolved.relative_to(root).as_posix()
     return str(resolved)
-
-
-def rect_span(label: str, x0: float, y0: float, x1: float, y1: float, score: float | None = None) -> dict:
-    """A Prodigy rect span in pixels; points run top-left, bottom-left, bottom-right, top-right."""
-    span = {"label": label, "type": "rect", "x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0,
-            "center": [(x0 + x1) / 2, (y0 + y1) / 2], "points": [[x0, y0], [x0, y1], [x1, y1], [x1, y0]]}
-    if score is not None:
-        span["score"] = round(score, 4)
-    return span
 
 
 def spans_of(detections: Detections, labels: Sequence[str], width: int, height: int,
@@ -138,8 +113,4 @@ def before_db(examples: Iterable[dict]) -> list[dict]:
 
 def _clip(value: float) -> float:
     return min(1.0, max(0.0, float(value)))
-
-
-def is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 

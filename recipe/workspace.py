@@ -18,7 +18,7 @@ from typing import Iterable
 
 from odal.daemon import config as config_module
 from odal.common.errors import ConfigError
-from odal.daemon.sources.prodigy_format import load_label_map
+from odal.daemon.sources.label_map import load_label_map
 
 DEFAULT_SERVER = "127.0.0.1:8500"  # TF Serving's gRPC port, when the workspace sets no serving.address
 

@@ -10,12 +10,12 @@ file; ``stop`` sends SIGTERM to its process group and SIGKILL if it has not exit
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from odal.common.processes import stop_process_group
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -23,19 +23,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-
-
-def stop_process_group(process: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM to the process group of ``process`` (started with ``start_new_session=True``), SIGKILL to it if
-    ``process`` has not exited after ``timeout`` seconds.  Nothing if it has already exited."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
 
 
 class ServerProcess:

@@ -65,8 +65,10 @@ class Registry:
     """Loaded models and their state; ``start()`` runs the manager thread, ``stop()`` ends it and unloads."""
 
     def __init__(self, load_fn: Callable[[str], Any], poll_seconds: float = 1.0, max_load_retries: int = 5,
-                 retry_interval: float = 60.0, allow_labels_for_unavailable: bool = False):
+                 retry_interval: float = 60.0, allow_labels_for_unavailable: bool = False, watch: bool = False):
         self._load_fn = load_fn
+        self._watch = watch  # also wake on inotify events in the base paths (serving/watch.py)
+        self._watcher = None
         self._poll_seconds = poll_seconds
         self._max_load_retries = max_load_retries
         self._retry_interval = retry_interval
@@ -82,12 +84,18 @@ class Registry:
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._watch:
+            from odal.serving.watch import BasePathWatcher
+
+            self._watcher = BasePathWatcher(self._wake.set)
         self._thread = threading.Thread(target=self._run, name="odal-serving-manager", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
+        if self._watcher is not None:
+            self._watcher.stop()
         if self._thread is not None:
             self._thread.join(timeout)
         with self._cond:
@@ -234,6 +242,8 @@ class Registry:
         """Read every base path once and carry out the transitions it calls for."""
         with self._cond:
             models = list(self._models.values())
+        if self._watcher is not None:  # base paths of the config (one that appeared since is watched from now)
+            self._watcher.update(model.source.base_path for model in models if model.source is not None)
         for model in models:
             source = model.source
             if source is not None:

@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-read --model_config_file this often; 0 reads it once")
     add("--file_system_poll_wait_seconds", type=int, default=1,
         help="look for new versions this often; 0 looks once")
+    add("--file_system_watch", type=_bool, nargs="?", const=True, default=True,
+        help="also look for new versions as soon as inotify sees a base path change (odal only; watch.py)")
+    add("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
+        help="replay a version's assets.extra/tf_serving_warmup_requests before it serves (TF Serving's)")
+    add("--num_request_iterations_for_warmup", type=int, default=1, help="times each warm-up request runs")
     add("--max_num_load_retries", type=int, default=5, help="retries of a failed version load (TF Serving: 5)")
     add("--load_retry_interval_micros", type=int, default=60_000_000, help="wait between load retries")
     add("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True, default=False,
@@ -135,7 +140,7 @@ def main(argv: list[str]) -> int:
 
 def _serve(args, stop: threading.Event) -> int:
     from odal.common.sdnotify import Notifier
-    from odal.serving import grpc_api, loader, rest_api
+    from odal.serving import grpc_api, rest_api, warmup
     from odal.serving.registry import Registry
 
     from odal.serving import batching, config_protos, predict
@@ -152,10 +157,12 @@ def _serve(args, stop: threading.Event) -> int:
         batcher = batching.Batcher(params)
         predict.use_batcher(batcher)
         log.info("batching predicts: %s", params)
-    registry = Registry(loader.Servable, poll_seconds=args.file_system_poll_wait_seconds,
+    load = warmup.loader(args.enable_model_warmup, limits, args.num_request_iterations_for_warmup)
+    registry = Registry(load, poll_seconds=args.file_system_poll_wait_seconds,
                         max_load_retries=args.max_num_load_retries,
                         retry_interval=args.load_retry_interval_micros / 1e6,
-                        allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models)
+                        allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
+                        watch=args.file_system_watch and args.file_system_poll_wait_seconds > 0)
     registry.reload(config)
     notifier = Notifier()
     grpc_server = rest_server = None

@@ -35,7 +35,8 @@ def run_worker_jobs(jobs: list[RoundJob], log_path: Path) -> list[RoundResult]:
 def tiny_models(tmp_path_factory) -> dict:
     """Two real SavedModels of a tiny SSD MobileNetV2 trained on generated shapes (two rounds, one worker).
 
-    Returns {"dir", "label_map", "labels", "images", "versions": [path1, path2], "checkpoints": [...]}.
+    Returns {"dir", "label_map", "labels", "images", "versions": [path1, path2], "checkpoints": [...]}; the
+    TensorBoard events of both rounds are in ``dir``/tensorboard.
     """
     root = tmp_path_factory.mktemp("tiny_models")
     items = datasets.generate_shapes(root / "images", 24, seed=7)
@@ -56,7 +57,8 @@ def tiny_models(tmp_path_factory) -> dict:
     jobs = [RoundJob(round_id=number, round_dir=round_dir, pipeline_config=TINY_CONFIG, label_map=label_map,
                      num_classes=len(labels), steps=20,
                      init_checkpoint=str(root / "ckpt-1" / "ckpt") if number == 2 else None,
-                     checkpoint_dir=root / f"ckpt-{number}", export_dir=root / "export" / str(number))
+                     checkpoint_dir=root / f"ckpt-{number}", export_dir=root / "export" / str(number),
+                     tensorboard_dir=root / "tensorboard")  # test_tensorboard reads what the rounds logged
             for number in (1, 2)]
     results = run_worker_jobs(jobs, root / "worker.log")
     return {
@@ -64,6 +66,24 @@ def tiny_models(tmp_path_factory) -> dict:
         "items": items, "versions": [root / "export" / "1", root / "export" / "2"],
         "checkpoints": [r.checkpoint for r in results], "results": results,
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_served(tiny_models, tmp_path_factory):
+    """The config of a workspace holding the tiny models' two rounds (``tiny_workspace``), versions 1 and 2,
+    with ``odal serve`` serving it (version 2 AVAILABLE at the start).  A test that changes it puts it back."""
+    from odal.serving.client import ServingClient
+    from odal.serving.process import ServerProcess, free_port
+    from tiny_workspace import workspace_of_the_tiny_run
+
+    root = tmp_path_factory.mktemp("tiny_served")
+    port = free_port()
+    cfg = workspace_of_the_tiny_run(root / "ws", tiny_models, f"127.0.0.1:{port}")
+    with ServerProcess(root / "serve.log", f"--model_name={cfg.model_name}", f"--model_base_path={cfg.base_path}",
+                       port=port, rest_port=0) as server:
+        with ServingClient(server.address, timeout=60) as client:
+            assert client.wait_until_available(cfg.model_name, 2, timeout=180) == 2
+        yield cfg
 
 
 @pytest.fixture

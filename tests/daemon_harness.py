@@ -24,7 +24,8 @@ from odal.daemon.store.history import History
 def make_workspace(root: Path, items: list, steps: int = 10, min_new: int = 2, debounce: float = 0.2,
                    eval_fraction: float = 0.0, versions: int = 3, checkpoints: int = 2,
                    serving_address: str = "", base_path: Path | None = None,
-                   labels: list[str] | None = None, gate: str | None = "tolerance = 1.0") -> Path:
+                   labels: list[str] | None = None, gate: str | None = "tolerance = 1.0",
+                   prewarm: bool = False) -> Path:
     """A workspace whose data dir holds ``items``' images; returns its ``odal.toml``.
 
     ``gate``: the body of its ``[gate]`` section.  By default every round publishes (tolerance 1.0): tests of other
@@ -35,6 +36,8 @@ def make_workspace(root: Path, items: list, steps: int = 10, min_new: int = 2, d
     text = config.read_text()
     text = re.sub(r"debounce_seconds = .*", f"debounce_seconds = {debounce}", text)
     text = re.sub(r"eval_fraction = .*", f"eval_fraction = {eval_fraction}", text)
+    if not prewarm:  # most tests must not pay (nor be slowed by) a worker tracing a model at every daemon start
+        text = re.sub(r"(debounce_seconds = .*)", r"\1\nprewarm = false", text)
     text = re.sub(r"versions = .*", f"versions = {versions}", text)
     text = re.sub(r"checkpoints = .*", f"checkpoints = {checkpoints}", text)
     if base_path is not None:

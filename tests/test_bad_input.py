@@ -28,7 +28,7 @@ from structlog.testing import capture_logs
 
 from daemon_harness import DaemonProcess, append_records, make_workspace
 from odal.daemon.sources import datasets
-from odal.daemon.cli import status_data
+from odal.daemon.commands.status import status_data
 from odal.daemon.config import load
 from odal.daemon.handlers.ingest import ingest_export_file
 from odal.daemon.handlers.ingest_db import ingest_prodigy_db

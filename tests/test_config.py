@@ -62,6 +62,8 @@ def test_a_minimal_config_gets_defaults_and_paths_relative_to_the_file(workspace
     ("[training]\nworkers = ['127.0.0.1']\n", "training.workers: each HOST:PORT"),
     ("[training]\nstrategy = 'multi_worker'\nworkers = ['a:1']\n", "training.workers: multi_worker needs at least two"),
     ("[training]\nworkers = ['a:1', 'b:2']\nindex = 2\n", "training.index: must be a place in training.workers"),
+    ("[serving]\naddress = 'localhost'\n", "serving.address: HOST:PORT (e.g. 127.0.0.1:8500), got 'localhost'"),
+    ("[serving]\naddress = 'localhost:http'\n", "serving.address: HOST:PORT"),
 ])
 def test_a_bad_value_or_unknown_key_is_one_message_naming_the_key(workspace, extra, message):
     text = BASE + extra
@@ -101,3 +103,8 @@ def test_a_multi_worker_config_names_every_worker_and_this_hosts_place(workspace
                 "'10.0.0.2:2222']\nindex = 1\n")
     assert (cfg.strategy, cfg.workers, cfg.worker_index) == ("multi_worker", ("10.0.0.1:2222", "10.0.0.2:2222"), 1)
     assert _load(workspace, BASE).strategy == "default"
+
+
+def test_log_level_is_case_insensitive_and_a_server_address_with_a_port_is_accepted(workspace):
+    cfg = _load(workspace, BASE + "[log]\nlevel = 'INFO'\n[serving]\naddress = 'localhost:8500'\n")
+    assert (cfg.log_level, cfg.serving_address) == ("info", "localhost:8500")

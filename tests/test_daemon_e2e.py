@@ -48,6 +48,10 @@ def test_appended_annotations_become_served_versions_across_a_restart(tmp_path):
         append_records(export, records_for(items[:8]))
         _published(daemon)
         assert _versions(base) == [1]
+        # at the default log level, training shows its progress (every 10 of its 15 steps, and the last)
+        progress = [e for e in daemon.events if e["event"] == "train_progress"]
+        assert [(e["step"], e["of"], e["level"]) for e in progress] == [(10, 15, "info"), (15, 15, "info")]
+        assert progress[-1]["loss"] > 0 and progress[-1]["steps_per_second"] > 0
         result = _detect(base / "1", items[0].image)
         assert result["detection_boxes"].shape[-1] == 4 and int(result["num_detections"][0]) > 0
         assert json.loads((base / "1" / "assets.extra" / "odal.json").read_text())["round"] == 1

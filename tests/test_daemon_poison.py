@@ -14,7 +14,7 @@ from hypothesis import Phase, given, settings
 from daemon_harness import DaemonProcess, append_records, make_workspace, odal_cli, query
 from hostile_lines import batches
 from odal.daemon.sources import datasets
-from odal.daemon.cli import status_data
+from odal.daemon.commands.status import status_data
 from test_fuzz_ingest import ITEMS, REGRESSIONS
 from test_ingest_db import ProdigyDB
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
+
+import pytest
 
 from daemon_harness import DaemonProcess, make_workspace, odal_cli, records_for
 from odal.daemon.sources import datasets
@@ -112,15 +115,20 @@ def test_odal_retry_makes_the_running_daemon_ingest_a_line_fixed_in_place(tmp_pa
         assert reread["dropped_with_their_source"] == 1 and reread["set_aside_after"] == 0 and daemon.alive()
 
 
-def test_a_label_added_to_the_label_map_and_sighup_bring_in_the_lines_set_aside_for_it(tmp_path):
-    items = datasets.generate_shapes(tmp_path / "images", 2, seed=25)
+def _triangles(tmp_path, seed: int):
+    """A workspace whose label map has "square" only and an export whose every box is labelled "triangle"."""
+    items = datasets.generate_shapes(tmp_path / "images", 2, seed=seed)
     config = make_workspace(tmp_path / "ws", items, min_new=100, labels=["square"])
-    export = config.parent / "exports" / "boxes.jsonl"
     records = records_for(items)
-    for record in records:  # every box labelled "triangle", not in the label map yet
+    for record in records:
         for span in record["spans"]:
             span["label"] = "triangle"
-    export.write_text("".join(json.dumps(r) + "\n" for r in records))
+    (config.parent / "exports" / "boxes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return config
+
+
+def test_a_label_added_to_the_label_map_and_sighup_bring_in_the_lines_set_aside_for_it(tmp_path):
+    config = _triangles(tmp_path, 25)
     with DaemonProcess(config) as daemon:
         _counts(config.parent, {"accepted": 0, "rejected": 0, "ignored": 0, "invalid": 2})
         datasets.write_label_map(config.parent / "label_map.pbtxt", ["square", "disc", "triangle"])
@@ -141,3 +149,24 @@ def test_odal_retry_without_a_daemon_prepares_its_next_start(tmp_path):
     ledger = Ledger(config.parent / "work" / "ledger.sqlite")
     assert ledger.source_state(str(export)) is None and ledger.counts()["accepted"] == 1
     ledger.close()
+
+
+def test_sighup_applies_a_hot_key_and_names_a_restart_only_key_which_keeps_its_running_value(tmp_path):
+    """model.label_map applies at once (lines set aside for its new label come in); metrics.address is held by
+    the endpoint made at start: kept as it runs (nothing listens on the new address) and logged as needing a
+    restart."""
+    from odal.serving.process import free_port
+
+    config = _triangles(tmp_path, 27)
+    with DaemonProcess(config) as daemon:
+        _counts(config.parent, {"accepted": 0, "rejected": 0, "ignored": 0, "invalid": 2})
+        datasets.write_label_map(config.parent / "more_labels.pbtxt", ["square", "disc", "triangle"])
+        port = free_port()
+        text = config.read_text().replace('label_map = "label_map.pbtxt"', 'label_map = "more_labels.pbtxt"')
+        config.write_text(text + f'\n[metrics]\naddress = "127.0.0.1:{port}"\n')
+        os.kill(daemon.pid, signal.SIGHUP)
+        assert daemon.wait_event("config_needs_restart", 10, keys=["metrics.address"]) is not None
+        _counts(config.parent, {"accepted": 2, "rejected": 0, "ignored": 0, "invalid": 0})
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        assert daemon.alive()

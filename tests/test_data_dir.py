@@ -17,9 +17,10 @@ from hostile import jpeg, make
 from odal.daemon.sources import limits
 
 from odal.daemon.sources import safe_files
+from odal.daemon.handlers import scoring
 from odal.daemon.store.queue import ActiveQueue
 from odal.daemon.handlers.ingest import ingest_export_file, retry_waiting
-from odal.daemon.rounds.round import with_images
+from odal.daemon.rounds.inputs import with_images
 from odal.daemon.sources.images import COMPLETE_BUT
 from odal.daemon.store.ledger import Ledger
 
@@ -95,7 +96,7 @@ def test_scoring_reads_are_bounded_bombs_and_broken_files_are_marked_once_and_go
     try:
         queue.scan()
         with ServingClient(f"127.0.0.1:{free_port()}", timeout=5, retries=1) as down:  # reads, then finds no server
-            assert queue.score_pending(down, "odal", limit=100) == 0
+            assert scoring.score_pending(queue, down, "odal", limit=100) == 0
         errors = {Path(r["path"]).name: r["error"] for r in queue._read(
             "SELECT path, error FROM active_queue WHERE error IS NOT NULL", ())}
         assert "too large (a decompression bomb" in errors["bomb.png"]
@@ -103,7 +104,7 @@ def test_scoring_reads_are_bounded_bombs_and_broken_files_are_marked_once_and_go
         assert set(errors) == {"bomb.png", "big_png.png", "truncated_jpeg.png", "random_bytes.png", "empty.png"}
         good = sorted(str((data_dir / f"good-{n}.jpg").resolve()) for n in range(3))
         assert sorted(map(str, queue.pending(100))) == good  # the bad ones are never re-tried
-        images = queue.read_pending(100)
+        images = scoring.read_pending(queue, 100)
         assert sorted(str(i.path) for i in images) == good
         assert all(i.pixels.shape == (i.height, i.width, 3) for i in images)
     finally:
@@ -120,7 +121,7 @@ def test_a_huge_image_is_shrunk_for_scoring(tmp_path):
     queue = ActiveQueue(tmp_path / "work" / "ledger.sqlite", data)
     try:
         queue.scan()
-        (image,) = queue.read_pending(5)
+        (image,) = scoring.read_pending(queue, 5)
         assert image.pixels.shape == (768, 1024, 3) and image.data == (data / "big.jpg").read_bytes()
     finally:
         queue.close()

@@ -28,9 +28,10 @@ from hostile import KINDS, jpeg, make
 from odal.daemon.sources import limits
 
 from odal.daemon.sources import safe_files
+from odal.daemon.handlers import scoring
 from odal.daemon.store.queue import ActiveQueue
 from odal.daemon.handlers.ingest import ingest_export_file
-from odal.daemon.rounds.round import with_images
+from odal.daemon.rounds.inputs import with_images
 from odal.daemon.store.ledger import Ledger
 
 EXAMPLES = int(os.environ.get("ODAL_FUZZ_DATADIR_EXAMPLES", "200"))
@@ -101,10 +102,10 @@ def test_hostile_entries_never_stop_the_queue_the_ingest_or_the_snapshot_and_goo
             queue.scan()
             for name, _kind in made:
                 queue.image_changed(str(data / name))
-            read = {str(image.path) for image in queue.read_pending(100)}
+            read = {str(image.path) for image in scoring.read_pending(queue, 100)}
             assert good_resolved <= read
             assert all(Path(path).is_relative_to(data.resolve()) for path in read)
-            assert queue.read_pending(100) == [] or {str(i.path) for i in queue.read_pending(100)} <= read
+            assert scoring.read_pending(queue, 100) == [] or {str(i.path) for i in scoring.read_pending(queue, 100)} <= read
 
             # The ingest: one accepted line per entry, plus the good image; each line ingested or set aside.
             lines = [{"image": name, "_input_hash": n + 1, "answer": "accept", "width": 40, "height": 30}

@@ -14,7 +14,7 @@ from hostile import jpeg, make
 from test_recipe import brightness_model, serve
 
 from odal.daemon.sources import datasets
-from odal.daemon.store.queue import ActiveQueue
+from odal.daemon.store.queue_query import QueueQuery
 
 HOSTILE = ("fifo", "dev_zero_link", "dev_node", "loop", "self_loop", "escaping_link", "dangling_link", "bomb",
            "big_png", "truncated_jpeg", "random_bytes", "folder", "empty", "sparse_huge")
@@ -79,7 +79,7 @@ def test_a_hostile_data_dir_never_stops_the_daemon_and_good_images_still_flow(tm
             (data / "late-cut.jpg").write_bytes(good[: len(good) // 2])
             append_records(export, [dict(datasets.prodigy_record(items[1], "late-cut.jpg"), _input_hash=2000,
                                          spans=[])])
-            queue = ActiveQueue.reader(config.parent / "work")
+            queue = QueueQuery.reader(config.parent / "work")
             try:
                 scored = set()
                 deadline = time.monotonic() + 60

@@ -16,7 +16,8 @@ from PIL import Image
 from structlog.testing import capture_logs
 
 from odal.daemon.sources import datasets
-from odal.daemon.handlers.ingest import CHUNK_LINES, ingest_export_dir, ingest_export_file, retry_waiting
+from odal.daemon.handlers.ingest import CHUNK_LINES, ingest_export_file, retry_waiting
+from odal.daemon.watchers.export_dir import export_files
 from odal.daemon.store.ledger import Ledger
 from odal.daemon.sources.prodigy_format import parse_record
 
@@ -486,18 +487,20 @@ def test_a_data_uri_image_is_decoded_once_into_the_blob_dir(ws):
 # ------------------------------------------------------------------------------------------- folders
 
 
-def test_export_dir_reads_jsonl_and_json_lines_files_and_skips_arrays_and_hidden_files(ws):
+def test_the_daemons_full_read_takes_jsonl_and_json_lines_files_and_sets_aside_a_json_array(ws):
+    """What the daemon reads at start, on reload and on retry (export_files, then each file as an export)."""
     folder = ws.export.parent
     ws.append(ws.record(0), path=folder / "a.jsonl")
     ws.append(ws.record(1), path=folder / "b.json")
-    (folder / "c.json").write_text(json.dumps([ws.record(2)]))
+    (folder / "c.json").write_text(json.dumps([ws.record(2)]) + "\n")
     ws.append(ws.record(3), path=folder / ".a.jsonl.x.tmp")
     ws.append(ws.record(3), path=folder / "notes.txt")
-    with capture_logs() as logs:
-        total = ingest_export_dir(folder, ws.ledger, LABELS, ws.data, ws.blobs)
-    assert total["files"] == 2 and total["inserted"] == 2
-    assert [(e["event"], Path(e["file"]).name) for e in logs] == [("export_not_jsonl", "c.json")]
-    assert ingest_export_dir(folder, ws.ledger, LABELS, ws.data, ws.blobs)["lines"] == 0
+    files = export_files(folder)
+    assert [p.name for p in files if p != ws.export] == ["a.jsonl", "b.json", "c.json"]
+    stats = [ingest_export_file(path, ws.ledger, LABELS, ws.data, ws.blobs) for path in files]
+    assert sum(s["inserted"] for s in stats) == 2
+    assert [i["source"] for i in ws.ledger.invalid_items(10)] == [str(folder / "c.json")]  # one line: an array
+    assert sum(ingest_export_file(p, ws.ledger, LABELS, ws.data, ws.blobs)["lines"] for p in files) == 0
 
 
 # ----------------------------------------------------------------------------------------- the process

@@ -13,7 +13,8 @@ from structlog.testing import capture_logs
 
 from odal.daemon.sources import datasets
 from odal.common.errors import SchemaError
-from odal.daemon.handlers.ingest_db import check_schema, ingest_prodigy_db
+from odal.daemon.handlers.ingest_db import ingest_prodigy_db
+from odal.daemon.sources.prodigy_db import check_schema
 from odal.daemon.store.ledger import Ledger
 
 LABELS = list(datasets.SHAPE_LABELS)

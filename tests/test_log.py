@@ -65,7 +65,7 @@ def test_a_follower_sees_every_line_across_rotations(tmp_path):
 
 def test_a_configured_process_writes_json_lines_to_the_rotating_file(tmp_path):
     path = tmp_path / "logs" / "daemon.jsonl"
-    code = ("import sys; from pathlib import Path; from odal.daemon import log\n"
+    code = ("import sys; from pathlib import Path; from odal.daemon.system import log\n"
             f"log.configure('info', Path({str(path)!r}), stream=open('/dev/null', 'w'), max_bytes=400, backups=1)\n"
             "for n in range(40): log.get('odal.test').info('tick', n=n)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -74,3 +74,28 @@ def test_a_configured_process_writes_json_lines_to_the_rotating_file(tmp_path):
     assert newest[-1]["n"] == 39 and newest[-1]["event"] == "tick" and newest[-1]["logger"] == "odal.test"
     assert [e["n"] for e in older + newest] == list(range(older[0]["n"], 40))
     assert path.stat().st_size <= 400
+
+
+_ONE_STYLE = """
+import json, logging, sys
+from odal.daemon.system import log as logs
+from odal.daemon.system import lock  # binds its logger at import, before configure
+early = logs.get("odal.early")
+logs.configure("info")
+early.info("early_event", n=1)
+logging.getLogger("odal.daemon.system.lock").info("took over %s from a daemon that is gone", "/w")
+logging.getLogger("some.library").warning("a library speaks")
+"""
+
+
+def test_every_line_is_json_with_its_logger_also_stdlib_records_and_loggers_made_before_configure():
+    proc = subprocess.run([sys.executable, "-c", _ONE_STYLE], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # nothing as plain text on stdout
+    lines = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert [(e["logger"], e["event"], e["level"]) for e in lines] == [
+        ("odal.early", "early_event", "info"),
+        ("odal.daemon.system.lock", "took over /w from a daemon that is gone", "info"),
+        ("some.library", "a library speaks", "warning"),
+    ]
+    assert all("timestamp" in e for e in lines)

@@ -7,7 +7,8 @@ import urllib.request
 
 import pytest
 
-from odal.daemon.system.metrics import CONTENT_TYPE, Metrics, parse_address, serve
+from odal.common.address import parse_address
+from odal.daemon.system.metrics import CONTENT_TYPE, Metrics, serve
 
 
 def test_a_published_round_counts_stages_version_and_map():

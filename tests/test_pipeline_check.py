@@ -99,3 +99,10 @@ def test_a_setting_that_needs_data_odals_records_lack_is_refused_at_start_by_nam
 def test_a_pipeline_config_that_does_not_parse_is_a_config_error_naming_the_file(workspace):
     with pytest.raises(ConfigError, match=r"model.pipeline_config: .*pipeline.config is not a pipeline config"):
         _load(workspace, "model { ssd { num_classes: 2 \n this is not")
+
+
+@pytest.mark.parametrize("setting", ["freeze_variables", "update_trainable_variables"])
+def test_a_freeze_pattern_that_is_not_a_regular_expression_is_refused_at_start_by_name(workspace, setting):
+    with pytest.raises(ConfigError, match=rf"pipeline.config: train_config.{setting} 'block_\(' is not a regular"):
+        _load(workspace, f'train_config {{ {setting}: "Conv1" {setting}: "block_(" }}')
+    _load(workspace, f'train_config {{ {setting}: "^block_[0-9]_" }}')  # a good one passes

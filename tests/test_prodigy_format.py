@@ -13,7 +13,8 @@ from PIL import Image
 
 from odal.daemon.sources import datasets
 from odal.common.errors import ConfigError, InvalidRecord
-from odal.daemon.sources.prodigy_format import Annotation, Box, load_label_map, open_image, parse_record, resolve_image
+from odal.daemon.sources.label_map import load_label_map
+from odal.daemon.sources.prodigy_format import Annotation, Box, open_image, parse_record
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "prodigy" / "db-out-image-manual.jsonl"
 FIXTURE_LABELS = ("CONTENT", "REDACTION")
@@ -139,13 +140,13 @@ def test_relative_and_absolute_paths_inside_data_dir_resolve_with_real_size(tmp_
     image = save_image(data / "sub" / "x.png", size=(64, 48))
     found = open_image(annotation("sub/x.png"), data, tmp_path / "blobs")
     assert (found.path, found.width, found.height) == (image.resolve(), 64, 48)
-    assert resolve_image(annotation(str(image)), data, tmp_path / "blobs") == image.resolve()
+    assert open_image(annotation(str(image)), data, tmp_path / "blobs").path == image.resolve()
 
 
 def test_meta_file_is_the_fallback_when_the_image_path_does_not_exist(tmp_path):
     data = tmp_path / "data"
     image = save_image(data / "x.png")
-    assert resolve_image(annotation("elsewhere/x.png", meta_file="x.png"), data, tmp_path) == image.resolve()
+    assert open_image(annotation("elsewhere/x.png", meta_file="x.png"), data, tmp_path).path == image.resolve()
 
 
 def test_path_escaping_data_dir_is_refused(tmp_path):
@@ -154,7 +155,7 @@ def test_path_escaping_data_dir_is_refused(tmp_path):
     save_image(tmp_path / "outside.png")
     for ref in ("../../etc/passwd", "../outside.png", str(tmp_path / "outside.png")):
         with pytest.raises(InvalidRecord, match="outside data_dir"):
-            resolve_image(annotation(ref), data, tmp_path / "blobs")
+            open_image(annotation(ref), data, tmp_path / "blobs")
 
 
 def test_symlink_resolving_outside_data_dir_is_refused(tmp_path):
@@ -162,7 +163,7 @@ def test_symlink_resolving_outside_data_dir_is_refused(tmp_path):
     data.mkdir()
     os.symlink(save_image(tmp_path / "outside.png"), data / "link.png")
     with pytest.raises(InvalidRecord, match="outside data_dir"):
-        resolve_image(annotation("link.png"), data, tmp_path / "blobs")
+        open_image(annotation("link.png"), data, tmp_path / "blobs")
 
 
 def test_symlink_loop_is_refused(tmp_path):
@@ -171,19 +172,19 @@ def test_symlink_loop_is_refused(tmp_path):
     os.symlink(data / "b.png", data / "a.png")
     os.symlink(data / "a.png", data / "b.png")
     with pytest.raises(InvalidRecord):
-        resolve_image(annotation("a.png"), data, tmp_path / "blobs")
+        open_image(annotation("a.png"), data, tmp_path / "blobs")
 
 
 def test_missing_image_file_is_invalid(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(InvalidRecord, match="image file not found: nope.jpg"):
-        resolve_image(annotation("nope.jpg", meta_file="nope.jpg"), tmp_path / "data", tmp_path)
+        open_image(annotation("nope.jpg", meta_file="nope.jpg"), tmp_path / "data", tmp_path)
 
 
 def test_url_images_are_refused(tmp_path):
     for url in ("http://example.com/a.jpg", "https://example.com/a.jpg"):
         with pytest.raises(InvalidRecord, match="URL images cannot be fetched: " + url):
-            resolve_image(annotation(url), tmp_path, tmp_path)
+            open_image(annotation(url), tmp_path, tmp_path)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -192,19 +193,19 @@ def test_url_images_are_refused(tmp_path):
 def test_non_image_files_are_invalid(tmp_path, content, message):
     (tmp_path / "x.jpg").write_bytes(content)
     with pytest.raises(InvalidRecord, match=message):
-        resolve_image(annotation("x.jpg"), tmp_path, tmp_path / "blobs")
+        open_image(annotation("x.jpg"), tmp_path, tmp_path / "blobs")
 
 
 def test_a_folder_is_not_an_image(tmp_path):
     (tmp_path / "x.jpg").mkdir()
     with pytest.raises(InvalidRecord, match="not a file"):
-        resolve_image(annotation("x.jpg"), tmp_path, tmp_path / "blobs")
+        open_image(annotation("x.jpg"), tmp_path, tmp_path / "blobs")
 
 
 def test_gigantic_image_over_100_megapixels_is_refused(tmp_path):
     Image.new("1", (10_050, 10_000)).save(tmp_path / "huge.png")
     with pytest.raises(InvalidRecord, match="too large"):
-        resolve_image(annotation("huge.png"), tmp_path, tmp_path / "blobs")
+        open_image(annotation("huge.png"), tmp_path, tmp_path / "blobs")
 
 
 def test_data_uri_is_decoded_and_stored_once_by_content_hash(tmp_path):
@@ -212,8 +213,8 @@ def test_data_uri_is_decoded_and_stored_once_by_content_hash(tmp_path):
     uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
     blobs = tmp_path / "blobs"
     first = open_image(annotation(uri), tmp_path / "nodata", blobs)
-    second = resolve_image(annotation(uri), tmp_path / "nodata", blobs)
-    assert first.path == second and (first.width, first.height) == (20, 10)
+    second = open_image(annotation(uri), tmp_path / "nodata", blobs)
+    assert first.path == second.path and (first.width, first.height) == (20, 10)
     assert first.path.parent == blobs and first.path.suffix == ".png" and len(first.path.stem) == 64
     assert [p.name for p in blobs.iterdir()] == [first.path.name]  # one file, no temp files left
     assert first.path.read_bytes() == png.read_bytes()
@@ -226,7 +227,7 @@ def test_data_uri_is_decoded_and_stored_once_by_content_hash(tmp_path):
 ], ids=["bad-base64", "not-an-image", "not-image-mime"])
 def test_bad_data_uris_are_invalid_and_store_nothing(tmp_path, uri, message):
     with pytest.raises(InvalidRecord, match=message):
-        resolve_image(annotation(uri), tmp_path, tmp_path / "blobs")
+        open_image(annotation(uri), tmp_path, tmp_path / "blobs")
     assert not (tmp_path / "blobs").exists()
 
 
@@ -269,6 +270,6 @@ def test_missing_label_map_raises_config_error(tmp_path):
 
 def test_a_file_name_with_a_colon_is_a_path_but_other_uri_schemes_are_refused(tmp_path):
     image = save_image(tmp_path / "photo:1.png")
-    assert resolve_image(annotation("photo:1.png"), tmp_path, tmp_path / "blobs") == image.resolve()
+    assert open_image(annotation("photo:1.png"), tmp_path, tmp_path / "blobs").path == image.resolve()
     with pytest.raises(InvalidRecord, match="unsupported image reference"):
-        resolve_image(annotation("ftp://example.com/a.png"), tmp_path, tmp_path / "blobs")
+        open_image(annotation("ftp://example.com/a.png"), tmp_path, tmp_path / "blobs")

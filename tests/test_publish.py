@@ -41,7 +41,7 @@ def test_complete_export_is_renamed_to_the_next_version_with_odal_marker(tmp_pat
     assert (version, path) == (1, base / "1")
     assert not staging.exists()
     assert json.loads((path / "assets.extra" / "odal.json").read_text())["round"] == 4
-    assert history.versions()[0]["state"] == "published"
+    assert history.versions() == []  # recorded by the orchestration (rounds/round.py), not here
 
 
 def test_incomplete_export_is_refused_and_no_version_appears(tmp_path, history):
@@ -57,8 +57,10 @@ def test_incomplete_export_is_refused_and_no_version_appears(tmp_path, history):
 def test_version_numbers_only_grow_even_after_retention_deleted_the_newest(tmp_path, history):
     base = tmp_path / "models"
     for round_id in (1, 2, 3):
-        publish.publish(_fake_export(publish.staging_dir(base, round_id)), base, history, round_id, None)
-    assert publish.prune_versions(base, history, keep=1) == [1, 2]
+        version, path = publish.publish(_fake_export(publish.staging_dir(base, round_id)), base, history, round_id,
+                                        None)
+        history.record_version(version, round_id, path, None, "published")  # as rounds/round.py does
+    assert publish.prune_versions(base, keep=1) == [1, 2]
     shutil.rmtree(base / "3")  # even with every folder gone, a new version never reuses a number
     version, _ = publish.publish(_fake_export(publish.staging_dir(base, 4)), base, history, 4, None)
     assert version == 4

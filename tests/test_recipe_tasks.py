@@ -13,7 +13,8 @@ from odal.daemon.sources import datasets
 from odal.common.errors import ConfigError
 from odal.common.uncertainty import uncertainty
 from odal.recipe.stream import StreamOptions, list_images, ordered_paths
-from odal.recipe.tasks import (add_detections, before_db, content_hash, make_task, own_hashes, read_image,
+from odal.common.hashing import content_hash
+from odal.recipe.tasks import (add_detections, before_db, make_task, own_hashes, read_image,
                                stored_path)
 from odal.recipe.workspace import select_labels
 from odal.serving.client import Detections

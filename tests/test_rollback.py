@@ -20,7 +20,9 @@ def _publish(cfg, history: History, round_id: int) -> int:
     (staging / "variables").mkdir(parents=True)
     (staging / "saved_model.pb").write_bytes(b"pb %d" % round_id)
     (staging / "variables" / "variables.index").write_bytes(b"index")
-    return publish.publish(staging, cfg.base_path, history, round_id, {"mAP": 0.1 * round_id})[0]
+    version, path = publish.publish(staging, cfg.base_path, history, round_id, {"mAP": 0.1 * round_id})
+    history.record_version(version, round_id, path, {"mAP": 0.1 * round_id}, "published")  # as rounds/round.py does
+    return version
 
 
 @pytest.fixture
@@ -69,8 +71,8 @@ def test_rollback_of_a_missing_version_names_the_present_ones(cfg):
         rollback(cfg, 7)
 
 
-def test_the_cli_rolls_back_and_reports_what_serves_now_and_exits_1_on_refusal(cfg):
+def test_the_cli_rolls_back_and_reports_what_is_left_and_exits_1_on_refusal(cfg):
     result = odal_cli("rollback", "--workspace", str(cfg.path.parent))
-    assert result.returncode == 0 and "TF Serving now serves 2" in result.stdout, result.stderr
+    assert result.returncode == 0 and "the newest version left is 2" in result.stdout, result.stderr
     assert '"event": "version_rolled_back"' in cfg.log_file.read_text()
     assert odal_cli("rollback", "--workspace", str(cfg.path.parent), "9").returncode == 1

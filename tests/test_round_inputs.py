@@ -6,7 +6,7 @@ import json
 
 from PIL import Image
 
-from odal.daemon.rounds.round import split_of, with_images, write_annotations
+from odal.daemon.rounds.inputs import split_of, with_images, write_annotations
 
 
 def _annotation(tmp_path, name: str, exists: bool = True) -> dict:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -138,11 +140,17 @@ def test_real_unit_exposure_is_at_most_2_5(tmp_path):
 
 @pytest.fixture
 def installed(tmp_path, capsys):
-    """install_service into temporary unit and env folders, with a workspace outside /var/lib/odal."""
-    workspace = tmp_path / "workspace"
-    workspace.mkdir()
-    paths = install_service(tmp_path / "units", tmp_path / "etc-odal", VENV, workspace / "odal.toml", "odal")
-    return paths, workspace, capsys.readouterr().out
+    """install_service into temporary unit and env folders, with a workspace outside /var/lib/odal: in /dev/shm,
+    since one under /tmp (PrivateTmp) or a home folder (ProtectHome) is refused."""
+    if not os.access("/dev/shm", os.W_OK):
+        pytest.skip("no writable /dev/shm for a workspace outside /tmp and home")
+    workspace = Path(tempfile.mkdtemp(prefix="odal-unit-", dir="/dev/shm"))
+    try:
+        (workspace / "odal.toml").write_text("")
+        paths = install_service(tmp_path / "units", tmp_path / "etc-odal", VENV, workspace / "odal.toml", "odal")
+        yield paths, workspace, capsys.readouterr().out
+    finally:
+        shutil.rmtree(workspace)
 
 
 def test_install_service_writes_the_unit_and_env_file(installed, tmp_path):
@@ -189,6 +197,8 @@ def test_install_service_substitutes_the_user(tmp_path):
     ("/opt/odal/.venv", "/var/lib/odal/100%.toml", "odal", "escaped"),
     ("/opt/odal/.venv", "/home/ann/odal.toml", "odal", "ProtectHome"),
     ("/opt/odal/.venv", "/var/lib/odal/odal.toml", "odal\nUser=root", "user name"),
+    ("/opt/odal/.venv", "/tmp/ws/odal.toml", "odal", "under /tmp, which the service does not see .PrivateTmp=yes"),
+    ("/opt/odal/.venv", "/var/tmp/odal.toml", "odal", "under /var/tmp"),
 ])
 def test_render_unit_refuses_what_the_unit_cannot_express(venv, config, user, reason):
     """Paths needing escapes, a workspace hidden by ProtectHome, or a bad user name are refused clearly."""
@@ -201,4 +211,11 @@ def test_install_service_refuses_a_venv_without_odal(tmp_path):
     with pytest.raises(ConfigError, match="odal-daemon"):
         install_service(tmp_path / "units", tmp_path / "env", tmp_path / "novenv", Path("/var/lib/odal/odal.toml"),
                         "odal")
+    assert not (tmp_path / "units").exists()
+
+
+def test_install_service_refuses_a_config_that_does_not_exist(tmp_path):
+    """A unit naming a missing odal.toml would fail at every start: refused before anything is written."""
+    with pytest.raises(ConfigError, match="odal.toml: no such file; write the workspace first"):
+        install_service(tmp_path / "units", tmp_path / "env", VENV, Path("/var/lib/odal-missing/odal.toml"), "odal")
     assert not (tmp_path / "units").exists()

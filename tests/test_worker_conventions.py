@@ -1,6 +1,7 @@
 """The worker honours the OD API's conventions: a fine-tune start from the config (and what it restored), a
-learning-rate schedule that restarts each round instead of reaching 0 for good, use_bfloat16 off on a CPU, and
-checkpoints the OD API's own exporter (exporter_lib_v2) re-exports.  Three rounds in one real worker child."""
+learning-rate schedule that restarts each round instead of reaching 0 for good, use_bfloat16 off on a CPU,
+freeze_variables / update_trainable_variables, and checkpoints the OD API's own exporter (exporter_lib_v2)
+re-exports.  Three rounds in one real worker child."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ from odal.daemon.rounds.contracts import FineTune, RoundJob
 pytestmark = pytest.mark.slow
 
 # The tiny SSD with a decaying schedule over 20 steps, and bfloat16 asked for (a TPU setting).
-# (Adam: a rate of 0 moves no weight; momentum would coast on its velocity.)
-_OPTIMIZER = """  optimizer {
+# (Adam: a rate of 0 moves no weight; momentum would coast on its velocity.)  Only the box predictor is updated, and
+# of it only the box-encoding heads: the backbone, the SSD feature maps and the class heads are frozen.
+_OPTIMIZER = """  update_trainable_variables: "^BoxPredictor/"
+  freeze_variables: "ClassHead_[0-9]+/ClassPredictor"
+  optimizer {
     adam_optimizer {
       learning_rate { cosine_decay_learning_rate { learning_rate_base: 0.002 total_steps: 20 warmup_steps: 0 } }
     }
@@ -92,6 +96,35 @@ def test_each_round_restarts_the_schedule_so_a_round_past_its_end_still_learns(t
     tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(str(path))
             for value in event.summary.value}
     assert "learning_rate" in tags
+
+
+def _values(prefix: str) -> dict:
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(prefix)
+            if name.startswith("model/") and "OPTIMIZER_SLOT" not in name}
+
+
+def test_freeze_and_update_patterns_choose_the_variables_a_round_trains(tiny_models, three_rounds):
+    """Over rounds 2 and 3 the backbone and the class heads do not change, the box-encoding heads do; the backbone
+    is still the fine-tune start's; batch-norm statistics follow the config (freeze_batchnorm: false), as in the
+    OD API's TF1 loop.  (Type "detection" restores the feature extractor only: the heads start fresh.)"""
+    results = three_rounds["results"]
+    start, first, last = (_values(prefix) for prefix in (tiny_models["checkpoints"][1], results[0]["checkpoint"],
+                                                           results[2]["checkpoint"]))
+    moved = {name for name in first if not np.array_equal(first[name], last[name])}
+    boxes = {name for name in first if "/box_encodings/" in name}
+    backbone = {name for name in first if name.startswith("model/_feature_extractor/") and "moving_" not in name}
+    classes = {name for name in first if "/class_predictions_with_background/" in name}
+    assert len(boxes) == len(classes) == 12 and len(backbone) > 150 and first.keys() == last.keys()
+    assert moved & (backbone | classes) == set()
+    assert boxes <= moved
+    assert all(np.array_equal(start[name], last[name]) for name in backbone)
+    assert any("moving_mean" in name for name in moved)
+    summary = results[0]["train"]["frozen"]
+    assert summary["trained"] == 12 and summary["frozen"] > 150 and summary["unmatched"] == []
+    slots = {name for name, _ in tf.train.list_variables(results[2]["checkpoint"])
+             if "OPTIMIZER_SLOT" in name and name.startswith("model/")}
+    assert slots and all("/box_encodings/" in name for name in slots)  # no optimiser state for frozen variables
 
 
 def test_use_bfloat16_is_turned_off_on_a_cpu_as_the_stock_loop_does(three_rounds):

@@ -15,17 +15,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from odal.daemon.sources import datasets
+from odal.daemon.sources import voc as voc_folders
 
 from odal.daemon.commands import init as workspace_init
-from odal.daemon.cli import rounds_table
+from odal.daemon.commands.status import rounds_table
+from odal.daemon.store.db import LEDGER_FILE
 from odal.daemon.store.history import History
-from odal.serving.process import ServerProcess, stop_process_group
+from odal.common.processes import stop_process_group
+from odal.serving.process import ServerProcess
 
 MARKER = ".odal-demo"
 DEMO_STEPS = {"ssdlite": 150, "tiny": 150}  # train steps a round; make demo (3 rounds) stays within 6 minutes
@@ -68,6 +72,21 @@ def _wait_for_round(ledger_path: Path, done_before: int, timeout: float, daemon:
     return None
 
 
+def _print_table(ledger: Path) -> None:
+    """The table of rounds, whatever happened (nothing when the daemon never wrote its ledger)."""
+    if not ledger.exists():
+        print("\nno round ran (the daemon wrote no ledger)")
+        return
+    history = History(ledger, readonly=True)
+    try:
+        rounds = history.rounds(100)
+        print("\n" + (rounds_table(rounds) if rounds else "no round ran"))
+    except sqlite3.OperationalError as error:  # no rounds table yet
+        print(f"\nno round ran ({error})")
+    finally:
+        history.close()
+
+
 def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: int | None = None,
              steps: int | None = None, serve: bool = True, model: str = "ssdlite") -> int:
     workspace = workspace.resolve()
@@ -81,8 +100,17 @@ def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: i
     (workspace / MARKER).touch()
 
     if voc is not None:
-        items = datasets.read_voc(voc.resolve())
-        data_dir = (voc / "images").resolve()
+        try:
+            found = voc_folders.read(voc)
+        except voc_folders.VocError as error:
+            print(f"odal demo: {error}", file=sys.stderr)
+            return 2
+        for message in found.skipped:
+            print(f"{found.annotations.name}/{message}", file=sys.stderr)
+        if not found.items:
+            print(f"odal demo: no usable annotated image in {voc} ({len(found.skipped)} skipped)", file=sys.stderr)
+            return 2
+        items, data_dir = found.items, found.data_dir
         per_round = per_round or 24
         steps = steps or DEMO_STEPS[model]
     else:
@@ -109,14 +137,16 @@ def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: i
                               start_new_session=True)
     export = workspace / "exports" / "annotations.jsonl"
     started = time.monotonic()
+    failed = False
     try:
         cursor = 0
         for number in range(1, rounds + 1):
             batch = items[cursor: cursor + per_round]
             extra = items[cursor + per_round: cursor + per_round + 2] if voc is None else []
             cursor += per_round + len(extra)
-            if not batch:
-                print(f"no more images after round {number - 1}")
+            if len(batch) < per_round:  # fewer new annotations than trigger a round: it would never start
+                print(f"only {len(batch)} annotated images left, fewer than the {per_round} that start a round; "
+                      f"stopping after round {number - 1}")
                 break
             records = [datasets.prodigy_record(item, str(item.image.relative_to(data_dir))) for item in batch]
             records += [datasets.prodigy_record(item, str(item.image.relative_to(data_dir)), answer)
@@ -124,24 +154,29 @@ def run_demo(workspace: Path, rounds: int, voc: Path | None = None, per_round: i
             _append(export, records)
             print(f"annotator: +{len(batch)} accepted" + (f", +{len(extra)} reject/ignore" if extra else "")
                   + f" -> {export.name}; waiting for round {number} ...", flush=True)
-            result = _wait_for_round(config.parent / "work" / "ledger.sqlite", number - 1, 1200, daemon)
+            result = _wait_for_round(config.parent / "work" / LEDGER_FILE, number - 1, 1200, daemon)
             if result is None:
-                print("timed out waiting for the round", file=sys.stderr)
-                return 1
+                print(f"timed out waiting for round {number}; see {workspace / 'daemon.log'}", file=sys.stderr)
+                failed = True
+                break
             metrics = result.get("metrics") or {}
             print(f"  round {result['id']} {result['state']}: version {result.get('version')}, "
                   f"mAP {metrics.get('mAP')}, {round((result.get('timings') or {}).get('total', 0), 1)} s"
                   + (f"; gate: {result['gate']['reason']}" if result.get("gate") else ""), flush=True)
             if result["state"] not in ("published", "held_back"):  # held back: the served version was better
                 print(f"round failed: {result.get('error')}; see {workspace / 'daemon.log'}", file=sys.stderr)
-                return 1
+                failed = True
+                break
+    except RuntimeError as error:  # the daemon exited
+        print(f"odal demo: {error}; see {workspace / 'daemon.log'}", file=sys.stderr)
+        failed = True
     finally:
         stop_process_group(daemon, 60)
         if server is not None:
             server.stop(60)
-    history = History(config.parent / "work" / "ledger.sqlite", readonly=True)
-    print("\n" + rounds_table(history.rounds(100)))
-    history.close()
+    _print_table(config.parent / "work" / LEDGER_FILE)
+    if failed:
+        return 1
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; versions in {workspace / 'models' / 'odal'}; "
           f"`odal status --workspace {workspace}` shows more.")
     return 0

@@ -33,6 +33,7 @@ _SYSTEMCTL = ("systemctl daemon-reload", "systemctl enable --now odal-daemon")
 # Characters that need no quoting or escaping anywhere in a unit file or an EnvironmentFile.
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@:,=-]*$")
 _SAFE_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
+PRIVATE_TMP = ("/tmp", "/var/tmp")  # PrivateTmp=yes: the service gets empty ones of its own
 
 
 def _checked_path(name: str, path: Path) -> str:
@@ -66,6 +67,10 @@ def render_unit(venv: Path, config: Path, user: str, env_file: Path) -> str:
     workspace = str(Path(config_text).parent)
     if workspace == "/home" or workspace.startswith(("/home/", "/root", "/run/user")):
         raise ConfigError(f"config: {config_text} is in a home folder, which the unit hides (ProtectHome=yes)")
+    for tmp in PRIVATE_TMP:
+        if workspace == tmp or workspace.startswith(tmp + "/"):
+            raise ConfigError(f"config: {config_text} is under {tmp}, which the service does not see (PrivateTmp=yes "
+                              "gives it an empty one); move the workspace, e.g. to /var/lib/odal")
     text = _template(UNIT_NAME)
     text = _replace(text, f"ExecStart={_DEFAULT_VENV}/", f"ExecStart={venv_text}/")
     text = _replace(text, "\nUser=odal\nGroup=odal\n", f"\nUser={user}\nGroup={user}\n")
@@ -99,6 +104,9 @@ def install_service(unit_dir: Path, env_dir: Path, venv: Path, config: Path, use
     venv = Path(venv).absolute()
     if not os.access(venv / "bin" / "odal-daemon", os.X_OK):
         raise ConfigError(f"venv: {venv}/bin/odal-daemon is missing or not executable; install odal there first")
+    if not Path(config).is_file():
+        raise ConfigError(f"config: {Path(config).absolute()}: no such file; write the workspace first (odal init) "
+                          "and give its odal.toml")
     env_file = Path(env_dir).absolute() / ENV_NAME
     unit_file = Path(unit_dir).absolute() / UNIT_NAME
     unit_text = render_unit(venv, config, user, env_file)

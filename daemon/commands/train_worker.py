@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
+from pathlib import Path
 
 from odal.common.errors import ConfigError, RoundFailed
 from odal.daemon import config as config_module
+from odal.daemon.commands import workspace_args
 from odal.daemon.rounds import distributed
 from odal.daemon.rounds.contracts import RoundJob
 from odal.daemon.rounds.worker_client import Abandoned, Worker
@@ -27,13 +29,13 @@ POLL_SECONDS = 0.5
 def add_parsers(sub) -> None:
     p = sub.add_parser("train-worker", help="a multi-worker round's other worker: trains each round the chief "
                        "(odal-daemon) posts, in step with it")
-    p.add_argument("--config", required=True, help="the workspace's odal.toml (on the shared file system)")
+    workspace_args.add(p)  # the workspace's odal.toml, on the file system every worker shares
     p.add_argument("--index", type=int, default=None, help="this worker's place in training.workers "
                    "(default: training.index)")
 
 
-def run(args) -> int:
-    cfg = config_module.load(args.config)
+def run(args, config_path: Path) -> int:
+    cfg = config_module.load(config_path)
     logs.configure(cfg.log_level)  # stderr (journald); the chief's log file is the daemon's own
     index = cfg.worker_index if args.index is None else args.index
     if cfg.strategy != "multi_worker":

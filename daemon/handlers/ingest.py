@@ -1,6 +1,6 @@
 """Read Prodigy ``db-out`` JSONL exports into the ledger, incrementally, from where the last read stopped.
 
-Called from the daemon's worker thread when the watcher reports a change.  Only complete lines (ending in ``\\n``)
+Called from the daemon's main loop when the watcher reports a change (and at start, on reload and on retry).  Only complete lines (ending in ``\\n``)
 are read; a partial last line waits for the next call.  A file rewritten by a fresh ``db-out`` (other inode,
 shorter than the stored offset, or different first bytes) is read again from the start, which is harmless because
 the ledger deduplicates.  A bad line is logged (``record_set_aside`` with file and line), kept in the ledger's
@@ -25,15 +25,15 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
-import structlog
 
 from odal.daemon.system.degraded import is_disk_error
 from odal.common.errors import InvalidRecord
 from odal.daemon.store.ledger import Ledger
 from odal.daemon.sources.limits import MAX_ERROR_CHARS, MAX_LINE_BYTES
 from odal.daemon.sources.prodigy_format import open_image, parse_record
+from odal.daemon.system import log as logs
 
-log = structlog.get_logger("odal.ingest")
+log = logs.get("odal.ingest")
 
 CHUNK_LINES = 500
 HEAD_BYTES = 4096
@@ -313,41 +313,6 @@ def _rewritten(fd: int, st: os.stat_result, state: dict) -> bool:
         return True
     head_len = int(state.get("head_len", 0))
     return hashlib.sha256(os.pread(fd, head_len, 0)).hexdigest() != state.get("head_sha256")
-
-
-def ingest_export_dir(folder: Path, ledger: Ledger, labels: Collection[str], data_dir: Path,
-                      blob_dir: Path) -> dict:
-    """:func:`ingest_export_file` for every ``*.jsonl`` and ``*.json`` lines file in ``folder`` (sorted by name).
-
-    Returns the summed stats plus ``files`` (how many were read).  A ``*.json`` file holding a JSON array rather
-    than lines is skipped with an error.
-    """
-    folder = Path(folder)
-    total = new_stats()
-    total.update(files=0, rewritten=0)
-    try:
-        paths = sorted(p for p in folder.iterdir()
-                       if p.suffix in (".jsonl", ".json") and not p.name.startswith(".") and p.is_file())
-    except OSError as error:
-        log.error("export_dir_unreadable", dir=str(folder), error=str(error))
-        return total
-    for path in paths:
-        if path.suffix == ".json" and _is_json_array(path):
-            log.error("export_not_jsonl", file=str(path), error="a JSON array, not one JSON object per line")
-            continue
-        stats = ingest_export_file(path, ledger, labels, data_dir, blob_dir)
-        add_stats(total, stats)
-        total["files"] += 1
-        total["rewritten"] += int(stats["rewritten"])
-    return total
-
-
-def _is_json_array(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
-    except OSError:
-        return False
 
 
 # ------------------------------------------------------------------------------------------- lines waiting for images

@@ -2,7 +2,7 @@
 
 Prodigy's schema (v1.6+, peewee): ``dataset(id, name UNIQUE, created, meta, session)``,
 ``example(id, input_hash, task_hash, content)`` with the whole task as JSON in ``content``, and
-``link(id, example_id, dataset_id)``.  It is not a public contract, so :func:`check_schema` verifies it.  New
+``link(id, example_id, dataset_id)``.  It is not a public contract, so odal.daemon.sources.prodigy_db checks it.  New
 rows are those with ``example.id`` above the last one read, linked to the named dataset; their content goes through
 the same code path as an export line (text is read as bytes, so content that is not UTF-8 is one bad line, not an
 unreadable database).  A locked database is not an error: the daemon retries on the next change.  Like an export
@@ -14,22 +14,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Collection
 from pathlib import Path
-from urllib.parse import quote
 
-import structlog
 
 from odal.common.errors import SchemaError
-from odal.daemon.system.degraded import is_disk_error
 from odal.daemon.handlers.ingest import CHUNK_LINES, RecordBatch, storage_error
+from odal.daemon.sources.prodigy_db import check_open, connect_readonly, file_label
+from odal.daemon.system.degraded import is_disk_error
 from odal.daemon.store.ledger import Ledger
+from odal.daemon.system import log as logs
 
-log = structlog.get_logger("odal.ingest")
-
-SCHEMA = {
-    "dataset": ("id", "name", "created", "meta", "session"),
-    "example": ("id", "input_hash", "task_hash", "content"),
-    "link": ("id", "example_id", "dataset_id"),
-}
+log = logs.get("odal.ingest")
 
 _NEW_ROWS = """
 SELECT example.id, example.content FROM example
@@ -40,56 +34,9 @@ ORDER BY example.id LIMIT ?
 """
 
 
-def connect_readonly(db_path: Path, timeout: float = 1.0) -> sqlite3.Connection:
-    """A read-only connection (``mode=ro`` URI): odal never writes to Prodigy's database."""
-    db_path = Path(db_path)
-    if not db_path.is_file():
-        raise SchemaError(f"Prodigy database {db_path} does not exist")
-    uri = f"file:{quote(str(db_path.absolute()))}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
-    conn.text_factory = bytes  # a TEXT value that is not UTF-8 must not make every later row unreadable
-    return conn
-
-
-def check_schema(db_path: Path) -> None:
-    """Raise :class:`SchemaError` naming each missing table or column of the schema odal reads.
-
-    Extra tables and columns are fine.  A locked database raises ``sqlite3.OperationalError`` (try again).
-    """
-    conn = connect_readonly(db_path)
-    try:
-        _check(conn, db_path)
-    finally:
-        conn.close()
-
-
-def _check(conn: sqlite3.Connection, db_path: Path) -> None:
-    problems = []
-    try:
-        for table, columns in SCHEMA.items():
-            found = {row[1].decode("utf-8", "replace") for row in conn.execute(f"PRAGMA table_info({table})")}
-            if not found:
-                problems.append(f"table {table} is missing")
-                continue
-            missing = [c for c in columns if c not in found]
-            if missing:
-                problems.append(f"table {table} lacks column(s) {', '.join(missing)} (has {', '.join(sorted(found))})")
-    except sqlite3.OperationalError:
-        raise  # locked: the caller decides
-    except sqlite3.DatabaseError as error:
-        raise SchemaError(f"Prodigy database {db_path} cannot be read: {error}") from error
-    if problems:
-        raise SchemaError(f"Prodigy database {db_path} does not have the schema odal reads: {'; '.join(problems)}")
-
-
 def source_name(db_path: Path, dataset: str) -> str:
     """The key of the read position in the ledger's ``sources``."""
     return f"prodigy-db:{Path(db_path).absolute()}#{dataset}"
-
-
-def file_label(db_path: Path, dataset: str) -> str:
-    """How logs and the set-aside list name this source (the database file and the dataset)."""
-    return f"{db_path}#{dataset}"
 
 
 def ingest_prodigy_db(db_path: Path, dataset: str, ledger: Ledger, labels: Collection[str], data_dir: Path,
@@ -108,7 +55,7 @@ def ingest_prodigy_db(db_path: Path, dataset: str, ledger: Ledger, labels: Colle
     stats.update(locked=False, restarted=False)
     conn = connect_readonly(db_path, timeout)
     try:
-        _check(conn, db_path)
+        check_open(conn, db_path)
         last_id = int((ledger.source_state(name) or {}).get("last_id", 0))
         newest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM example").fetchone()[0]
         if newest < last_id:

@@ -1,19 +1,19 @@
 """Confirm a published version serves: the server reports it AVAILABLE, and a Predict pinned to it answers.
 
-If it does not within ``serving.confirm_timeout_seconds`` (it failed to load, or answers wrongly), the version is
-moved out of the numbered namespace (quarantined) so the server keeps serving the previous one.
+Only asks the server: what follows (recording it confirmed, or quarantining a version that does not serve within
+``serving.confirm_timeout_seconds``) is the orchestration's (odal.daemon.rounds.round).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from odal.daemon.system import log as logs
-from odal.daemon.config import Config
-from odal.common.errors import PublishError
-from odal.daemon.rounds import publish
-from odal.daemon.store.history import History
+
+if TYPE_CHECKING:  # the configuration imports the rounds' gate and pipeline check
+    from odal.daemon.config import Config
 
 log = logs.get("odal.confirm")
 
@@ -22,8 +22,8 @@ class Confirmer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
 
-    def __call__(self, version: int, path: Path, history: History, sample_image: str | None) -> dict:
-        """Returns {"latency_ms": ...} when version ``version`` serves; raises PublishError after quarantining it."""
+    def __call__(self, version: int, sample_image: str | None) -> str | None:
+        """None when version ``version`` serves; else why not (the server's error code and message)."""
         from odal.serving.client import ServingClient
         from odal.serving.errors import ServingError
 
@@ -31,7 +31,7 @@ class Confirmer:
         started = time.monotonic()
         client = ServingClient(cfg.serving_address, timeout=min(30.0, cfg.confirm_timeout_seconds))
         try:
-            client.wait_until_available(cfg.model_name, version, timeout=cfg.confirm_timeout_seconds)
+            client.wait_until_available(cfg.model_name, version, timeout=cfg.confirm_timeout_seconds, poll=0.05)
             image = sample_image if sample_image and Path(sample_image).is_file() else _blank()
             asked = time.monotonic()
             found = client.predict(cfg.model_name, image, version=version)
@@ -39,17 +39,12 @@ class Confirmer:
             if found.model_version != version:
                 raise ServingError("INTERNAL", f"version {found.model_version} answered a request pinned to {version}")
         except ServingError as error:
-            reason = f"{error.code}: {error.message}"
-            where = publish.quarantine(cfg.base_path, version, history, reason)
-            log.error("version_quarantined", version=version, reason=reason, moved_to=str(where),
-                      seconds=round(time.monotonic() - started, 2))
-            raise PublishError(f"version {version} did not serve ({reason}); quarantined at {where}") from None
+            return f"{error.code}: {error.message}"
         finally:
             client.close()
-        history.set_version_state(version, "confirmed")
         log.info("version_confirmed", version=version, address=cfg.serving_address, detections=int(found.num),
                  predict_ms=round(latency_ms, 1), seconds=round(time.monotonic() - started, 2))
-        return {"latency_ms": latency_ms}
+        return None
 
 
 def _blank():

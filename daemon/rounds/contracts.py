@@ -113,6 +113,7 @@ class RoundResult:
     served_metrics: dict[str, float] | None
     gate: dict[str, Any] | None
     timings: dict[str, float]
+    warmup: str | None = None  # the TF Serving warm-up file written into the export (relative path), if any
 
 
 @dataclass(frozen=True)
@@ -123,15 +124,39 @@ class JobFailed:
     error: str
 
 
-Message = Union[Ready, Progress, RoundResult, JobFailed]
+@dataclass(frozen=True)
+class PrewarmJob:
+    """Build and trace the model of this pipeline config and class count now, before a round needs it
+    (odal.daemon.worker.prewarm); answered by one :class:`Prewarmed`."""
+
+    pipeline_config: Path
+    label_map: Path
+    num_classes: int
+    distribute: Distribute | None = None  # the strategy the rounds will train under (never multi_worker)
+
+
+@dataclass(frozen=True)
+class Prewarmed:
+    """A prewarm finished: ``built`` a new session (False: an untrained one of this model was there), or failed
+    with ``error`` (the round then builds what it needs itself)."""
+
+    ok: bool
+    seconds: float = 0.0
+    built: bool = False
+    timings: dict[str, float] | None = None
+    error: str | None = None
+
+
+Message = Union[Ready, Progress, RoundResult, JobFailed, Prewarmed]
 _TYPES: dict[str, type] = {"job": RoundJob, "ready": Ready, "progress": Progress, "result": RoundResult,
-                           "failed": JobFailed}
+                           "failed": JobFailed, "prewarm": PrewarmJob, "prewarmed": Prewarmed}
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 # The nested typed fields, and the fields that are paths.
 _NESTED = {(RoundJob, "fine_tune"): FineTune, (RoundJob, "gate"): GateSpec, (RoundJob, "served"): Served,
-           (RoundJob, "distribute"): Distribute}
+           (RoundJob, "distribute"): Distribute, (PrewarmJob, "distribute"): Distribute}
 _PATHS = {(RoundJob, name) for name in ("round_dir", "pipeline_config", "label_map", "checkpoint_dir", "export_dir",
-                                        "tensorboard_dir")} | {(Served, "path")}
+                                        "tensorboard_dir")} | {(Served, "path")} | {
+    (PrewarmJob, "pipeline_config"), (PrewarmJob, "label_map")}
 
 
 def _plain(value: Any) -> Any:

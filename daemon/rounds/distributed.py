@@ -14,10 +14,13 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from odal.daemon.config import Config
 from odal.daemon.rounds.contracts import Distribute, ProtocolError, RoundJob, decode, encode
 from odal.daemon.system.atomic import atomic_write_text
+
+if TYPE_CHECKING:  # the configuration imports the rounds' gate and pipeline check
+    from odal.daemon.config import Config
 
 
 def spec(cfg: Config) -> Distribute | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from odal.daemon.sources import evalset as evalsets
 from odal.daemon.sources import images
@@ -14,7 +15,9 @@ from odal.daemon.sources import safe_files
 from odal.daemon.system import log as logs
 from odal.daemon.rounds import gate as gates
 from odal.daemon.system.atomic import atomic_write
-from odal.daemon.config import Config
+
+if TYPE_CHECKING:  # the configuration imports the rounds' gate and pipeline check
+    from odal.daemon.config import Config
 
 log = logs.get("odal.round")
 

@@ -9,10 +9,13 @@ odal honours the OD API's own settings rather than ignoring them:
 * Settings that need data odal's records do not hold (odal writes boxes and classes only: no instance masks,
   keypoints, DensePose, tracks or context) stop the daemon at start, naming the setting, instead of failing the
   first train step with an opaque ``GatherV2`` error.
+* ``train_config.freeze_variables`` / ``update_trainable_variables`` (honoured by the worker, see
+  ``odal.daemon.worker.freeze``) must be regular expressions: one that is not stops the daemon at start.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +130,14 @@ def unsupported(pipeline, pipeline_path: Path) -> None:
 def _refuse(pipeline_path: Path, setting: str, needs: str) -> None:
     raise ConfigError(f"{pipeline_path}: {setting} needs {needs}, which odal's training records do not hold "
                       f"(boxes and classes only); turn it off or use a box-only model")
+
+
+def trainable_patterns(pipeline, pipeline_path: Path) -> None:
+    """ConfigError naming the first freeze_variables / update_trainable_variables pattern that is not a regex."""
+    for setting in ("update_trainable_variables", "freeze_variables"):
+        for pattern in getattr(pipeline.train_config, setting):
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ConfigError(f"{pipeline_path}: train_config.{setting} {pattern!r} is not a regular "
+                                  f"expression: {error}") from error

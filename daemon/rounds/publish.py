@@ -20,6 +20,7 @@ from odal.common.errors import PublishError
 from odal.daemon.store.history import History
 
 MARKER = Path("assets.extra") / "odal.json"
+QUARANTINE = ".quarantine"  # <base_path>/.quarantine/<version>-<unix time>: versions out of serving, kept
 log = logs.get("odal.publish")
 
 
@@ -44,7 +45,8 @@ def next_version(base_path: Path, history: History) -> int:
 
 
 def publish(staging: Path, base_path: Path, history: History, round_id: int, metrics: dict | None) -> tuple[int, Path]:
-    """Rename the complete export ``staging`` into the next version folder; record it; return (version, path)."""
+    """Rename the complete export ``staging`` into the next version folder (numbered past every version in
+    ``history``, which is only read); return (version, path).  The caller records it."""
     if not is_complete(staging):
         raise PublishError(f"{staging}: export incomplete (needs saved_model.pb and variables/variables.index)")
     version = next_version(base_path, history)
@@ -52,34 +54,31 @@ def publish(staging: Path, base_path: Path, history: History, round_id: int, met
     atomic_write_text(staging / MARKER, json.dumps(
         {"round": round_id, "version": version, "metrics": metrics, "published_at": time.time()}, indent=1))
     publish_dir(staging, target)
-    history.record_version(version, round_id, target, metrics, "published")
     log.info("version_published", round=round_id, version=version, path=str(target))
     return version, target
 
 
-def quarantine(base_path: Path, version: int, history: History, reason: str) -> Path:
+def quarantine(base_path: Path, version: int) -> Path:
     """Move a version out of the numbered namespace (one rename, same filesystem) so the server drops it.
 
     The folder goes to ``<base_path>/.quarantine/<version>-<unix time>``: not an integer name, so TF Serving
     ignores it, and still on the same filesystem as the versions.
     """
     source = base_path / str(version)
-    target = base_path / ".quarantine" / f"{version}-{int(time.time())}"
+    target = base_path / QUARANTINE / f"{version}-{int(time.time())}"
     target.parent.mkdir(exist_ok=True)
     os.rename(source, target)
     fsync_dir(base_path)
     fsync_dir(target.parent)
-    history.set_version_state(version, "quarantined", reason)
     return target
 
 
-def prune_versions(base_path: Path, history: History, keep: int) -> list[int]:
-    """Delete all but the newest ``keep`` numbered versions (each disappears in one rename)."""
+def prune_versions(base_path: Path, keep: int) -> list[int]:
+    """Delete all but the newest ``keep`` numbered versions (each disappears in one rename); returns them."""
     versions = version_dirs(base_path)
     doomed = sorted(versions)[:-keep] if len(versions) > keep else []
     for version in doomed:
         remove_tree(versions[version])
-        history.set_version_state(version, "deleted", "retention")
         log.info("version_deleted", version=version, reason="retention", keep=keep)
     return doomed
 

@@ -8,19 +8,21 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
 from odal.daemon.rounds import gate as gates
 from odal.daemon.system import log as logs
 from odal.daemon.system.atomic import remove_tree
-from odal.daemon.config import Config
-from odal.common.errors import RoundFailed
+from odal.common.errors import PublishError
 from odal.daemon.rounds import distributed, publish
-from odal.daemon.rounds.contracts import FineTune, GateSpec, Progress, RoundJob, Served
+from odal.daemon.rounds.contracts import FineTune, GateSpec, RoundJob, Served
 from odal.daemon.rounds.inputs import image_roots, round_inputs, with_images, write_splits
-from odal.daemon.rounds.inputs import split_of, write_annotations  # noqa: F401 - their old home
+from odal.daemon.rounds.progress import RoundProgress
 from odal.daemon.rounds.worker_client import Abandoned, Worker
 from odal.daemon.store.history import History
+
+if TYPE_CHECKING:  # the configuration imports the rounds' gate and pipeline check
+    from odal.daemon.config import Config
 
 log = logs.get("odal.round")
 
@@ -37,7 +39,7 @@ class RoundOutcome:
 
 
 def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, labels: list[str], worker: Worker,
-              status: Callable[[str], None] = lambda text: None, confirm=None) -> RoundOutcome:
+              status: Callable[..., None] = lambda text, detail=None: None, confirm=None) -> RoundOutcome:
     """One round from the ledger snapshot ``accepted`` (taken at change counter ``seq``) to a published version."""
     round_id = history.start_round(seq)
     bound = log.bind(round=round_id)
@@ -75,18 +77,10 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
             distribute=distributed.spec(cfg),
         )
 
-        def on_progress(progress: Progress) -> None:
-            if progress.step is not None:
-                status(f"round {round_id}: training {progress.step}/{progress.of}")
-                bound.debug("train_progress", step=progress.step, of=progress.of, loss=progress.loss)
-            else:
-                status(f"round {round_id}: {progress.stage}")
-                bound.info("stage_started", stage=progress.stage)
-
         if cfg.strategy == "multi_worker":  # the other workers (odal train-worker) run the same job in step
             distributed.announce(cfg, job)
         try:
-            result = worker.run(job, on_progress)
+            result = worker.run(job, RoundProgress(round_id, cfg.steps_per_round, bound, status))
         finally:
             distributed.withdraw(cfg)
         metrics = gates.summarize(result.metrics)
@@ -96,9 +90,11 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
         history.update_round(round_id, checkpoint=result.checkpoint, global_step=result.train["global_step"],
                              metrics=metrics, timings=timings, gate=gate)
         bound.info("round_trained", global_step=result.train["global_step"], loss=result.train["loss"],
+                   train_cpu_seconds=result.train.get("cpu_seconds"),
                    session_reused=result.session_reused, export=result.export, metrics=metrics,
                    timings=timings, learning_rate=result.train.get("learning_rate"),
-                   fine_tune=result.train.get("fine_tune"), adjusted=result.adjusted,
+                   fine_tune=result.train.get("fine_tune"), frozen=result.train.get("frozen"),
+                   adjusted=result.adjusted,
                    gate=gate["reason"])
         if not gate["passed"]:  # not blessed: an outcome, not an error; the next round trains on from this one
             remove_tree(staging)
@@ -113,12 +109,20 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
         status(f"round {round_id}: publishing")
         publish_started = time.monotonic()
         version, path = publish.publish(staging, cfg.base_path, history, round_id, metrics)
+        history.record_version(version, round_id, path, metrics, "published")
         timings["publish"] = time.monotonic() - publish_started
         if confirm is not None:
             status(f"round {round_id}: confirming version {version}")
             confirm_started = time.monotonic()
             sample = next((a["image_path"] for a in accepted if a.get("image_path")), None)
-            confirm(version, path, history, sample)
+            failed = confirm(version, sample)
+            if failed is not None:  # it does not serve: out of the numbered namespace, the previous one serves on
+                where = publish.quarantine(cfg.base_path, version)
+                history.set_version_state(version, "quarantined", failed, path=where)
+                log.error("version_quarantined", version=version, reason=failed, moved_to=str(where),
+                          seconds=round(time.monotonic() - confirm_started, 2))
+                raise PublishError(f"version {version} did not serve ({failed}); quarantined at {where}")
+            history.set_version_state(version, "confirmed")
             timings["confirm"] = time.monotonic() - confirm_started
         else:
             history.set_version_state(version, "unconfirmed", "no serving.address configured")
@@ -180,7 +184,8 @@ def _served(cfg: Config) -> Served | None:
 
 def _retain(cfg: Config, history: History) -> None:
     """Keep the newest K versions, checkpoints and round folders (TFRecords); delete older ones."""
-    publish.prune_versions(cfg.base_path, history, cfg.keep_versions)
+    for version in publish.prune_versions(cfg.base_path, cfg.keep_versions):
+        history.set_version_state(version, "deleted", "retention")
     keep = {Path(ckpt).parent for _, ckpt in history.checkpoints()[: cfg.keep_checkpoints]}
     for folder in sorted((cfg.work_dir / "checkpoints").glob("round-*")):
         if folder not in keep:

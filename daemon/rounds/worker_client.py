@@ -14,12 +14,16 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from odal.common.errors import RoundFailed
-from odal.daemon.rounds.contracts import (JobFailed, Progress, ProtocolError, Ready, RoundJob, RoundResult, decode,
-                                          encode)
+from odal.common.processes import kill_process_group, stop_process_group
+from odal.daemon.rounds.contracts import (JobFailed, Prewarmed, PrewarmJob, Progress, ProtocolError, Ready, RoundJob,
+                                          RoundResult, decode, encode)
 from odal.daemon.system import log as logs
+
+if TYPE_CHECKING:
+    from odal.daemon.config import Config
 
 log = logs.get("odal.worker_client")
 
@@ -33,14 +37,21 @@ class Worker:
 
     A child whose memory (RSS) after a round is above ``max_rss`` bytes is retired and the next round starts a
     fresh one: whatever TensorFlow keeps from round to round (a few MiB; see bench/results/worker_memory.md) cannot
-    add up over weeks.  The fresh child pays the first-round costs (tracing, a whole SavedModel) once.
+    add up over weeks.  The fresh child pays the first-round costs (tracing, a whole SavedModel) once; with a
+    ``prewarm_job`` (odal.daemon.worker.prewarm) it pays them in the background when it starts (``prewarm()``, and
+    again after a retirement), while the daemon waits for annotations, not after they arrive.
+
+    A child keeps the tf.distribute strategy of its first job (``job.distribute``): a job with another one (the
+    strategy changed on reload) retires it first.  A multi-worker child serves one round only: each round forms its
+    own collective group with the other workers (``odal train-worker``), so the next round starts a new child.
     """
 
     def __init__(self, log_path: Path, max_bytes: int = 0, backups: int = 3, max_rss: int = 0,
-                 one_round: bool = False):
+                 prewarm_job: PrewarmJob | None = None):
         self._log_path = log_path
-        self._one_round = one_round  # a child per round (multi-worker: each round forms its collective group)
+        self._prewarm_job = prewarm_job
         self._spec = None  # the job.distribute the child was started for (a child keeps its strategy)
+        self._busy = threading.Lock()  # one job at a time in the child: a prewarm, or a round
         self._log_rotation = (max_bytes, backups)  # its stderr log is rotated when a child starts, if too big
         self._max_rss = max_rss
         self._proc: subprocess.Popen | None = None
@@ -49,10 +60,18 @@ class Worker:
         self._stopped = threading.Event()
 
     @classmethod
-    def for_config(cls, cfg) -> "Worker":
-        """The daemon's worker for the workspace configuration ``cfg``."""
+    def for_config(cls, cfg: Config, labels: list[str] | None = None) -> "Worker":
+        """The daemon's worker: its log and memory bound from ``cfg``, and (``[training] prewarm``, given the
+        workspace's ``labels``) the prewarm job of its model, built under the configured strategy, sent by
+        ``prewarm()``.  No prewarm for ``multi_worker``: its child lives one round, and building the model there
+        needs every other worker in the collective group."""
+        job = None
+        if cfg.prewarm and labels is not None and cfg.strategy != "multi_worker":
+            from odal.daemon.rounds import distributed
+
+            job = PrewarmJob(cfg.pipeline_config, cfg.label_map, len(labels), distributed.spec(cfg))
         return cls(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups, cfg.worker_max_bytes,
-                   one_round=cfg.strategy == "multi_worker")
+                   prewarm_job=job)
 
     @property
     def stopping(self) -> bool:
@@ -90,9 +109,50 @@ class Worker:
         log.info("worker_started", pid=proc.pid)
         return proc
 
+    def prewarm(self, wait: bool = False) -> None:
+        """Start the child now and have it build and trace the model, in a background thread (a round waits for
+        it), or in this one with ``wait``."""
+        if self._prewarm_job is None or self._stopping:
+            return
+        if wait:
+            self._prewarm()
+        else:
+            threading.Thread(target=self._prewarm, name="odal-worker-prewarm", daemon=True).start()
+
+    def _prewarm(self) -> None:
+        with self._busy:
+            try:
+                with self._lock:
+                    if self._stopping:
+                        return
+                    if self._proc is None or self._proc.poll() is not None:
+                        self._proc, self._spec = self._start(), self._prewarm_job.distribute
+                    elif self._spec != self._prewarm_job.distribute:
+                        return  # a child keeps its strategy: the next round replaces it
+                    proc = self._proc
+                proc.stdin.write(encode(self._prewarm_job))
+                proc.stdin.flush()
+                for line in proc.stdout:
+                    message = decode(line)
+                    if isinstance(message, Prewarmed):
+                        if message.ok:
+                            log.info("worker_prewarmed", pid=proc.pid, built=message.built,
+                                     seconds=round(message.seconds, 2),
+                                     **{k: round(v, 2) for k, v in (message.timings or {}).items()})
+                        else:
+                            log.warning("worker_prewarm_failed", pid=proc.pid, error=message.error)
+                        return
+            except Exception as error:  # noqa: BLE001 - the round starts (or builds) what it needs itself
+                if not self._stopping:
+                    log.warning("worker_prewarm_failed", error=f"{type(error).__name__}: {error}")
+
     def run(self, job: RoundJob, on_progress: Callable[[Progress], None] = lambda progress: None) -> RoundResult:
         """Send one job; relay its progress; return its result (raises RoundFailed / Abandoned).  An answer for
         another round than ``job.round_id``, or a line that is not a protocol message, fails the round."""
+        with self._busy:
+            return self._run(job, on_progress)
+
+    def _run(self, job: RoundJob, on_progress: Callable[[Progress], None]) -> RoundResult:
         with self._lock:
             if self._stopping:
                 raise Abandoned("worker stopping")
@@ -124,7 +184,8 @@ class Worker:
         if isinstance(message, JobFailed):
             raise RoundFailed(message.error)
         if isinstance(message, RoundResult):
-            self._retire_if_grown(proc)
+            self._retire_if_grown(proc, one_round=job.distribute is not None
+                                  and job.distribute.strategy == "multi_worker")
             return message
         code = proc.wait()
         self._proc = None
@@ -137,31 +198,27 @@ class Worker:
         with self._lock:
             if self._proc is proc:
                 self._proc = None
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        proc.wait()
+        kill_process_group(proc)
         log.warning("worker_discarded", pid=proc.pid)
 
-    def _retire_if_grown(self, proc: subprocess.Popen) -> None:
+    def _retire_if_grown(self, proc: subprocess.Popen, one_round: bool = False) -> None:
         rss = rss_bytes(proc.pid)
-        if self._one_round:
+        if one_round:
             with self._lock:
                 self._retire(proc, reason="one round per child (multi_worker)")
         elif self._max_rss and rss is not None and rss > self._max_rss:
             with self._lock:
                 self._retire(proc, rss_mb=round(rss / (1 << 20)), max_mb=round(self._max_rss / (1 << 20)))
+            self.prewarm()  # the next child builds and traces the model now, not in the next round
 
     def _retire(self, proc: subprocess.Popen, **why) -> None:
-        """End the child politely (it exits at the end of its input); the next round starts a new one."""
+        """End the child politely (it exits at the end of its input); the next job starts a new one."""
         self._proc = None
         proc.stdin.close()  # the child ends at the end of its input
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_process_group(proc)
         log.info("worker_retired", pid=proc.pid, **why)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -174,14 +231,15 @@ class Worker:
             return
         try:
             proc.stdin.close()
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except (ProcessLookupError, BrokenPipeError, OSError):
+        except OSError:
             pass
+        stop_process_group(proc, timeout)
         log.info("worker_stopped", pid=proc.pid)
+
+
+def worker_for(cfg: Config, labels: list[str]) -> Worker:
+    """The daemon's worker for ``cfg`` and the workspace's ``labels`` (see :meth:`Worker.for_config`)."""
+    return Worker.for_config(cfg, labels)
 
 
 def rss_bytes(pid: int) -> int | None:

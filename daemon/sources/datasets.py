@@ -2,8 +2,8 @@
 
 * :func:`generate_shapes` makes a small detection data set on any machine: coloured squares and discs on noisy
   backgrounds, JPEG files and their boxes.
-* :func:`read_voc` reads a folder of PASCAL VOC annotated images (``images/`` + ``annotations/*.xml``), such as
-  the raccoon data set.
+* :func:`read_voc` reads a folder of PASCAL VOC annotated images (``images/`` + ``annotations/*.xml``, or another
+  common layout), such as the raccoon data set.
 
 Both give :class:`GroundTruth` items, which :func:`prodigy_record` turns into the record ``prodigy db-out`` writes
 after an annotator drew those boxes in ``image.manual`` (the simulated annotator of the demo and the tests).
@@ -11,14 +11,14 @@ after an annotator drew those boxes in ``image.manual`` (the simulated annotator
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from odal.common.hashing import content_hash
+from odal.common.spans import rect_span
 from odal.daemon.system.atomic import atomic_write, atomic_write_text
 
 SHAPE_LABELS = ("square", "disc")
@@ -67,19 +67,11 @@ def generate_shapes(out_dir: Path, count: int, seed: int = 0, size: tuple[int, i
 
 
 def read_voc(folder: Path) -> list[GroundTruth]:
-    """Items of a PASCAL VOC folder: ``images/NAME.jpg`` with ``annotations/NAME.xml``."""
-    items = []
-    for xml_path in sorted((folder / "annotations").glob("*.xml")):
-        root = ET.parse(xml_path).getroot()
-        image = folder / "images" / root.findtext("filename")
-        width, height = int(root.findtext("size/width")), int(root.findtext("size/height"))
-        boxes = tuple(
-            (obj.findtext("name"),) + tuple(float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
-            for obj in root.iter("object")
-        )
-        if image.exists():
-            items.append(GroundTruth(image, width, height, boxes))
-    return items
+    """Items of a PASCAL VOC folder in any common layout (see :mod:`odal.daemon.sources.voc`; what cannot be used
+    is left out; ``voc.read`` says why)."""
+    from odal.daemon.sources import voc
+
+    return voc.read(folder).items
 
 
 def labels_of(items: list[GroundTruth]) -> list[str]:
@@ -92,7 +84,7 @@ def write_label_map(path: Path, labels: list[str]) -> None:
 
 def input_hash(image: Path) -> int:
     """A stand-in for Prodigy's input hash: stable for the same image bytes (Prodigy uses a 32-bit murmurhash)."""
-    return int.from_bytes(hashlib.sha1(image.read_bytes()).digest()[:4], "big", signed=True)
+    return content_hash(image.read_bytes())
 
 
 def prodigy_record(item: GroundTruth, image_field: str, answer: str = "accept",
@@ -100,11 +92,7 @@ def prodigy_record(item: GroundTruth, image_field: str, answer: str = "accept",
     """The record ``prodigy db-out`` prints for this item answered in ``image.manual`` (``--remove-base64``)."""
     spans = []
     for label, x0, y0, x1, y1 in item.boxes:
-        spans.append({
-            "id": str(uuid.uuid4()), "label": label, "color": "yellow",
-            "x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0, "center": [(x0 + x1) / 2, (y0 + y1) / 2],
-            "type": "rect", "points": [[x0, y0], [x0, y1], [x1, y1], [x1, y0]],
-        })
+        spans.append({"id": str(uuid.uuid4()), **rect_span(label, x0, y0, x1, y1), "color": "yellow"})
     hashed = input_hash(item.image)
     return {
         "image": image_field, "text": item.image.stem, "meta": {"file": item.image.name}, "path": image_field,

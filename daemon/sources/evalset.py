@@ -19,11 +19,15 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from odal.daemon.system import log as logs
-from odal.daemon.config import Config
 from odal.common.errors import InvalidRecord
 from odal.daemon.sources.prodigy_format import open_image, parse_record
+from odal.daemon.sources.prodigy_db import check_schema, connect_readonly, file_label
+
+if TYPE_CHECKING:  # the configuration imports the sources' limits
+    from odal.daemon.config import Config
 
 log = logs.get("odal.evalset")
 
@@ -54,9 +58,7 @@ def load(cfg: Config, labels: Collection[str], blob_dir: Path) -> EvalSet | None
         return _cached(str(cfg.eval_export), _file_fingerprint(cfg.eval_export), labels, cfg, blob_dir,
                        lambda: _file_lines(cfg.eval_export))
     if cfg.eval_dataset:
-        from odal.daemon.handlers import ingest_db
-
-        source = ingest_db.file_label(cfg.prodigy_db, cfg.eval_dataset)
+        source = file_label(cfg.prodigy_db, cfg.eval_dataset)
         return _cached(source, _db_fingerprint(cfg.prodigy_db, cfg.eval_dataset), labels, cfg, blob_dir,
                        lambda: _db_lines(cfg.prodigy_db, cfg.eval_dataset))
     return None
@@ -149,8 +151,6 @@ JOIN dataset ON dataset.id = link.dataset_id WHERE dataset.name = ? ORDER BY exa
 
 
 def _db_fingerprint(db_path: Path, dataset: str) -> tuple:
-    from odal.daemon.handlers.ingest_db import check_schema, connect_readonly
-
     check_schema(db_path)
     conn = connect_readonly(db_path, timeout=10)
     try:
@@ -160,8 +160,6 @@ def _db_fingerprint(db_path: Path, dataset: str) -> tuple:
 
 
 def _db_lines(db_path: Path, dataset: str):
-    from odal.daemon.handlers.ingest_db import connect_readonly
-
     conn = connect_readonly(db_path, timeout=10)
     try:
         read = 0

@@ -6,7 +6,7 @@ ingest can set that record aside and go on.
 
 * :func:`parse_record` turns one ``db-out`` object into an :class:`Annotation` with normalised, clipped
   :class:`Box` values (min/max over each span's ``points``: rects, polygons and freehand alike).
-* :func:`open_image` / :func:`resolve_image` find the image the record names (a path inside ``data_dir``, a
+* :func:`open_image` finds the image the record names (a path inside ``data_dir``, a
   ``data:`` URI stored once as a blob, or ``meta.file``) and check that it decodes.
 
 Values from a record are bounded (:mod:`odal.daemon.sources.limits`) and shown shortened in messages.
@@ -23,7 +23,6 @@ from pathlib import Path
 
 from odal.common.errors import InvalidRecord
 from odal.daemon.sources.images import ImageFile, locate
-from odal.daemon.sources.label_map import load_label_map  # noqa: F401 - re-exported: it was defined here
 from odal.daemon.sources.limits import MAX_DIMENSION, MAX_HASH_DIGITS, MAX_SHOWN_CHARS, MAX_SPANS
 
 ANSWERS = ("accept", "reject", "ignore")
@@ -218,11 +217,6 @@ def _clip(value: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- images
-
-
-def resolve_image(ann: Annotation, data_dir: Path, blob_dir: Path) -> Path:
-    """The local file of the record's image; see :func:`open_image`."""
-    return open_image(ann, data_dir, blob_dir).path
 
 
 def open_image(ann: Annotation, data_dir: Path, blob_dir: Path) -> ImageFile:

@@ -11,6 +11,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+LEDGER_FILE = "ledger.sqlite"  # in the work dir: ledger, history and active-learning queue
+
 
 def connect(path: Path, readonly: bool = False, timeout: float = 30.0) -> sqlite3.Connection:
     if readonly:

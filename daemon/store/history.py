@@ -4,7 +4,8 @@ A round is ``running`` until it ends ``published``, ``held_back`` (trained and e
 found it worse than the served version: not published, and the next round trains on from it), ``failed``,
 ``abandoned`` (daemon stopped or crashed) or ``skipped`` (nothing to train on).  A round's ``gate`` is the
 decision of :func:`odal.daemon.rounds.gate.decide` with the eval set it used.  A version row is written after its folder
-was renamed into the base path.
+was renamed into the base path.  Written by the round thread's orchestration (odal.daemon.rounds.round) through its
+own connection; at start by crash recovery (odal.daemon.rounds.publish.recover); by ``odal rollback``.
 """
 
 from __future__ import annotations
@@ -113,8 +114,10 @@ class History:
             (version, round_id, str(path), json.dumps(metrics) if metrics else None, time.time(), state, note),
         )
 
-    def set_version_state(self, version: int, state: str, note: str | None = None) -> None:
-        self._update("versions", "version", version, state=state, note=note)
+    def set_version_state(self, version: int, state: str, note: str | None = None, path: Path | None = None) -> None:
+        """``path``: where the version's folder is now (moved out of the base path, or back into it)."""
+        fields = {"path": str(path)} if path is not None else {}
+        self._update("versions", "version", version, state=state, note=note, **fields)
 
     def versions(self) -> list[dict]:
         return [_decode(row) for row in self._db.execute("SELECT * FROM versions ORDER BY version")]

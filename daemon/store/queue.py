@@ -1,46 +1,33 @@
-"""The active-learning queue: every image of the data dir not yet annotated, scored by the served model.
+"""The active-learning queue, stored: every image of the data dir not yet annotated, with the served model's score.
 
 Rows live in the workspace ledger file (table ``active_queue``, created here ``IF NOT EXISTS``), keyed by the
-image's resolved path; ``digest`` (SHA-256 of the bytes) and ``input_hash`` (odal's content hash, see
-``odal.recipe.tasks.content_hash``) say which content was scored.  A changed file (other size or mtime) loses its
-score; a deleted one loses its row.  ``uncertainty`` is ``odal.common.uncertainty.uncertainty`` (the least confident
-detection above a floor) and ``scored_version`` the model version that answered.  :meth:`ActiveQueue.rescore_all`
-records a newer target version: rows scored by an older one keep their score for ordering until re-scored.
+image's resolved path; ``digest`` (SHA-256 of the bytes) and ``input_hash`` (odal.common.hashing.content_hash) say
+which content was scored.  A changed file (other size or mtime) loses its score; a deleted one loses its row.
+``uncertainty`` is ``odal.common.uncertainty.uncertainty`` and ``scored_version`` the model version that answered.
+:meth:`ActiveQueue.rescore_all` records a newer target version: rows scored by an older one keep their score for
+ordering until re-scored.  Scoring itself is odal.daemon.handlers.scoring; readers (the recipe, ``odal status``)
+use odal.daemon.store.queue_query, whose queries this class inherits.
 
-The daemon calls everything from its loop thread; each call is bounded (``score_pending`` scores at most
-``limit`` images and stops at the first unreachable-server error).  The recipe, another process, opens the same
-file read-only (:meth:`ActiveQueue.reader`) and asks :meth:`ActiveQueue.next_images` for the most uncertain
-unanswered images.  No TensorFlow here: images are decoded with Pillow, the model is asked through
-``odal.serving.client``.  Files are read only through :mod:`odal.daemon.sources.safe_files` (regular files inside the data
-dir, bounded bytes) and decoded by :mod:`odal.daemon.sources.images` (pixels bounded from the header, shrunk to at most
-1024 pixels a side for scoring); a refused or broken image is marked with its error, logged once, and not read
-again until the file changes.
-
-Wiring in the daemon (after the ledger is open): ``ActiveQueue(cfg.ledger_path, cfg.data_dir)`` then ``scan()``;
-on ``ImageChanged`` call ``image_changed(event.path, event.deleted)``; each idle loop tick
-``score_pending(client, cfg.model_name, limit=8)``; when a published version is confirmed ``rescore_all(version)``.
+The daemon calls everything from its loop thread.  Files are only listed and checked here, through
+:mod:`odal.daemon.sources.safe_files` (regular files inside the data dir): a refused file is logged once and skipped.
+Wiring (after the ledger is open): ``ActiveQueue(cfg.ledger_path, cfg.data_dir)`` then ``scan()``; on
+``ImageChanged`` call ``image_changed(event.path, event.deleted)``; when a version is published ``rescore_all``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
-from typing import Iterable
 
-import structlog
-
+from odal.common.images import image_files, is_image_name
 from odal.daemon.sources import safe_files
-
 from odal.daemon.store import db as store
-from odal.daemon.sources.images import pixels_for_scoring
-from odal.daemon.watchers.image_dir import IMAGE_SUFFIXES
-from odal.common.uncertainty import uncertainty
+from odal.daemon.store.queue_query import QueueQuery
+from odal.daemon.system import log as logs
 
-log = structlog.get_logger("odal.active_queue")
+log = logs.get("odal.active_queue")
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -61,28 +48,16 @@ CREATE TABLE IF NOT EXISTS active_queue_meta (key TEXT PRIMARY KEY, value TEXT N
 """
 
 
-def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
-
-
 def _lexical(path: Path) -> Path:
     """``path`` made absolute and normalised without touching the filesystem (a loop or a FIFO is never read)."""
     return Path(os.path.abspath(path))
 
 
-class ActiveQueue:
-    """The queue in the ledger file ``db_path`` for the images below ``data_dir``; thread-safe (one lock)."""
+class ActiveQueue(QueueQuery):
+    """The queue in the ledger file ``db_path`` for the images below ``data_dir``, opened to write; thread-safe."""
 
-    def __init__(self, db_path: Path, data_dir: Path | None, *, readonly: bool = False) -> None:
-        self.db_path = Path(db_path)
-        self.readonly = readonly
-        self._lock = threading.Lock()
-        self._conn = store.connect(self.db_path, readonly=readonly, timeout=10 if readonly else 30)
-        if readonly:
-            stored = self._meta("data_dir")
-            self.data_dir = Path(data_dir or stored) if (data_dir or stored) else None
-            return
-        self.data_dir = Path(data_dir).resolve()
+    def __init__(self, db_path: Path, data_dir: Path) -> None:
+        super().__init__(db_path, Path(data_dir).resolve(), readonly=False)
         with self._write() as conn:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
@@ -90,27 +65,11 @@ class ActiveQueue:
             conn.execute("INSERT INTO active_queue_meta VALUES ('data_dir', ?) ON CONFLICT (key) DO UPDATE "
                          "SET value = excluded.value", (str(self.data_dir),))
 
-    @classmethod
-    def reader(cls, workspace: Path) -> "ActiveQueue":
-        """The queue of a daemon workspace (its work dir, or the ledger file itself), opened read-only."""
-        path = Path(workspace)
-        return cls(path / "ledger.sqlite" if path.is_dir() else path, None, readonly=True)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> "ActiveQueue":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # ------------------------------------------------------------------------------------------- image events
 
     def image_changed(self, path: str | Path, deleted: bool = False) -> None:
         """An :class:`ImageChanged` event: add or refresh the image, or drop it when deleted, gone or refused."""
-        if not _is_image_name(Path(path).name):
+        if not is_image_name(Path(path).name):
             return
         candidate = Path(path) if Path(path).is_absolute() else self.data_dir / path
         if deleted:
@@ -132,15 +91,12 @@ class ActiveQueue:
         device, a symlink loop or a link leading out is skipped with one ``active_queue_file_skipped`` line."""
         found: dict[str, os.stat_result] = {}
         skipped = 0
-        for dirpath, dirnames, filenames in os.walk(self.data_dir):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                if _is_image_name(name):
-                    checked = self._check(Path(dirpath) / name)
-                    if checked is None:
-                        skipped += 1
-                    else:
-                        found[str(checked[0])] = checked[1]
+        for path in image_files(self.data_dir):
+            checked = self._check(path)
+            if checked is None:
+                skipped += 1
+            else:
+                found[str(checked[0])] = checked[1]
         with self._write() as conn:
             known = {r["path"] for r in conn.execute("SELECT path FROM active_queue")}
             gone = known - set(found)
@@ -187,121 +143,21 @@ class ActiveQueue:
             "(uncertainty IS NULL OR scored_version < ?) ORDER BY uncertainty IS NOT NULL, added_at, path", (target,))
         return [Path(r["path"]) for r in self._unanswered(rows, (), limit)]
 
-    def score_pending(self, client, model_name: str, limit: int = 16, concurrency: int = 4) -> int:
-        """Score at most ``limit`` pending images with the served model; returns how many were scored.
-
-        ``client`` is an ``odal.serving.client.ServingClient``.  Network I/O, bounded: one pipelined
-        ``predict_many`` of at most ``limit`` images (each request under the client's deadline); a serving error
-        (server down, no version yet) scores nothing and the next call tries again.  An unreadable image is
-        marked with its error and not retried until the file changes.
-        """
-        from odal.recipe.tasks import content_hash
-        from odal.serving.errors import ServingError
-
-        images = self.read_pending(limit)
-        if not images:
-            return 0
-        try:
-            found = client.predict_many(model_name, [image.pixels for image in images], concurrency=concurrency)
-        except ServingError as error:
-            log.info("active_queue_scoring_paused", error=str(error), pending=len(images))
-            return 0
+    def record_scores(self, scores: list[tuple[Path, str, str, float, int]]) -> None:
+        """Store (path, digest, input hash, uncertainty, model version) of images just scored."""
         now = time.time()
         with self._write() as conn:
-            for image, detections in zip(images, found):
-                conn.execute(
-                    "UPDATE active_queue SET digest = ?, input_hash = ?, uncertainty = ?, scored_version = ?, "
-                    "scored_at = ? WHERE path = ?",
-                    (hashlib.sha256(image.data).hexdigest(), str(content_hash(image.data)),
-                     uncertainty(detections.scores), int(detections.model_version), now, str(image.path)))
-        return len(images)
+            conn.executemany("UPDATE active_queue SET digest = ?, input_hash = ?, uncertainty = ?, scored_version = ?, "
+                             "scored_at = ? WHERE path = ?",
+                             [(digest, input_hash, value, version, now, str(path))
+                              for path, digest, input_hash, value, version in scores])
 
-    def read_pending(self, limit: int) -> list:
-        """The next ``limit`` pending images read for scoring (``odal.recipe.tasks.ImageData``, pixels shrunk to at
-        most 1024 a side); an image that is gone, refused or undecodable is marked with its error and logged once
-        (it is pending again only when its file changes)."""
-        from odal.recipe.tasks import ImageData
-
-        images = []
-        for path in self.pending(limit):
-            try:
-                resolved, _st, data = safe_files.read_file(path, [self.data_dir])
-                pixels = pixels_for_scoring(data)
-            except FileNotFoundError:
-                self._set(path, error="FileNotFoundError: gone")
-                continue
-            except Exception as error:  # noqa: BLE001 - refused, too large, undecodable, or a Pillow surprise
-                self._set(path, error=f"{type(error).__name__}: {error}")
-                log.warning("active_queue_image_unreadable", path=str(path), error=f"{type(error).__name__}: {error}")
-                continue
-            images.append(ImageData(resolved, data, pixels.shape[1], pixels.shape[0], pixels))
-        return images
-
-    def _set(self, path: Path, **values) -> None:
-        columns = ", ".join(f"{key} = ?" for key in values)
+    def mark_error(self, path: Path, error: str) -> None:
+        """The image cannot be scored: not pending again until its file changes."""
         with self._write() as conn:
-            conn.execute(f"UPDATE active_queue SET {columns} WHERE path = ?", (*values.values(), str(path)))
-
-    # ---------------------------------------------------------------------------------------------- reading
-
-    def next_images(self, n: int, exclude_hashes: Iterable[str | int] = ()) -> list[dict]:
-        """The ``n`` most uncertain unanswered images: scored ones by uncertainty (highest first), then unscored.
-
-        Answered means: its path is in the ledger's annotations, or its input hash is in the ledger or in
-        ``exclude_hashes``.  Each item: ``path``, ``uncertainty``, ``scored_version``, ``input_hash``, ``digest``.
-        """
-        rows = self._read(
-            "SELECT path, uncertainty, scored_version, input_hash, digest FROM active_queue WHERE error IS NULL "
-            "ORDER BY uncertainty IS NULL, uncertainty DESC, path", ())
-        return [dict(r) for r in self._unanswered(rows, exclude_hashes, n)]
-
-    def status(self) -> dict:
-        """``images``, ``scored``, ``pending``, ``target_version``, ``scored_version`` (newest used), ``data_dir``."""
-        target = int(self._meta("target_version") or 0)
-        row = self._read(
-            "SELECT COUNT(*) AS images, COUNT(uncertainty) AS scored, MAX(scored_version) AS newest, "
-            "SUM(uncertainty IS NULL OR scored_version < ?) AS pending FROM active_queue WHERE error IS NULL",
-            (target,))[0]
-        return {"images": row["images"], "scored": row["scored"], "pending": row["pending"] or 0,
-                "target_version": target or None, "scored_version": row["newest"],
-                "data_dir": str(self.data_dir) if self.data_dir else None}
-
-    def answered(self) -> tuple[set[str], set[str]]:
-        """The ledger's answered input hashes and image paths (both empty when the ledger has no table yet)."""
-        hashes: set[str] = set()
-        paths: set[str] = set()
-        if self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'annotations'", ()):
-            for row in self._read("SELECT input_hash, image_path FROM annotations", ()):
-                hashes.add(row["input_hash"])
-                if row["image_path"]:
-                    paths.add(row["image_path"])
-        return hashes, paths
-
-    def _unanswered(self, rows: list[sqlite3.Row], exclude_hashes: Iterable[str | int], limit: int) -> list:
-        """The first ``limit`` rows whose image has no answer in the ledger (by path or input hash)."""
-        hashes, paths = self.answered()
-        hashes.update(str(h) for h in exclude_hashes)
-        out = []
-        for row in rows:
-            if row["path"] in paths or (row["input_hash"] is not None and row["input_hash"] in hashes):
-                continue
-            out.append(row)
-            if len(out) >= limit:
-                break
-        return out
-
-    def _meta(self, key: str) -> str | None:
-        try:
-            rows = self._read("SELECT value FROM active_queue_meta WHERE key = ?", (key,))
-        except sqlite3.OperationalError:  # a workspace whose daemon never made a queue
-            return None
-        return rows[0]["value"] if rows else None
+            conn.execute("UPDATE active_queue SET error = ? WHERE path = ?", (error, str(path)))
 
     # --------------------------------------------------------------------------------------------- plumbing
-
-    def _read(self, sql: str, params: tuple) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
 
     def _write(self):
         if self.readonly:

@@ -33,15 +33,18 @@ class StatusFile:
         self._written_at = 0.0
         self._pending: dict | None = None
         self._text = ""
+        self._detail: dict | None = None
         self._degraded: dict | None = None
         for stale in self.path.parent.glob(f".{FILE_NAME}.*.tmp"):  # a write cut short by a crash
             stale.unlink(missing_ok=True)
 
-    def set(self, text: str) -> None:
-        """Record ``text`` as the current status; writes now unless the last write was under a second ago."""
+    def set(self, text: str, detail: dict | None = None) -> None:
+        """Record ``text`` (and ``detail``: a round's stage, step, loss, ETA) as the current status; writes now
+        unless the last write was under a second ago."""
         with self._lock:
-            self._text = text
-            self._pending = {"text": text, "since": time.time(), "pid": os.getpid(), "degraded": self._degraded}
+            self._text, self._detail = text, detail
+            self._pending = {"text": text, "since": time.time(), "pid": os.getpid(), "degraded": self._degraded,
+                             "detail": detail}
             if time.monotonic() - self._written_at >= self.min_interval:
                 self._write_locked()
 
@@ -53,7 +56,7 @@ class StatusFile:
             elif self._degraded is None or self._degraded["reason"] != reason:
                 self._degraded = {"reason": reason[:1000], "since": time.time()}
             self._pending = {"text": self._text, "since": time.time(), "pid": os.getpid(),
-                             "degraded": self._degraded}
+                             "degraded": self._degraded, "detail": self._detail}
             self._write_locked()
 
     def flush(self) -> None:
@@ -66,7 +69,9 @@ class StatusFile:
         record, self._pending = self._pending, None
         text = json.dumps(record)
         if len(text) >= SIZE:
-            text = json.dumps(dict(record, text=record["text"][:500]))[:SIZE - 1]
+            text = json.dumps(dict(record, text=record["text"][:500]))
+        if len(text) >= SIZE:  # a detail too big for the record: the text and the rest still fit
+            text = json.dumps(dict(record, text=record["text"][:500], detail=None))[:SIZE - 1]
         text = text.ljust(SIZE - 1) + "\n"
         try:
             atomic_write_text(self.path, text)

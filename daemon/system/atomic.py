@@ -22,13 +22,23 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back; there is no other way to read it)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp file name beside ``path`` for a writer that wants a name; then fsync and rename it over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # what open() would create (mkstemp's 0600 hid files from TF Serving's group)
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         fd = os.open(tmp, os.O_RDONLY)

@@ -129,8 +129,9 @@ class _LineWriter:
 
     _lock = threading.Lock()
 
-    def __init__(self, streams: list[TextIO]):
+    def __init__(self, streams: list[TextIO], name: str | None = None):
         self._streams = streams
+        self.name = name
 
     def msg(self, message: str) -> None:
         with self._lock:
@@ -152,6 +153,7 @@ def configure(level: str = "info", file: Path | None = None, stream: TextIO | No
         streams.append(RotatingFile(file, max_bytes, backups))  # lives as long as the process
     structlog.configure(
         processors=[
+            _logger_name,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -159,10 +161,34 @@ def configure(level: str = "info", file: Path | None = None, stream: TextIO | No
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=lambda *args: _LineWriter(streams),
+        logger_factory=lambda *args: _LineWriter(streams, str(args[0]) if args else None),
         cache_logger_on_first_use=False,
     )
+    logging.basicConfig(handlers=[_Stdlib()], level=_LEVELS[level], force=True)
 
 
-def get(name: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(name).bind(logger=name)
+class _Stdlib(logging.Handler):
+    """Routes stdlib ``logging`` records (the lock, sd_notify, libraries) through structlog: the same JSON lines,
+    with ``logger`` the record's logger name and ``event`` its message."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = record.levelname.lower() if record.levelname.lower() in _LEVELS else "error"
+            fields = {"exc_info": record.exc_info} if record.exc_info else {}
+            getattr(get(record.name), level)(record.getMessage(), **fields)
+        except Exception:  # noqa: BLE001 - logging never raises into the caller
+            self.handleError(record)
+
+
+def get(name: str):
+    """The logger ``name``: resolved at each use (a module imported before :func:`configure` logs JSON too), each
+    event carrying ``logger`` (also from ``structlog.get_logger(name)``)."""
+    return structlog.get_logger(name)
+
+
+def _logger_name(logger, _method: str, event_dict: dict) -> dict:
+    """The processor that puts ``logger`` (the name the logger was asked for) first in every event."""
+    name = getattr(logger, "name", None)
+    if name and "logger" not in event_dict:
+        return {"logger": name, **event_dict}
+    return event_dict

@@ -28,6 +28,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from odal.common.address import parse_address
+from odal.daemon.system import log as logs
+
+log = logs.get("odal.metrics")
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -181,16 +186,6 @@ def _number(value: float) -> str:
     return str(value)
 
 
-def parse_address(address: str) -> tuple[str, int] | None:
-    """``"127.0.0.1:9464"`` -> (host, port); empty -> None.  Raises ValueError on a malformed address."""
-    if not address:
-        return None
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 class MetricsServer:
     """The HTTP server thread; ``close()`` stops and joins it."""
 
@@ -234,3 +229,13 @@ def serve(host: str, port: int, metrics: Metrics) -> MetricsServer:
                               daemon=True)
     thread.start()
     return MetricsServer(httpd, thread)
+
+
+def serve_address(address: str, metrics: Metrics) -> MetricsServer | None:
+    """The endpoint at ``[metrics] address`` (HOST:PORT; loopback is the intended use), or None when it is empty."""
+    parsed = parse_address(address)
+    if parsed is None:
+        return None
+    server = serve(*parsed, metrics)
+    log.info("metrics_serving", address=f"{server.host}:{server.port}")
+    return server

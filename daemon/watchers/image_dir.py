@@ -7,9 +7,8 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
+from odal.common.images import has_image_suffix, is_image_name
 from odal.daemon.watchers.events import ImageChanged
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 class ImageDirWatcher(FileSystemEventHandler):
@@ -21,12 +20,11 @@ class ImageDirWatcher(FileSystemEventHandler):
         if event.is_directory or event.event_type in ("opened", "closed_no_write", "modified"):
             return  # "modified" fires per write; "closed" (written and closed) is the end of a write
         if event.event_type in ("deleted", "moved"):
-            if Path(event.src_path).suffix.lower() in IMAGE_SUFFIXES:
+            if has_image_suffix(Path(event.src_path).name):
                 self._events.put(ImageChanged(str(event.src_path), deleted=True))
         dest = getattr(event, "dest_path", "") if event.event_type == "moved" else event.src_path
-        if event.event_type != "deleted" and dest and Path(dest).suffix.lower() in IMAGE_SUFFIXES:
-            if not Path(dest).name.startswith("."):
-                self._events.put(ImageChanged(str(dest)))
+        if event.event_type != "deleted" and dest and is_image_name(Path(dest).name):
+            self._events.put(ImageChanged(str(dest)))
 
 
 class SettleRechecks:

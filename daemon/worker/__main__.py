@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
-from odal.daemon.rounds.contracts import JobFailed, Ready, RoundJob, decode, encode, round_id_of
+from odal.daemon.rounds.contracts import (JobFailed, Prewarmed, PrewarmJob, Ready, RoundJob, decode, encode,
+                                          round_id_of)
+from odal.daemon.worker.prewarm import prewarm
 from odal.daemon.worker.rounds import run_job
 
 
@@ -30,15 +33,24 @@ def main() -> int:
             continue
         try:
             job = decode(line)
+            if isinstance(job, PrewarmJob):  # build and trace the model before the first round needs it
+                send(_prewarm(job))
+                continue
             if not isinstance(job, RoundJob):
                 raise TypeError(f"expected a job, got {type(job).__name__}")
             send(run_job(job, send))
         except Exception as error:  # noqa: BLE001 - reported to the daemon, which records the failed round
-            import traceback
-
             traceback.print_exc()
             send(JobFailed(round_id_of(line), f"{type(error).__name__}: {error}"))
     return 0
+
+
+def _prewarm(job: PrewarmJob) -> Prewarmed:
+    try:
+        return Prewarmed(ok=True, **prewarm(job))
+    except Exception as error:  # noqa: BLE001 - the round builds its session itself then
+        traceback.print_exc()
+        return Prewarmed(ok=False, error=f"{type(error).__name__}: {error}")
 
 
 if __name__ == "__main__":

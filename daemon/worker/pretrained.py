@@ -127,7 +127,6 @@ def read_constants(path: Path) -> dict:
     from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede tensorflow)
 
     import tensorflow as tf
-    from tensorflow.python.framework import tensor_util
 
     size = path.stat().st_size
     if size > MAX_GRAPH_BYTES:
@@ -137,7 +136,7 @@ def read_constants(path: Path) -> dict:
     epsilons = {round(n.attr["epsilon"].f, 6) for n in graph.node if n.op.startswith("FusedBatchNorm")}
     if epsilons != {0.001}:  # the config's batch_norm epsilon; another value would shift every activation
         raise ConversionError(f"{path}: batch norm epsilon {sorted(epsilons)}, the config expects 0.001")
-    return {n.name: tensor_util.MakeNdarray(n.attr["value"].tensor) for n in graph.node
+    return {n.name: tf.make_ndarray(n.attr["value"].tensor) for n in graph.node
             if n.op == "Const" and n.name.startswith(("FeatureExtractor/", "BoxPredictor_"))}
 
 

@@ -23,13 +23,14 @@ from odal.daemon.rounds.contracts import Progress, RoundJob, RoundResult
 from odal.daemon.system.atomic import publish_dir, remove_tree
 from odal.daemon.worker import distribute
 from odal.daemon.worker import session as sessions
+from odal.daemon.worker import warmup_request
 from odal.daemon.worker.served import evaluate_served
 from odal.daemon.worker.tfrecords import write_records
 
 _SESSION: sessions.ModelSession | None = None
 
 
-def _session(configs: dict, init_checkpoint: str | None) -> tuple[sessions.ModelSession, bool]:
+def session_for(configs: dict, init_checkpoint: str | None) -> tuple[sessions.ModelSession, bool]:
     """The cached session when the model is unchanged, else a new one; and whether it was reused.
 
     A job with no checkpoint to continue (first round, or every checkpoint deleted) starts from fresh weights, so
@@ -41,6 +42,18 @@ def _session(configs: dict, init_checkpoint: str | None) -> tuple[sessions.Model
         return _SESSION, True
     _SESSION = sessions.ModelSession(configs, distribute.current())
     return _SESSION, False
+
+
+def prewarmed_session(configs: dict, build: Callable[[sessions.ModelSession], None]) -> bool:
+    """Make a session for ``configs`` and ``build`` it (trace, save) before any round needs it; it becomes the
+    cached session only once built.  False when an untrained session of this model is already there."""
+    global _SESSION
+    if _SESSION is not None and _SESSION.key == sessions.session_key(configs) and not _SESSION.trained:
+        return False
+    session = sessions.ModelSession(configs, distribute.current())
+    build(session)
+    _SESSION = session
+    return True
 
 
 def _fresh(path: Path) -> Path:
@@ -78,7 +91,7 @@ def run_job(job: RoundJob, send: Callable[[Progress], None]) -> RoundResult:
 
     started = stage("train")
     init = job.init_checkpoint
-    session, reused = _session(configs, init)
+    session, reused = session_for(configs, init)
 
     def progress(done: int, total: int, loss: float) -> None:
         send(Progress(job.round_id, "train", done, total, loss))
@@ -122,15 +135,16 @@ def run_job(job: RoundJob, send: Callable[[Progress], None]) -> RoundResult:
         decision = gates.decide(job.gate.metric, job.gate.tolerance, metrics, served_metrics,
                                 served.version if served else None, served_error)
 
-    export_mode = None
+    export_mode = warmup = None
     if decision is None or decision["passed"]:
         started = stage("export")
         export_dir = _fresh(job.export_dir)
         export_mode = session.export(prefix, export_dir)
+        warmup = warmup_request.add_to_export(export_dir, round_dir / "train.record")
         timings["export"] = time.monotonic() - started
 
     return RoundResult(
         round_id=job.round_id, counts=counts, train=train, session_reused=reused, export=export_mode,
-        adjusted=adjusted, checkpoint=prefix, metrics=metrics, served_metrics=served_metrics, gate=decision,
-        timings=timings,
+        warmup=warmup, adjusted=adjusted, checkpoint=prefix, metrics=metrics, served_metrics=served_metrics,
+        gate=decision, timings=timings,
     )

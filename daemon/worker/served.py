@@ -18,6 +18,8 @@ from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede object_
 import numpy as np
 import tensorflow as tf
 
+from odal.daemon.worker import tf_private
+
 
 class ServedMismatch(RuntimeError):
     """The served version's weights do not fit this round's model (another architecture or class count)."""
@@ -35,7 +37,7 @@ def evaluate_served(session, configs: dict, saved_model_dir: Path, summary_dir: 
             str(Path(saved_model_dir) / "variables" / "variables"))
         status.expect_partial()
         # Every weight of the model must have come from the served version, else we would evaluate a mixture.
-        restored = {id(value) for value in status._checkpoint.object_by_proto_id.values()}  # noqa: SLF001
+        restored = {id(value) for value in tf_private.restore_coordinator(status).object_by_proto_id.values()}
         missing = [v.name for v in weights if id(v) not in restored]
         if missing:
             raise ServedMismatch(f"{len(missing)} of {len(weights)} weights are not in {saved_model_dir} "
@@ -46,5 +48,4 @@ def evaluate_served(session, configs: dict, saved_model_dir: Path, summary_dir: 
         for variable, value in zip(weights, live):
             variable.assign(value)
         # An evaluation that failed half-way leaves the model in inference mode; training must not go on in it.
-        tf.keras.backend.set_learning_phase(True)
-        model._is_training = True  # noqa: SLF001 - the OD API toggles this flag itself
+        tf_private.set_training(model)  # the evaluated model: under a strategy, the one-device copy

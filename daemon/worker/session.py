@@ -19,6 +19,8 @@ The OD API's own conventions hold (each measured to break otherwise):
   config's warm-up (which protects fine-tuned weights from the restart) and ends annealed, as the config's author
   meant a finished training to end: a warm restart per round.  The global step still counts every step (TensorBoard).
 * ``use_bfloat16`` is turned off off-TPU, as the stock train loop does.
+* ``freeze_variables`` / ``update_trainable_variables`` choose the variables a step updates, as the TF1 loop did
+  (the TF2 loop ignores them; see :mod:`odal.daemon.worker.freeze`).
 * A fine-tune start is restored as ``model_lib_v2`` does it, and reports how many variables it restored and skipped.
 * Checkpoints carry ``save_counter`` and a ``checkpoint`` state file, so the OD API's own exporter re-exports them.
 
@@ -42,13 +44,14 @@ from object_detection.builders import model_builder, optimizer_builder
 from object_detection.utils import config_util
 
 from google.protobuf import text_format
-from tensorflow.python.training import checkpoint_state_pb2
 
 from odal.daemon.rounds.contracts import FineTune
 from odal.daemon.system.atomic import atomic_write_text, remove_tree
-from odal.daemon.worker import distribute
+from odal.daemon.worker import distribute, freeze, tf_private
+from odal.daemon.worker.evaluation import TracedEval
 
 Progress = Callable[[int, int, float], None]
+MAX_EVAL_IMAGES = 4  # side-by-side eval images (detections | annotators' boxes) in TensorBoard per evaluation
 
 
 def load_configs(pipeline_config: Path, label_map: Path, num_classes: int, train_record: Path,
@@ -67,6 +70,9 @@ def load_configs(pipeline_config: Path, label_map: Path, num_classes: int, train
     )
     model_config = configs["model"]
     getattr(model_config, model_config.WhichOneof("model")).num_classes = num_classes
+    # Eval images (detections | annotators' boxes) each evaluation writes for TensorBoard: at most a few a round.
+    eval_config = configs["eval_config"]
+    eval_config.num_visualizations = min(eval_config.num_visualizations, MAX_EVAL_IMAGES)
     if fine_tune:
         configs["train_config"].fine_tune_checkpoint = fine_tune.path
         configs["train_config"].fine_tune_checkpoint_type = fine_tune.type
@@ -83,8 +89,10 @@ def adjustments(configs: dict) -> list[str]:
 
 
 def session_key(configs: dict) -> str:
-    """What must match for a cached session to be reused: the model and the optimiser."""
-    text = str(configs["model"]) + str(configs["train_config"].optimizer) + str(configs["train_config"].batch_size)
+    """What must match for a cached session to be reused: the model, the optimiser and what it updates."""
+    train_config = configs["train_config"]
+    text = (str(configs["model"]) + str(train_config.optimizer) + str(train_config.batch_size) +
+            repr(freeze.patterns(train_config)))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -95,6 +103,7 @@ class ModelSession:
         self.model_config = configs["model"]
         train_config = configs["train_config"]
         self.train_config = train_config
+        self.patterns = freeze.patterns(train_config)
         with dist.scope():  # as model_lib_v2.train_loop builds them
             self.model = model_builder.build(model_config=self.model_config, is_training=True)
             self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="global_step",
@@ -110,6 +119,7 @@ class ModelSession:
         self._train_step = None
         self._datasets: dict[str, tuple[str, object]] = {}  # split -> (what it was built from, the dataset)
         self._links = tempfile.TemporaryDirectory(prefix="odal-worker-")  # the stable paths the datasets read
+        self.traced_eval = TracedEval(self.model)  # the eval step, traced once per session
         self._inference = None
         self._plain = None  # under a strategy: (one-device model that evaluations run, checkpoint it holds)
         self._graph: SavedGraph | None = None  # set by the first export: what later exports write again
@@ -136,8 +146,7 @@ class ModelSession:
         (relative), which is what the OD API's exporter (``exporter_main_v2``) restores and checks."""
         self.checkpoint.save_counter.assign_add(1)  # creates it on first use: then it is part of what is written
         prefix = self.checkpoint.write(str(checkpoint_dir / "ckpt"))  # durable when the caller publishes it
-        state = checkpoint_state_pb2.CheckpointState(model_checkpoint_path="ckpt", all_model_checkpoint_paths=["ckpt"])
-        atomic_write_text(checkpoint_dir / "checkpoint", text_format.MessageToString(state))
+        atomic_write_text(checkpoint_dir / "checkpoint", tf_private.checkpoint_state("ckpt"))
         return prefix
 
     def learning_rate(self) -> float:
@@ -148,6 +157,8 @@ class ModelSession:
     # -- train -------------------------------------------------------------------------------------------------------
     def _make_train_step(self):
         model, optimizer, step = self.model, self.optimizer, self.global_step
+        if any(self.patterns):  # the variables a step updates, chosen when it is traced (see freeze)
+            model = freeze.TrainableView(model, *self.patterns)
         train_config = self.train_config
         clip = train_config.gradient_clipping_by_norm if train_config.gradient_clipping_by_norm > 0 else None
         strategy, replicas = self.dist.strategy, self.dist.replicas
@@ -159,18 +170,19 @@ class ModelSession:
                 clip_gradients_value=clip, num_replicas=replicas,
             )
             step.assign_add(1)
-            return losses["Loss/total_loss"]
+            return losses  # Loss/total_loss and each component (localization, classification, regularization...)
 
         @tf.function
         def train_step(iterator):
             features, labels = next(iterator)
             if strategy is None:
                 return replica_step(features, labels)
-            # As model_lib_v2.train_loop: each replica's loss is divided by the replica count (eager_train_step), so
-            # the gradients all-reduced by the optimiser are those of the global batch's mean loss, and the
+            # As model_lib_v2.train_loop: each replica's losses are divided by the replica count (eager_train_step),
+            # so the gradients all-reduced by the optimiser are those of the global batch's mean loss, and the
             # replicas' losses are summed into that mean.
             per_replica = strategy.run(replica_step, args=(features, labels))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                    for name, value in per_replica.items()}
 
         return train_step
 
@@ -207,6 +219,13 @@ class ModelSession:
             cached = self._datasets[split] = (built_from, dataset)
         return cached[1]
 
+    def trace_train(self, configs: dict) -> None:
+        """Trace the train step (creating the model's and optimiser's variables) without running it."""
+        with self.dist.scope():  # the optimiser's slots are made here: in the strategy, as in train()
+            if self._train_step is None:
+                self._train_step = self._make_train_step()
+            self._train_step.get_concrete_function(iter(self._dataset(configs, "train")))
+
     def train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: FineTune | None,
               progress: Progress, summary_dir: Path | None = None) -> dict:
         """Continue from ``init_checkpoint`` (or ``fine_tune``, or scratch) for ``steps`` steps on all train data."""
@@ -223,7 +242,7 @@ class ModelSession:
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
         num_steps = configs["train_config"].num_steps
         scale = num_steps / steps if num_steps > 0 and steps > 0 else 1.0  # the config's schedule within the round
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         first_step_seconds = None
         loss = float("nan")
         rates, losses = [], []  # losses: every step's (the global batch's mean total loss)
@@ -234,20 +253,27 @@ class ModelSession:
                 if done == 1 or done % 10 == 0 or done == steps:
                     rates.append(self.learning_rate())
                     tf.summary.scalar("learning_rate", rates[-1], step=self.global_step)
-                loss = float(self._train_step(iterator))
+                step_losses = self._train_step(iterator)
+                loss = float(step_losses["Loss/total_loss"])
                 losses.append(round(loss, 6))
                 if first_step_seconds is None:
                     first_step_seconds = time.monotonic() - started
                 if done % 10 == 0 or done == steps:
-                    tf.summary.scalar("loss/total", loss, step=self.global_step)
+                    for name, value in step_losses.items():  # loss/total, loss/localization_loss, ...
+                        tag = "loss/total" if name == "Loss/total_loss" else "loss/" + name.split("/", 1)[-1]
+                        tf.summary.scalar(tag, value, step=self.global_step)
                     progress(done, steps, loss)
         writer.flush()
         result = {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss, "losses": losses,
                   "replicas": self.dist.replicas,
                   "first_step_seconds": first_step_seconds, "seconds": time.monotonic() - started,
+                  "cpu_seconds": time.process_time() - cpu_started,  # all threads: on a shared machine, the cost
                   "learning_rate": {"first": rates[0], "last": rates[-1], "max": max(rates)} if rates else None}
         if restored is not None:
             result["fine_tune"] = restored
+        frozen = freeze.summary(self.model.trainable_variables, *self.patterns)
+        if frozen is not None:
+            result["frozen"] = frozen
         return result
 
     # -- evaluate ----------------------------------------------------------------------------------------------------
@@ -258,10 +284,13 @@ class ModelSession:
         model = self.evaluation_model()
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
         with writer.as_default():
-            metrics = model_lib_v2.eager_eval_loop(model, configs, dataset, global_step=self.global_step)
+            if self.dist.strategy is not None or os.environ.get("ODAL_EVAL_LOOP") == "eager":
+                # the OD API's loop, traced each call: under a strategy, on the one-device copy (benchmarks too)
+                metrics = model_lib_v2.eager_eval_loop(model, configs, dataset, global_step=self.global_step)
+            else:
+                metrics = self.traced_eval(configs, dataset, self.global_step)
         writer.flush()
-        tf.keras.backend.set_learning_phase(True)
-        model._is_training = True  # noqa: SLF001 - the OD API toggles this flag itself
+        tf_private.set_training(model)
         return {name: float(value) for name, value in metrics.items()}
 
     def evaluation_model(self):
@@ -309,12 +338,12 @@ def restore_fine_tune(model, path: str, kind: str, train_config, dataset) -> dic
     if not model_lib_v2.is_object_based_checkpoint(path):
         raise IOError(f"train_config.fine_tune_checkpoint: {path} is not an object-based (TF2) checkpoint")
     if train_config.run_fine_tune_checkpoint_dummy_computation:
-        model_lib_v2._ensure_model_is_built(model, dataset, train_config.unpad_groundtruth_tensors)  # noqa: SLF001
+        tf_private.ensure_model_is_built(model, dataset, train_config.unpad_groundtruth_tensors)
     restore_map = model.restore_from_objects(fine_tune_checkpoint_type=kind)
     model_lib_v2.validate_tf_v2_checkpoint_restore_map(restore_map)
     status = tf.train.Checkpoint(**restore_map).restore(path).expect_partial()
     status.assert_existing_objects_matched()
-    coordinator = status._checkpoint  # noqa: SLF001 - TF keeps what matched only here
+    coordinator = tf_private.restore_coordinator(status)
     with_values = [node_id for node_id, node in enumerate(coordinator.object_graph_proto.nodes) if node.attributes]
     matched = [coordinator.object_by_proto_id.get(node_id) for node_id in with_values]
     restored_ids = {id(obj) for obj in matched if obj is not None}
@@ -340,35 +369,18 @@ class SavedGraph:
     def save(cls, module, signature, out_dir: Path) -> "SavedGraph | None":
         """``tf.saved_model.save`` into ``out_dir``; a SavedGraph for later rewrites, or None if it cannot be
         reused (asset files beside the graph, or a TensorFlow whose internals moved)."""
-        from tensorflow.python.checkpoint import checkpoint as tf_checkpoint
-        from tensorflow.python.saved_model import save as tf_save
-
-        views = []
-        view_class = getattr(tf_save, "_AugmentedGraphView", None)
-        plain_init = getattr(view_class, "__init__", None)
-        if plain_init is not None:
-            def keeping_init(view, root):  # the view this save lists the object graph with, kept with its cache
-                plain_init(view, root)
-                views.append(view)
-
-            view_class.__init__ = keeping_init
-        try:
-            tf.saved_model.save(module, str(out_dir), signatures=signature)
-        finally:
-            if plain_init is not None:
-                view_class.__init__ = plain_init
+        views = tf_private.save_keeping_graph_view(
+            lambda: tf.saved_model.save(module, str(out_dir), signatures=signature))
         files = {str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()}
         if len(views) != 1 or {f for f in files if not f.startswith("variables/")} != {"saved_model.pb",
                                                                                         "fingerprint.pb"}:
             return None
-        return cls((out_dir / "saved_model.pb").read_bytes(), tf_checkpoint.TrackableSaver(views[0]),
+        return cls((out_dir / "saved_model.pb").read_bytes(), tf_private.trackable_saver(views[0]),
                    tf.train.list_variables(str(out_dir / "variables" / "variables")),
                    [p.name for p in out_dir.iterdir() if p.is_dir()])
 
     def write(self, out_dir: Path) -> None:
         """The full save's graph and the live values of its variables, as a complete SavedModel in ``out_dir``."""
-        from tensorflow.python.saved_model import fingerprinting_utils
-
         for folder in self.folders:  # variables/, and assets/ (empty) as the full save made it
             (out_dir / folder).mkdir(parents=True)
         prefix = out_dir / "variables" / "variables"
@@ -376,7 +388,7 @@ class SavedGraph:
         if tf.train.list_variables(str(prefix)) != self.variables:
             raise RuntimeError("the rewritten variables do not match the full save's")
         (out_dir / "saved_model.pb").write_bytes(self.graph_pb)  # last, as TF does (publish_dir fsyncs it all)
-        fingerprinting_utils.write_fingerprint(str(out_dir))
+        tf_private.write_fingerprint(out_dir)
 
 
 def write_pipeline(configs: dict, path: Path) -> None:

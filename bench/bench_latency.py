@@ -1,0 +1,166 @@
+"""Round latency (issue 14, goals 1, 2, 4): overhead of a round beyond its train steps, cold start, warm-up.
+
+One run measures the old and the new path side by side, interleaved round by round on the same machine load:
+
+* **old**: a plain worker (started when round 1 arrives), the OD API's ``eager_eval_loop`` (``ODAL_EVAL_LOOP=eager``:
+  traced again at every call), ``odal serve`` finding versions by its 1 s poll and loading them cold
+  (``--file_system_watch=false --enable_model_warmup=false``);
+* **new**: a worker prewarmed before round 1's annotations (``odal.daemon.worker.prewarm``), the eval step traced
+  once per session, ``odal serve`` woken by inotify and replaying each export's warm-up request before the
+  version serves.
+
+Each round is what the daemon runs: records, train, evaluation of the candidate and of the served version (the
+publish gate), export, publish (rename into the base path), confirmation (the version AVAILABLE, then a Predict
+pinned to it, as ``rounds/confirm.py`` does).  Overhead = round total - train seconds.  "first predict" is the
+confirmation's Predict, the first request the new version answers; "steady predict" the median of 5 after it.
+
+    nice -n 10 .venv/bin/python bench/bench_latency.py [--rounds 3] [--steps 100] [--images 32] [--config tiny]
+
+Writes bench/results/latency.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from worker_jobs import CONFIG, REPO, Worker, round_job, shapes, write_result, write_round
+
+from odal.daemon.rounds.contracts import GateSpec, PrewarmJob, Served
+from odal.daemon.system.atomic import publish_dir
+from odal.serving.client import ServingClient
+from odal.serving.process import ServerProcess
+
+CONFIGS = {"tiny": CONFIG, "ssdlite": REPO / "daemon" / "assets" / "ssdlite_mobilenet_v2.config"}
+OLD_SERVER = ("--file_system_watch=false", "--enable_model_warmup=false")
+
+
+class Path_:
+    """One side of the comparison: a worker, a server, a base path."""
+
+    def __init__(self, name: str, root: Path, env: dict, server_flags: tuple[str, ...]) -> None:
+        self.name, self.root, self.env = name, root / name, env
+        self.base = self.root / "models" / "m"
+        self.base.mkdir(parents=True)
+        self.server = ServerProcess(self.root / "serve.log", "--model_name=m", f"--model_base_path={self.base}",
+                                    "--rest_api_port=0", *server_flags, rest_port=0)
+        self.client = ServingClient(self.server.address, timeout=60)
+        self.worker: Worker | None = None
+        self.rows: list[dict] = []
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        self.client.close()
+        self.server.stop()
+
+
+def _round(side: Path_, config: Path, root: Path, round_dir: Path, number: int, steps: int, label_map: Path,
+           labels: list[str], image) -> dict:
+    started = time.monotonic()
+    if side.worker is None:  # started by its first job, with the side's environment
+        side.worker = Worker(side.root / "worker.log")
+    job = dataclasses.replace(
+        round_job(side.root, round_dir, number, steps, label_map, labels), pipeline_config=config,
+        gate=GateSpec("mAP@0.5", 1.0), served=Served(number - 1, side.base / str(number - 1)) if number > 1 else None)
+    saved = dict(os.environ)
+    os.environ.update(side.env)
+    try:
+        result = side.worker.run(job)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    t = dict(result.timings)
+    mark = time.monotonic()
+    publish_dir(job.export_dir, side.base / str(number))
+    t["publish"] = time.monotonic() - mark
+    mark = time.monotonic()
+    side.client.wait_until_available("m", number, timeout=600, poll=0.05)
+    asked = time.monotonic()
+    side.client.predict("m", image, version=number)
+    t["first_predict"] = time.monotonic() - asked
+    t["confirm"] = time.monotonic() - mark
+    t["total"] = time.monotonic() - started
+    steady = []
+    for _ in range(5):
+        asked = time.monotonic()
+        side.client.predict("m", image, version=number)
+        steady.append(time.monotonic() - asked)
+    t["steady_predict"] = statistics.median(steady)
+    t["overhead"] = t["total"] - t["train"]
+    t["reused"], t["export_how"] = result.session_reused, result.export
+    return t
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
+    args = parser.parse_args()
+    config = CONFIGS[args.config]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        items, labels, label_map = shapes(root, args.images)
+        image = items[0].image
+        per_round = len(items) // args.rounds
+        round_dirs = []
+        for number in range(1, args.rounds + 1):
+            round_dirs.append(root / "rounds" / str(number))
+            write_round(round_dirs[-1], items[: per_round * number], labels, 0.2)
+        old = Path_("old", root, {"ODAL_EVAL_LOOP": "eager"}, OLD_SERVER)
+        new = Path_("new", root, {}, ())
+        try:
+            # The new worker starts and prewarms while "the daemon waits for annotations" (not timed in round 1).
+            new.worker = Worker(new.root / "worker.log", prewarm_job=PrewarmJob(config, label_map, len(labels)))
+            mark = time.monotonic()
+            new.worker.prewarm(wait=True)
+            prewarm_seconds = time.monotonic() - mark
+            for number, round_dir in enumerate(round_dirs, 1):
+                for side in (old, new):
+                    side_dir = root / side.name / "rounds" / str(number)
+                    shutil.copytree(round_dir, side_dir)
+                    side.rows.append(_round(side, config, root, side_dir, number, args.steps, label_map, labels,
+                                            image))
+        finally:
+            old.close()
+            new.close()
+    lines = [f"# Round latency: old vs new path, interleaved in one run ({args.config} config, {args.rounds} rounds "
+             f"x {args.steps} steps, {args.images} generated images, 2 shared cores)", "",
+             "| round | path | records | train | eval | eval served | export | publish | confirm | first predict "
+             "| steady predict | total | overhead |", "|---|---|" + "---:|" * 11]
+    for number in range(args.rounds):
+        for side in (old, new):
+            r = side.rows[number]
+            lines.append(f"| {number + 1} | {side.name} | {r['records']:.2f} | {r['train']:.1f} | "
+                         f"{r.get('evaluate', 0):.2f} | {r.get('evaluate_served', 0):.2f} | {r['export']:.2f} | "
+                         f"{r['publish']:.2f} | {r['confirm']:.2f} | {r['first_predict'] * 1000:.0f} ms | "
+                         f"{r['steady_predict'] * 1000:.0f} ms | {r['total']:.1f} | {r['overhead']:.2f} |")
+    warm = range(1, args.rounds)
+    old_over = statistics.mean(old.rows[i]["overhead"] for i in warm)
+    new_over = statistics.mean(new.rows[i]["overhead"] for i in warm)
+    old_warm = statistics.mean(old.rows[i]["total"] for i in warm)
+    new_warm = statistics.mean(new.rows[i]["total"] for i in warm)
+    lines += ["", f"- Warm-round overhead (rounds 2-{args.rounds}, mean): old {old_over:.2f} s, new {new_over:.2f} s "
+              f"({old_over / new_over:.1f}x less).",
+              f"- Cold start, round 1 / mean warm round: old {old.rows[0]['total'] / old_warm:.2f}x, new "
+              f"{new.rows[0]['total'] / new_warm:.2f}x (new's prewarm, done before round 1's annotations: "
+              f"{prewarm_seconds:.1f} s).",
+              "- First predict after a reload / steady predict (rounds 2+): old " + ", ".join(
+                  f"{old.rows[i]['first_predict'] / old.rows[i]['steady_predict']:.1f}x" for i in warm)
+              + "; new " + ", ".join(f"{new.rows[i]['first_predict'] / new.rows[i]['steady_predict']:.1f}x"
+                                      for i in warm) + "."]
+    write_result(f"latency_{args.config}.md" if args.config != "tiny" else "latency.md", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

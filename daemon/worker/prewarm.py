@@ -1,0 +1,77 @@
+"""Build and trace a round's model before the round: while the daemon waits for annotations.
+
+A fresh worker's first round used to pay, after the annotations arrived, for building the model, tracing the train
+step (about 20 s of a tiny model's first step), tracing evaluation and inference, and a whole SavedModel (15-26 s).
+None of that depends on the annotations: only on the pipeline config and the class count.  A prewarm job does it
+all on one generated image (records in a temporary folder): it builds the round's session, traces the train step
+and the eval step without running them (no weight moves, the global step stays), and writes one whole SavedModel
+of the untrained weights aside, which leaves the session's graph for later exports.  Round 1 then reuses the session
+(``session_reused``), and its export writes only the weights.  The daemon sends it when the worker starts (and again
+after a worker is retired for memory); see ``Worker.prewarm`` in ``odal.daemon.rounds.round``.
+
+Job: ``odal.daemon.rounds.contracts.PrewarmJob``; answer: ``Prewarmed``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede object_detection)
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from odal.daemon.rounds.contracts import PrewarmJob
+from odal.daemon.worker import distribute, rounds
+from odal.daemon.worker import session as sessions
+from odal.daemon.worker.tfrecords import write_records
+
+
+def _sample_round(folder: Path) -> None:
+    """A round folder with one generated 96x96 image holding one box of class 1, in both splits."""
+    image = np.full((96, 96, 3), 90, np.uint8)
+    image[24:72, 24:72] = 200
+    path = folder / "sample.png"
+    with io.BytesIO() as out:
+        Image.fromarray(image).save(out, format="PNG")
+        path.write_bytes(out.getvalue())
+    box = {"label": "sample", "label_id": 1, "xmin": 0.25, "ymin": 0.25, "xmax": 0.75, "ymax": 0.75}
+    with open(folder / "annotations.jsonl", "w", encoding="utf-8") as lines:
+        for split in ("train", "eval"):
+            lines.write(json.dumps({"input_hash": split, "image_path": str(path), "boxes": [box],
+                                    "split": split}) + "\n")
+    write_records(folder / "annotations.jsonl", folder)
+
+
+def prewarm(job: PrewarmJob) -> dict:
+    """The session for ``job``'s model, built and traced under its strategy; what was done and how long it took."""
+    started = time.monotonic()
+    dist = distribute.configure(job.distribute)  # the rounds' strategy: a child keeps the one it starts with
+    with tempfile.TemporaryDirectory(prefix="odal-prewarm-") as tmp:
+        folder = Path(tmp)
+        _sample_round(folder)
+        configs = sessions.load_configs(job.pipeline_config, job.label_map, job.num_classes,
+                                        folder / "train.record", folder / "eval.record")
+        sessions.adjustments(configs)
+        timings = {}
+
+        def build(session: sessions.ModelSession) -> None:
+            mark = time.monotonic()
+            session.trace_train(configs)
+            timings["train_trace"] = time.monotonic() - mark
+            if dist.strategy is None:  # under a strategy, evaluation runs a one-device copy, eagerly (session)
+                mark = time.monotonic()
+                session.traced_eval.trace(configs, session._dataset(configs, "eval"))  # noqa: SLF001
+                timings["eval_trace"] = time.monotonic() - mark
+            mark = time.monotonic()
+            prefix = tf.train.Checkpoint(model=session.model).write(str(folder / "ckpt" / "ckpt"))
+            session.export(prefix, folder / "export")
+            timings["export"] = time.monotonic() - mark
+
+        built = rounds.prewarmed_session(configs, build)
+    return {"built": built, "seconds": time.monotonic() - started, "timings": timings}
