@@ -58,6 +58,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_recipe.py
 	nice -n 10 $(BIN)/python bench/bench_pretrained.py
+	nice -n 10 $(BIN)/python bench/bench_scale_train.py
+	nice -n 10 $(BIN)/python bench/bench_scale_store.py
 	test -d demo-workspace/models/odal || $(MAKE) demo
 	$(BIN)/python bench/bench_serving.py --saved-model "$$(ls -d demo-workspace/models/odal/[0-9]* | sort -t/ -k4 -n | tail -1)"
 

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     from odal.daemon.commands import simulate
 
     simulate.add_parser(sub)
+    from odal.daemon.commands import train_worker
+
+    train_worker.add_parsers(sub)
     p = sub.add_parser("install-service", help="write the systemd unit and environment file")
     workspace_args.add(p)
     p.add_argument("--user", default="odal", help="the system user the daemon runs as (default odal)")
@@ -189,6 +192,10 @@ def _command(args: argparse.Namespace) -> int:
 
         print(retry(config_module.load(config_path)))
         return 0
+    if args.command == "train-worker":
+        from odal.daemon.commands import train_worker
+
+        return train_worker.run(args, config_path)
     if args.command == "install-service":
         from odal.daemon.commands.install_service import install_service
 

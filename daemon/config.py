@@ -20,6 +20,8 @@ from odal.daemon.rounds.gate import METRICS
 from odal.daemon.store.db import LEDGER_FILE
 from odal.daemon.store.queue_order import DEFAULT_BATCH, QUEUE_STRATEGIES
 
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
 # section -> key -> (type, default); a default of ... means required.
 _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "prodigy": {
@@ -45,6 +47,10 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "debounce_seconds": (float, 5.0),
         "eval_fraction": (float, 0.2),
         "worker_max_mb": (float, 4096.0),  # restart the TensorFlow worker between rounds beyond this RSS; 0 = never
+        "strategy": (str, "default"),  # tf.distribute: default | mirrored | multi_worker (odal.daemon.worker.distribute)
+        "cpu_devices": (int, 0),  # mirrored over this many logical CPU devices instead of the GPUs (0 = GPUs)
+        "workers": (list, []),  # multi_worker: every worker's "host:port", the chief (this daemon) first
+        "index": (int, 0),  # multi_worker: this host's place in workers (0 = the chief, which runs odal-daemon)
         "prewarm": (bool, True),  # start the worker and trace the model while waiting for annotations
     },
     "retention": {
@@ -107,6 +113,10 @@ class Config:
     log_file: Path | None
     log_level: str
     worker_max_bytes: int = 4096 << 20
+    strategy: str = "default"
+    cpu_devices: int = 0
+    workers: tuple[str, ...] = ()
+    worker_index: int = 0
     prewarm: bool = True
     log_max_bytes: int = 64 << 20
     log_backups: int = 3
@@ -136,6 +146,8 @@ class Config:
 def _typed(section: str, key: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is list and not (isinstance(value, list) and all(isinstance(item, str) for item in value)):
+        raise ConfigError(f"{section}.{key}: expected a list of strings, got {value!r}")
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{section}.{key}: expected {kind.__name__}, got {value!r}")
     return value
@@ -188,6 +200,11 @@ def parse(data: dict, path: Path) -> Config:
         ("training", "debounce_seconds", lambda v: v >= 0, "must be >= 0"),
         ("training", "eval_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)"),
         ("training", "worker_max_mb", lambda v: v >= 0, "must be >= 0 (0: never restart the worker)"),
+        ("training", "strategy", lambda v: v in STRATEGIES, ", ".join(STRATEGIES)),
+        ("training", "cpu_devices", lambda v: 0 <= v <= 64, "must be in 0..64 (0: the GPUs)"),
+        ("training", "workers", lambda v: all(_is_host_port(w) for w in v), "each HOST:PORT"),
+        ("training", "index", lambda v: 0 <= v < max(1, len(values["training", "workers"])),
+         "must be a place in training.workers (0 = the chief)"),
         ("retention", "versions", lambda v: v >= 1, "must be >= 1"),
         ("retention", "checkpoints", lambda v: v >= 1, "must be >= 1"),
         ("serving", "confirm_timeout_seconds", lambda v: v > 0, "must be > 0"),
@@ -209,6 +226,8 @@ def parse(data: dict, path: Path) -> Config:
     for section, key, ok, message in checks:
         if not ok(values[section, key]):
             raise ConfigError(f"{section}.{key}: {message}, got {values[section, key]!r}")
+    if values["training", "strategy"] == "multi_worker" and len(values["training", "workers"]) < 2:
+        raise ConfigError("training.workers: multi_worker needs at least two HOST:PORT, the chief's first")
     eval_export = _eval_source(values, resolve("gate", "eval_export", "file"), export_dir, prodigy_db)
     metrics_address = values["metrics", "address"]
     _host_port("metrics.address", metrics_address, "127.0.0.1:9464")
@@ -245,6 +264,10 @@ def parse(data: dict, path: Path) -> Config:
         log_file=resolve("log", "file"),
         log_level=values["log", "level"],
         worker_max_bytes=int(values["training", "worker_max_mb"] * (1 << 20)),
+        strategy=values["training", "strategy"],
+        cpu_devices=values["training", "cpu_devices"],
+        workers=tuple(values["training", "workers"]),
+        worker_index=values["training", "index"],
         prewarm=values["training", "prewarm"],
         log_max_bytes=int(values["log", "max_mb"] * (1 << 20)),
         log_backups=values["log", "backups"],
@@ -268,6 +291,13 @@ def _host_port(key: str, address: str, example: str) -> None:
         parse_address(address)
     except ValueError:
         raise ConfigError(f"{key}: HOST:PORT (e.g. {example}), got {address!r}") from None
+
+
+def _is_host_port(address: str) -> bool:
+    try:
+        return parse_address(address) is not None
+    except ValueError:
+        return False
 
 
 def _eval_source(values: dict, eval_export: Path | None, export_dir: Path | None, prodigy_db: Path | None):

@@ -56,6 +56,12 @@ def test_a_minimal_config_gets_defaults_and_paths_relative_to_the_file(workspace
     ("[training]\nworker_max_mb = -5\n", "training.worker_max_mb: must be >= 0"),
     ("[log]\nbackups = 1000\n", "log.backups: must be in 0..100"),
     ("[model]\nname = 'a b'\n", "model.name"),
+    ("[training]\nstrategy = 'horovod'\n", "training.strategy: default, mirrored, multi_worker"),
+    ("[training]\ncpu_devices = -1\n", "training.cpu_devices: must be in 0..64"),
+    ("[training]\nworkers = '127.0.0.1:2222'\n", "training.workers: expected a list of strings"),
+    ("[training]\nworkers = ['127.0.0.1']\n", "training.workers: each HOST:PORT"),
+    ("[training]\nstrategy = 'multi_worker'\nworkers = ['a:1']\n", "training.workers: multi_worker needs at least two"),
+    ("[training]\nworkers = ['a:1', 'b:2']\nindex = 2\n", "training.index: must be a place in training.workers"),
     ("[serving]\naddress = 'localhost'\n", "serving.address: HOST:PORT (e.g. 127.0.0.1:8500), got 'localhost'"),
     ("[serving]\naddress = 'localhost:http'\n", "serving.address: HOST:PORT"),
 ])
@@ -90,6 +96,13 @@ def test_the_daemon_reports_a_config_error_in_one_line_and_exit_code_2(workspace
     assert proc.returncode == 2
     assert "training.steps_per_round: must be >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_multi_worker_config_names_every_worker_and_this_hosts_place(workspace):
+    cfg = _load(workspace, BASE + "[training]\nstrategy = 'multi_worker'\nworkers = ['10.0.0.1:2222', "
+                "'10.0.0.2:2222']\nindex = 1\n")
+    assert (cfg.strategy, cfg.workers, cfg.worker_index) == ("multi_worker", ("10.0.0.1:2222", "10.0.0.2:2222"), 1)
+    assert _load(workspace, BASE).strategy == "default"
 
 
 def test_log_level_is_case_insensitive_and_a_server_address_with_a_port_is_accepted(workspace):

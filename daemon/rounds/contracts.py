@@ -45,6 +45,18 @@ class Served:
 
 
 @dataclass(frozen=True)
+class Distribute:
+    """The tf.distribute strategy a round trains under (odal.daemon.worker.distribute): ``mirrored`` over the local
+    GPUs (or ``cpu_devices`` logical CPU devices), or ``multi_worker`` over ``workers`` (host:port), this process
+    being ``index`` (0: the chief, which alone keeps the checkpoint, evaluates and exports)."""
+
+    strategy: str
+    cpu_devices: int = 0
+    workers: tuple[str, ...] = ()
+    index: int = 0
+
+
+@dataclass(frozen=True)
 class RoundJob:
     """Everything a round reads and writes, by path.  ``round_dir`` holds annotations.jsonl (input), the records,
     the recorded pipeline.config and logs; the checkpoint and SavedModel appear whole at ``checkpoint_dir`` and
@@ -64,6 +76,7 @@ class RoundJob:
     tensorboard_dir: Path | None = None
     gate: GateSpec | None = None
     served: Served | None = None
+    distribute: Distribute | None = None  # None: TensorFlow's default strategy (one device)
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ class RoundResult:
     session_reused: bool
     export: str | None
     adjusted: list[str]
-    checkpoint: str
+    checkpoint: str | None  # None only from a multi-worker worker other than the chief (it keeps nothing)
     metrics: dict[str, float] | None
     served_metrics: dict[str, float] | None
     gate: dict[str, Any] | None
@@ -119,6 +132,7 @@ class PrewarmJob:
     pipeline_config: Path
     label_map: Path
     num_classes: int
+    distribute: Distribute | None = None  # the strategy the rounds will train under (never multi_worker)
 
 
 @dataclass(frozen=True)
@@ -138,7 +152,8 @@ _TYPES: dict[str, type] = {"job": RoundJob, "ready": Ready, "progress": Progress
                            "failed": JobFailed, "prewarm": PrewarmJob, "prewarmed": Prewarmed}
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 # The nested typed fields, and the fields that are paths.
-_NESTED = {(RoundJob, "fine_tune"): FineTune, (RoundJob, "gate"): GateSpec, (RoundJob, "served"): Served}
+_NESTED = {(RoundJob, "fine_tune"): FineTune, (RoundJob, "gate"): GateSpec, (RoundJob, "served"): Served,
+           (RoundJob, "distribute"): Distribute, (PrewarmJob, "distribute"): Distribute}
 _PATHS = {(RoundJob, name) for name in ("round_dir", "pipeline_config", "label_map", "checkpoint_dir", "export_dir",
                                         "tensorboard_dir")} | {(Served, "path")} | {
     (PrewarmJob, "pipeline_config"), (PrewarmJob, "label_map")}
@@ -170,6 +185,8 @@ def _build(cls: type, fields: Any) -> Any:
             value = _build(_NESTED[cls, name], value)
         elif value is not None and (cls, name) in _PATHS:
             value = Path(value)
+        elif isinstance(value, list) and (cls, name) == (Distribute, "workers"):
+            value = tuple(value)
         values[name] = value
     try:
         return cls(**values)

@@ -14,7 +14,7 @@ from odal.daemon.rounds import gate as gates
 from odal.daemon.system import log as logs
 from odal.daemon.system.atomic import remove_tree
 from odal.common.errors import PublishError
-from odal.daemon.rounds import publish
+from odal.daemon.rounds import distributed, publish
 from odal.daemon.rounds.contracts import FineTune, GateSpec, RoundJob, Served
 from odal.daemon.rounds.inputs import image_roots, round_inputs, with_images, write_splits
 from odal.daemon.rounds.progress import RoundProgress
@@ -74,9 +74,15 @@ def run_round(cfg: Config, history: History, accepted: list[dict], seq: int, lab
             checkpoint_dir=cfg.work_dir / "checkpoints" / f"round-{round_id}",
             export_dir=staging, tensorboard_dir=cfg.work_dir / "tensorboard",
             gate=GateSpec(cfg.gate_metric, cfg.gate_tolerance), served=_served(cfg),
+            distribute=distributed.spec(cfg),
         )
 
-        result = worker.run(job, RoundProgress(round_id, cfg.steps_per_round, bound, status))
+        if cfg.strategy == "multi_worker":  # the other workers (odal train-worker) run the same job in step
+            distributed.announce(cfg, job)
+        try:
+            result = worker.run(job, RoundProgress(round_id, cfg.steps_per_round, bound, status))
+        finally:
+            distributed.withdraw(cfg)
         metrics = gates.summarize(result.metrics)
         timings = dict(result.timings)
         gate = dict(result.gate, served_metrics=gates.summarize(result.served_metrics),

@@ -40,12 +40,17 @@ class Worker:
     add up over weeks.  The fresh child pays the first-round costs (tracing, a whole SavedModel) once; with a
     ``prewarm_job`` (odal.daemon.worker.prewarm) it pays them in the background when it starts (``prewarm()``, and
     again after a retirement), while the daemon waits for annotations, not after they arrive.
+
+    A child keeps the tf.distribute strategy of its first job (``job.distribute``): a job with another one (the
+    strategy changed on reload) retires it first.  A multi-worker child serves one round only: each round forms its
+    own collective group with the other workers (``odal train-worker``), so the next round starts a new child.
     """
 
     def __init__(self, log_path: Path, max_bytes: int = 0, backups: int = 3, max_rss: int = 0,
                  prewarm_job: PrewarmJob | None = None):
         self._log_path = log_path
         self._prewarm_job = prewarm_job
+        self._spec = None  # the job.distribute the child was started for (a child keeps its strategy)
         self._busy = threading.Lock()  # one job at a time in the child: a prewarm, or a round
         self._log_rotation = (max_bytes, backups)  # its stderr log is rotated when a child starts, if too big
         self._max_rss = max_rss
@@ -53,6 +58,20 @@ class Worker:
         self._lock = threading.Lock()
         self._stopping = False  # set by stop(): a child ending now was stopped on purpose
         self._stopped = threading.Event()
+
+    @classmethod
+    def for_config(cls, cfg: Config, labels: list[str] | None = None) -> "Worker":
+        """The daemon's worker: its log and memory bound from ``cfg``, and (``[training] prewarm``, given the
+        workspace's ``labels``) the prewarm job of its model, built under the configured strategy, sent by
+        ``prewarm()``.  No prewarm for ``multi_worker``: its child lives one round, and building the model there
+        needs every other worker in the collective group."""
+        job = None
+        if cfg.prewarm and labels is not None and cfg.strategy != "multi_worker":
+            from odal.daemon.rounds import distributed
+
+            job = PrewarmJob(cfg.pipeline_config, cfg.label_map, len(labels), distributed.spec(cfg))
+        return cls(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups, cfg.worker_max_bytes,
+                   prewarm_job=job)
 
     @property
     def stopping(self) -> bool:
@@ -107,7 +126,9 @@ class Worker:
                     if self._stopping:
                         return
                     if self._proc is None or self._proc.poll() is not None:
-                        self._proc = self._start()
+                        self._proc, self._spec = self._start(), self._prewarm_job.distribute
+                    elif self._spec != self._prewarm_job.distribute:
+                        return  # a child keeps its strategy: the next round replaces it
                     proc = self._proc
                 proc.stdin.write(encode(self._prewarm_job))
                 proc.stdin.flush()
@@ -135,8 +156,10 @@ class Worker:
         with self._lock:
             if self._stopping:
                 raise Abandoned("worker stopping")
+            if self._proc is not None and self._proc.poll() is None and job.distribute != self._spec:
+                self._retire(self._proc, reason="training.strategy changed")
             if self._proc is None or self._proc.poll() is not None:
-                self._proc = self._start()
+                self._proc, self._spec = self._start(), job.distribute
             proc = self._proc
         if self._stopping:  # stop() ran while the child was starting: it never saw it
             self.stop()
@@ -161,7 +184,8 @@ class Worker:
         if isinstance(message, JobFailed):
             raise RoundFailed(message.error)
         if isinstance(message, RoundResult):
-            self._retire_if_grown(proc)
+            self._retire_if_grown(proc, one_round=job.distribute is not None
+                                  and job.distribute.strategy == "multi_worker")
             return message
         code = proc.wait()
         self._proc = None
@@ -177,20 +201,25 @@ class Worker:
         kill_process_group(proc)
         log.warning("worker_discarded", pid=proc.pid)
 
-    def _retire_if_grown(self, proc: subprocess.Popen) -> None:
+    def _retire_if_grown(self, proc: subprocess.Popen, one_round: bool = False) -> None:
         rss = rss_bytes(proc.pid)
-        if not self._max_rss or rss is None or rss <= self._max_rss:
-            return
-        with self._lock:
-            self._proc = None
+        if one_round:
+            with self._lock:
+                self._retire(proc, reason="one round per child (multi_worker)")
+        elif self._max_rss and rss is not None and rss > self._max_rss:
+            with self._lock:
+                self._retire(proc, rss_mb=round(rss / (1 << 20)), max_mb=round(self._max_rss / (1 << 20)))
+            self.prewarm()  # the next child builds and traces the model now, not in the next round
+
+    def _retire(self, proc: subprocess.Popen, **why) -> None:
+        """End the child politely (it exits at the end of its input); the next job starts a new one."""
+        self._proc = None
         proc.stdin.close()  # the child ends at the end of its input
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             kill_process_group(proc)
-        log.info("worker_retired", pid=proc.pid, rss_mb=round(rss / (1 << 20)),
-                 max_mb=round(self._max_rss / (1 << 20)))
-        self.prewarm()  # the next child builds and traces the model now, not in the next round
+        log.info("worker_retired", pid=proc.pid, **why)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the child's session, SIGKILL after ``timeout``."""
@@ -209,11 +238,8 @@ class Worker:
 
 
 def worker_for(cfg: Config, labels: list[str]) -> Worker:
-    """The daemon's worker: its log and memory bound from ``cfg``, and (``[training] prewarm``) the prewarm job of
-    the workspace's model, sent by ``Worker.prewarm()``."""
-    job = PrewarmJob(cfg.pipeline_config, cfg.label_map, len(labels)) if cfg.prewarm else None
-    return Worker(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups, cfg.worker_max_bytes,
-                  prewarm_job=job)
+    """The daemon's worker for ``cfg`` and the workspace's ``labels`` (see :meth:`Worker.for_config`)."""
+    return Worker.for_config(cfg, labels)
 
 
 def rss_bytes(pid: int) -> int | None:

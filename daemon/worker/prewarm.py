@@ -27,7 +27,7 @@ import tensorflow as tf
 from PIL import Image
 
 from odal.daemon.rounds.contracts import PrewarmJob
-from odal.daemon.worker import rounds
+from odal.daemon.worker import distribute, rounds
 from odal.daemon.worker import session as sessions
 from odal.daemon.worker.tfrecords import write_records
 
@@ -49,8 +49,9 @@ def _sample_round(folder: Path) -> None:
 
 
 def prewarm(job: PrewarmJob) -> dict:
-    """The session for ``job``'s model, built and traced; what was done and how long it took."""
+    """The session for ``job``'s model, built and traced under its strategy; what was done and how long it took."""
     started = time.monotonic()
+    dist = distribute.configure(job.distribute)  # the rounds' strategy: a child keeps the one it starts with
     with tempfile.TemporaryDirectory(prefix="odal-prewarm-") as tmp:
         folder = Path(tmp)
         _sample_round(folder)
@@ -63,9 +64,10 @@ def prewarm(job: PrewarmJob) -> dict:
             mark = time.monotonic()
             session.trace_train(configs)
             timings["train_trace"] = time.monotonic() - mark
-            mark = time.monotonic()
-            session.traced_eval.trace(configs, session._dataset(configs, "eval"))  # noqa: SLF001
-            timings["eval_trace"] = time.monotonic() - mark
+            if dist.strategy is None:  # under a strategy, evaluation runs a one-device copy, eagerly (session)
+                mark = time.monotonic()
+                session.traced_eval.trace(configs, session._dataset(configs, "eval"))  # noqa: SLF001
+                timings["eval_trace"] = time.monotonic() - mark
             mark = time.monotonic()
             prefix = tf.train.Checkpoint(model=session.model).write(str(folder / "ckpt" / "ckpt"))
             session.export(prefix, folder / "export")

@@ -3,10 +3,16 @@
 The job (odal.daemon.rounds.contracts.RoundJob) names every input and output path.  With a gate, the served
 version is evaluated on the same eval data as the candidate; a candidate the gate holds back is not exported (the
 result's ``gate`` says why, ``export`` is None).
+
+A multi-worker job (``job.distribute``) at a worker other than the chief (index 0) only trains, in step with the
+chief: its records go to its own folder (``round_dir/worker-N``), its checkpoint to a temporary folder that is
+deleted (every worker saves, as the OD API's train loop has them do, but only the chief's is kept), and it neither
+evaluates nor exports.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,6 +21,7 @@ from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede object_
 from odal.daemon.rounds import gate as gates
 from odal.daemon.rounds.contracts import Progress, RoundJob, RoundResult
 from odal.daemon.system.atomic import publish_dir, remove_tree
+from odal.daemon.worker import distribute
 from odal.daemon.worker import session as sessions
 from odal.daemon.worker import warmup_request
 from odal.daemon.worker.served import evaluate_served
@@ -33,7 +40,7 @@ def session_for(configs: dict, init_checkpoint: str | None) -> tuple[sessions.Mo
     key = sessions.session_key(configs)
     if _SESSION is not None and _SESSION.key == key and (init_checkpoint is not None or not _SESSION.trained):
         return _SESSION, True
-    _SESSION = sessions.ModelSession(configs)
+    _SESSION = sessions.ModelSession(configs, distribute.current())
     return _SESSION, False
 
 
@@ -43,7 +50,7 @@ def prewarmed_session(configs: dict, build: Callable[[sessions.ModelSession], No
     global _SESSION
     if _SESSION is not None and _SESSION.key == sessions.session_key(configs) and not _SESSION.trained:
         return False
-    session = sessions.ModelSession(configs)
+    session = sessions.ModelSession(configs, distribute.current())
     build(session)
     _SESSION = session
     return True
@@ -56,7 +63,9 @@ def _fresh(path: Path) -> Path:
 
 
 def run_job(job: RoundJob, send: Callable[[Progress], None]) -> RoundResult:
+    dist = distribute.configure(job.distribute)
     round_dir = job.round_dir
+    records_dir = round_dir if dist.is_chief else round_dir / f"worker-{dist.index}"
     timings: dict[str, float] = {}
 
     def stage(name: str):
@@ -64,19 +73,21 @@ def run_job(job: RoundJob, send: Callable[[Progress], None]) -> RoundResult:
         return time.monotonic()
 
     started = stage("records")
-    counts = write_records(round_dir / "annotations.jsonl", round_dir)
+    records_dir.mkdir(parents=True, exist_ok=True)
+    counts = write_records(round_dir / "annotations.jsonl", records_dir)
     timings["records"] = time.monotonic() - started
 
     try:
         configs = sessions.load_configs(
             job.pipeline_config, job.label_map, job.num_classes,
-            round_dir / "train.record", round_dir / "eval.record", job.fine_tune,
+            records_dir / "train.record", records_dir / "eval.record", job.fine_tune,
         )
     except Exception as error:  # text_format.ParseError and friends do not name the file
         raise ValueError(f"{job.pipeline_config} is not a usable pipeline config: "
                          f"{type(error).__name__}: {error}") from error
     adjusted = sessions.adjustments(configs)
-    sessions.write_pipeline(configs, round_dir / "pipeline.config")
+    if dist.is_chief:
+        sessions.write_pipeline(configs, round_dir / "pipeline.config")
 
     started = stage("train")
     init = job.init_checkpoint
@@ -85,10 +96,16 @@ def run_job(job: RoundJob, send: Callable[[Progress], None]) -> RoundResult:
     def progress(done: int, total: int, loss: float) -> None:
         send(Progress(job.round_id, "train", done, total, loss))
 
-    tb = job.tensorboard_dir
+    tb = job.tensorboard_dir if dist.is_chief else None
     train = session.train(configs, job.steps, init, job.fine_tune, progress,
                           tb / "train" if tb else None)
     timings["train"] = time.monotonic() - started
+    if not dist.is_chief:
+        with tempfile.TemporaryDirectory(prefix="odal-worker-ckpt-") as scratch:
+            session.save(Path(scratch))
+        return RoundResult(round_id=job.round_id, counts=counts, train=train, session_reused=reused, export=None,
+                           adjusted=adjusted, checkpoint=None, metrics=None, served_metrics=None, gate=None,
+                           timings=timings)
 
     checkpoint_dir = job.checkpoint_dir
     partial = _fresh(checkpoint_dir.with_name(f".{checkpoint_dir.name}.partial"))

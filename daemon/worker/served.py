@@ -29,10 +29,11 @@ def evaluate_served(session, configs: dict, saved_model_dir: Path, summary_dir: 
     """COCO metrics of the SavedModel in ``saved_model_dir`` on the session's eval data; the session's live
     weights are unchanged afterwards.  Raises :class:`ServedMismatch` (or TensorFlow's error) when its weights
     cannot stand in for the model's."""
-    weights = [v for v in session.model.variables if v is not session.global_step]
+    model = session.evaluation_model()
+    weights = [v for v in model.variables if v is not session.global_step]
     live = [np.array(v.numpy(), copy=True) for v in weights]
     try:
-        status = tf.train.Checkpoint(_model=session.model).restore(
+        status = tf.train.Checkpoint(_model=model).restore(
             str(Path(saved_model_dir) / "variables" / "variables"))
         status.expect_partial()
         # Every weight of the model must have come from the served version, else we would evaluate a mixture.
@@ -47,4 +48,4 @@ def evaluate_served(session, configs: dict, saved_model_dir: Path, summary_dir: 
         for variable, value in zip(weights, live):
             variable.assign(value)
         # An evaluation that failed half-way leaves the model in inference mode; training must not go on in it.
-        tf_private.set_training(session.model)
+        tf_private.set_training(model)  # the evaluated model: under a strategy, the one-device copy

@@ -47,7 +47,7 @@ from google.protobuf import text_format
 
 from odal.daemon.rounds.contracts import FineTune
 from odal.daemon.system.atomic import atomic_write_text, remove_tree
-from odal.daemon.worker import freeze, tf_private
+from odal.daemon.worker import distribute, freeze, tf_private
 from odal.daemon.worker.embedding import DetectionWithEmbeddingModule
 from odal.daemon.worker.evaluation import TracedEval
 
@@ -98,17 +98,21 @@ def session_key(configs: dict) -> str:
 
 
 class ModelSession:
-    def __init__(self, configs: dict):
+    def __init__(self, configs: dict, dist: distribute.Distribution = distribute.DEFAULT):
         self.key = session_key(configs)
+        self.dist = dist  # the tf.distribute strategy the model, its optimiser and its train step live in
         self.model_config = configs["model"]
         train_config = configs["train_config"]
         self.train_config = train_config
         self.patterns = freeze.patterns(train_config)
-        self.model = model_builder.build(model_config=self.model_config, is_training=True)
-        self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="global_step")
-        # The step the learning-rate schedule is evaluated at: set before each train step (see the module's doc).
-        self.schedule_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="schedule_step")
-        self.optimizer, rates = optimizer_builder.build(train_config.optimizer, global_step=self.schedule_step)
+        with dist.scope():  # as model_lib_v2.train_loop builds them
+            self.model = model_builder.build(model_config=self.model_config, is_training=True)
+            self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="global_step",
+                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            # The step the learning-rate schedule is evaluated at: set before each train step (the module's doc).
+            self.schedule_step = tf.Variable(0, trainable=False, dtype=tf.int64, name="schedule_step",
+                                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.optimizer, rates = optimizer_builder.build(train_config.optimizer, global_step=self.schedule_step)
         self._rate = rates[0] if rates else None
         self.checkpoint = tf.train.Checkpoint(step=self.global_step, model=self.model, optimizer=self.optimizer)
         self.weights_from: str | None = None  # the checkpoint the live weights equal, None if none (or unknown)
@@ -118,6 +122,7 @@ class ModelSession:
         self._links = tempfile.TemporaryDirectory(prefix="odal-worker-")  # the stable paths the datasets read
         self.traced_eval = TracedEval(self.model)  # the eval step, traced once per session
         self._inference = None
+        self._plain = None  # under a strategy: (one-device model that evaluations run, checkpoint it holds)
         self._graph: SavedGraph | None = None  # set by the first export: what later exports write again
 
     # -- weights ---------------------------------------------------------------------------------------------------
@@ -157,17 +162,28 @@ class ModelSession:
             model = freeze.TrainableView(model, *self.patterns)
         train_config = self.train_config
         clip = train_config.gradient_clipping_by_norm if train_config.gradient_clipping_by_norm > 0 else None
+        strategy, replicas = self.dist.strategy, self.dist.replicas
+
+        def replica_step(features, labels):
+            losses = model_lib_v2.eager_train_step(
+                model, features, labels, train_config.unpad_groundtruth_tensors, optimizer,
+                training_step=step, add_regularization_loss=train_config.add_regularization_loss,
+                clip_gradients_value=clip, num_replicas=replicas,
+            )
+            step.assign_add(1)
+            return losses  # Loss/total_loss and each component (localization, classification, regularization...)
 
         @tf.function
         def train_step(iterator):
             features, labels = next(iterator)
-            losses = model_lib_v2.eager_train_step(
-                model, features, labels, train_config.unpad_groundtruth_tensors, optimizer,
-                training_step=step, add_regularization_loss=train_config.add_regularization_loss,
-                clip_gradients_value=clip,
-            )
-            step.assign_add(1)
-            return losses  # Loss/total_loss and each component (localization, classification, regularization...)
+            if strategy is None:
+                return replica_step(features, labels)
+            # As model_lib_v2.train_loop: each replica's losses are divided by the replica count (eager_train_step),
+            # so the gradients all-reduced by the optimiser are those of the global batch's mean loss, and the
+            # replicas' losses are summed into that mean.
+            per_replica = strategy.run(replica_step, args=(features, labels))
+            return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                    for name, value in per_replica.items()}
 
         return train_step
 
@@ -188,7 +204,14 @@ class ModelSession:
         built_from = str(input_config) + str(configs[f"{split}_config"])
         cached = self._datasets.get(split)
         if cached is None or cached[0] != built_from:
-            if split == "train":
+            if split == "train" and self.dist.strategy is not None:
+                def dataset_fn(context):  # as model_lib_v2.train_loop, with the per-replica batch
+                    return inputs.train_input(train_config=configs["train_config"], train_input_config=input_config,
+                                              model_config=self.model_config, model=self.model,
+                                              input_context=distribute.input_context(context)).repeat()
+
+                dataset = self.dist.strategy.distribute_datasets_from_function(dataset_fn)
+            elif split == "train":
                 dataset = inputs.train_input(train_config=configs["train_config"], train_input_config=input_config,
                                              model_config=self.model_config, model=self.model).repeat()
             else:
@@ -199,13 +222,19 @@ class ModelSession:
 
     def trace_train(self, configs: dict) -> None:
         """Trace the train step (creating the model's and optimiser's variables) without running it."""
-        if self._train_step is None:
-            self._train_step = self._make_train_step()
-        self._train_step.get_concrete_function(iter(self._dataset(configs, "train")))
+        with self.dist.scope():  # the optimiser's slots are made here: in the strategy, as in train()
+            if self._train_step is None:
+                self._train_step = self._make_train_step()
+            self._train_step.get_concrete_function(iter(self._dataset(configs, "train")))
 
     def train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: FineTune | None,
               progress: Progress, summary_dir: Path | None = None) -> dict:
         """Continue from ``init_checkpoint`` (or ``fine_tune``, or scratch) for ``steps`` steps on all train data."""
+        with self.dist.scope():
+            return self._train(configs, steps, init_checkpoint, fine_tune, progress, summary_dir)
+
+    def _train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: dict | None,
+               progress: Progress, summary_dir: Path | None) -> dict:
         dataset = self._dataset(configs, "train")
         restored = self.restore(init_checkpoint, fine_tune, dataset)
         if self._train_step is None:
@@ -217,7 +246,7 @@ class ModelSession:
         started, cpu_started = time.monotonic(), time.process_time()
         first_step_seconds = None
         loss = float("nan")
-        rates = []
+        rates, losses = [], []  # losses: every step's (the global batch's mean total loss)
         self.weights_from, self.trained = None, True  # from the first step on, no checkpoint equals the weights
         with writer.as_default():
             for done in range(1, steps + 1):
@@ -225,17 +254,19 @@ class ModelSession:
                 if done == 1 or done % 10 == 0 or done == steps:
                     rates.append(self.learning_rate())
                     tf.summary.scalar("learning_rate", rates[-1], step=self.global_step)
-                losses = self._train_step(iterator)
-                loss = float(losses["Loss/total_loss"])
+                step_losses = self._train_step(iterator)
+                loss = float(step_losses["Loss/total_loss"])
+                losses.append(round(loss, 6))
                 if first_step_seconds is None:
                     first_step_seconds = time.monotonic() - started
                 if done % 10 == 0 or done == steps:
-                    for name, value in losses.items():  # loss/total, loss/localization_loss, ...
+                    for name, value in step_losses.items():  # loss/total, loss/localization_loss, ...
                         tag = "loss/total" if name == "Loss/total_loss" else "loss/" + name.split("/", 1)[-1]
                         tf.summary.scalar(tag, value, step=self.global_step)
                     progress(done, steps, loss)
         writer.flush()
-        result = {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss,
+        result = {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss, "losses": losses,
+                  "replicas": self.dist.replicas,
                   "first_step_seconds": first_step_seconds, "seconds": time.monotonic() - started,
                   "cpu_seconds": time.process_time() - cpu_started,  # all threads: on a shared machine, the cost
                   "learning_rate": {"first": rates[0], "last": rates[-1], "max": max(rates)} if rates else None}
@@ -248,17 +279,34 @@ class ModelSession:
 
     # -- evaluate ----------------------------------------------------------------------------------------------------
     def evaluate(self, configs: dict, summary_dir: Path | None = None) -> dict:
-        """COCO detection metrics on the eval split, with the live weights."""
+        """COCO detection metrics on the eval split, with the live weights (under a strategy: those of the
+        checkpoint just saved, ``weights_from``, in :meth:`evaluation_model`)."""
         dataset = self._dataset(configs, "eval")
+        model = self.evaluation_model()
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
         with writer.as_default():
-            if os.environ.get("ODAL_EVAL_LOOP") == "eager":  # the OD API's loop, traced each call (benchmarks)
-                metrics = model_lib_v2.eager_eval_loop(self.model, configs, dataset, global_step=self.global_step)
+            if self.dist.strategy is not None or os.environ.get("ODAL_EVAL_LOOP") == "eager":
+                # the OD API's loop, traced each call: under a strategy, on the one-device copy (benchmarks too)
+                metrics = model_lib_v2.eager_eval_loop(model, configs, dataset, global_step=self.global_step)
             else:
                 metrics = self.traced_eval(configs, dataset, self.global_step)
         writer.flush()
-        tf_private.set_training(self.model)
+        tf_private.set_training(model)
         return {name: float(value) for name, value in metrics.items()}
+
+    def evaluation_model(self):
+        """The model evaluations run: the training model itself, or under a strategy a one-device copy holding
+        the checkpoint ``weights_from``.  (A distributed model's batch-norm statistics are synchronised on read:
+        reading them outside the replicas is an all-reduce across the workers, which the other workers, done with
+        the round, never join: the chief's evaluation waited until the collective timeout.)"""
+        if self.dist.strategy is None:
+            return self.model
+        if self._plain is None:
+            self._plain = [model_builder.build(model_config=self.model_config, is_training=True), None]
+        if self._plain[1] != self.weights_from and self.weights_from:
+            tf.train.Checkpoint(model=self._plain[0]).restore(self.weights_from).expect_partial()
+            self._plain[1] = self.weights_from
+        return self._plain[0]
 
     # -- export ------------------------------------------------------------------------------------------------------
     def export(self, checkpoint_prefix: str, out_dir: Path) -> str:
