@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -92,9 +93,17 @@ def test_a_missing_workspace_is_a_clear_error(tmp_path):
         correct("ds", str(tmp_path), workspace=str(tmp_path))
 
 
+def publish_version(source, target):
+    """Publish a version as odal and every TF Serving publisher must: copied aside, then renamed in (``odal serve``
+    sees a folder the moment it appears, by inotify; a half-copied one fails to load and is retried a minute later)."""
+    aside = target.parent / f".copying-{target.name}"
+    shutil.copytree(source, aside)
+    os.rename(aside, target)
+
+
 def test_the_first_images_wait_for_a_model_that_is_still_loading(served, tmp_path, caplog):
     ws = workspace(tmp_path, served["address"])
-    arrive = threading.Timer(2.0, shutil.copytree, (served["bright"], served["models"] / "late" / "1"))
+    arrive = threading.Timer(2.0, publish_version, (served["bright"], served["models"] / "late" / "1"))
     arrive.start()
     with caplog.at_level(logging.INFO, logger="odal.recipe"):
         _components, tasks = run(ws, tmp_path / "images", model="late", wait=60)
@@ -112,7 +121,7 @@ def test_after_a_failure_the_model_is_asked_again_within_seconds_not_30(served, 
     predictor = Predictor(served["address"], "later", wait_seconds=0)
     try:
         assert predictor.detect_many([pixels]) is None  # no version: no suggestions, a retry is scheduled
-        shutil.copytree(served["bright"], served["models"] / "later" / "1")
+        publish_version(served["bright"], served["models"] / "later" / "1")
         with ServingClient(served["address"]) as client:
             client.wait_until_available("later", timeout=60)
         available = time.monotonic()
