@@ -82,7 +82,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "eval_dataset": (str, ""),  # ... or a dataset of [prodigy] database
     },
     "queue": {  # the order the recipe shows unannotated images in (odal.daemon.store.queue_order)
-        "strategy": (str, "uncertainty"),  # uncertainty, diverse or random
+        "strategy": (str, "diverse"),  # diverse (odal simulate measured it best), uncertainty or random
         "batch": (int, DEFAULT_BATCH),  # diverse: how many images are chosen together (then the rest by score)
     },
 }
@@ -129,7 +129,7 @@ class Config:
     gate_tolerance: float = 0.0
     eval_export: Path | None = None
     eval_dataset: str = ""
-    queue_strategy: str = "uncertainty"
+    queue_strategy: str = "diverse"
     queue_batch: int = DEFAULT_BATCH
 
     @property
