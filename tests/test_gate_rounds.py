@@ -171,7 +171,7 @@ def test_status_shows_the_held_back_round_with_both_numbers(gated):
     gate = rounds[fourth.round_id]["gate"]
     assert rounds[fourth.round_id]["state"] == "held_back"
     assert {k: gate[k] for k in ("metric", "candidate", "served", "passed")} == {
-        "metric": "mAP@0.5", "candidate": fourth.gate["candidate"], "served": fourth.gate["served"],
+        "metric": "mAP@0.5", "candidate": round(fourth.gate["candidate"], 4), "served": round(fourth.gate["served"], 4),
         "passed": False}
     text = gated["status"]["text"]
     assert f"held {fourth.gate['candidate']:.3f} < {fourth.gate['served']:.3f}" in text

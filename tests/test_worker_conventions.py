@@ -109,8 +109,8 @@ def test_freeze_and_update_patterns_choose_the_variables_a_round_trains(tiny_mod
     is still the fine-tune start's; batch-norm statistics follow the config (freeze_batchnorm: false), as in the
     OD API's TF1 loop.  (Type "detection" restores the feature extractor only: the heads start fresh.)"""
     results = three_rounds["results"]
-    start, first, last = (_values(prefix) for prefix in (tiny_models["checkpoints"][1], results[0]["checkpoint"],
-                                                           results[2]["checkpoint"]))
+    start, first, last = (_values(prefix) for prefix in (tiny_models["checkpoints"][1], results[0].checkpoint,
+                                                           results[2].checkpoint))
     moved = {name for name in first if not np.array_equal(first[name], last[name])}
     boxes = {name for name in first if "/box_encodings/" in name}
     backbone = {name for name in first if name.startswith("model/_feature_extractor/") and "moving_" not in name}
@@ -120,9 +120,9 @@ def test_freeze_and_update_patterns_choose_the_variables_a_round_trains(tiny_mod
     assert boxes <= moved
     assert all(np.array_equal(start[name], last[name]) for name in backbone)
     assert any("moving_mean" in name for name in moved)
-    summary = results[0]["train"]["frozen"]
+    summary = results[0].train["frozen"]
     assert summary["trained"] == 12 and summary["frozen"] > 150 and summary["unmatched"] == []
-    slots = {name for name, _ in tf.train.list_variables(results[2]["checkpoint"])
+    slots = {name for name, _ in tf.train.list_variables(results[2].checkpoint)
              if "OPTIMIZER_SLOT" in name and name.startswith("model/")}
     assert slots and all("/box_encodings/" in name for name in slots)  # no optimiser state for frozen variables
 

@@ -57,6 +57,7 @@ _FIRST_ROUND = """
 import sys
 from pathlib import Path
 from odal.daemon import config as config_module
+from odal.daemon.rounds.contracts import FineTune
 from odal.daemon.worker import session as sessions
 from odal.daemon.worker.tfrecords import write_records
 workspace, round_dir = Path(sys.argv[1]), Path(sys.argv[2])
@@ -65,7 +66,7 @@ write_records(round_dir / "annotations.jsonl", round_dir)
 configs = sessions.load_configs(cfg.pipeline_config, cfg.label_map, 2, round_dir / "train.record",
                                 round_dir / "eval.record")
 session = sessions.ModelSession(configs)
-fine_tune = {"path": cfg.fine_tune_checkpoint, "type": cfg.fine_tune_checkpoint_type}
+fine_tune = FineTune(cfg.fine_tune_checkpoint, cfg.fine_tune_checkpoint_type)
 session.train(configs, 1, None, fine_tune, lambda *a: None)
 print("RESULT", session.save(round_dir / "trained"))
 """
