@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from daemon_harness import odal_cli
+from test_config import BASE  # the smallest valid odal.toml
 from test_systemd_unit import VENV, runnable_copy, verify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,16 +18,6 @@ DROP_IN = REPO / "systemd" / "odal-daemon.service.d" / "multi-worker.conf"
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 
-BASE = """
-[prodigy]
-export_dir = "exports"
-[paths]
-data_dir = "images"
-[model]
-pipeline_config = "pipeline.config"
-label_map = "label_map.pbtxt"
-base_path = "models/odal"
-"""
 
 
 def _workspace(tmp_path: Path, training: str) -> Path:
