@@ -2,8 +2,16 @@
 ResNet50 v2 and EfficientDet-D0, each shrunk for a CPU (tests/fixtures/zoo/: model sections as upstream but the
 input size) train a step, evaluate and export a SavedModel that predicts, in one real worker child.
 
-``make test`` runs the first (the cheapest); all four take several minutes on 2 cores:
-``ODAL_ZOO_CONFIGS=1 .venv/bin/python -m pytest tests/test_zoo_configs.py``."""
+``make test`` runs the first two (SSD and CenterNet, ~4 min together on 2 cores); all four take ~10 minutes:
+``ODAL_ZOO_CONFIGS=1 .venv/bin/python -m pytest tests/test_zoo_configs.py``.  Faster R-CNN and EfficientDet stay
+behind the variable for their cost (each round ~3 min here, most of it the first step's trace and the export).
+
+Faster R-CNN from scratch detects nothing, before or after one step, and that is the model, not odal: its loss is
+finite (3.7 on these shapes) because training normalises with batch statistics, but the export normalises with
+the moving statistics, still at their initial values (mean 0, variance 1) after one step, so a ResNet50 of random
+weights gives features of ~400, class logits of ~±200 (~±1700 after the step) and box encodings of ~150: the
+softmax underflows to exactly 0 for every class and the decoded boxes degenerate to zeros.  A fine-tune checkpoint
+(real statistics) is how that config is meant to start; none can be downloaded here."""
 
 from __future__ import annotations
 
@@ -26,7 +34,8 @@ pytestmark = pytest.mark.slow
 ZOO = Path(__file__).parent / "fixtures" / "zoo"
 MODELS = ["ssd_mobilenet_v2_fpnlite", "faster_rcnn_resnet50", "centernet_resnet50_v2", "ssd_efficientdet_d0"]
 _CHOSEN = os.environ.get("ODAL_ZOO_CONFIGS", "")  # "1": all four; or names, comma-separated
-RUN = MODELS if _CHOSEN == "1" else [name for name in MODELS if name in _CHOSEN.split(",")] or MODELS[:1]
+RUN = MODELS if _CHOSEN == "1" else [name for name in MODELS if name in _CHOSEN.split(",")] or MODELS[::2]
+DETECTS_AFTER_ONE_STEP = {"ssd_mobilenet_v2_fpnlite", "centernet_resnet50_v2", "ssd_efficientdet_d0"}  # see above
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +79,12 @@ def test_a_sample_config_trains_evaluates_and_exports_a_savedmodel_that_predicts
     boxes, scores = detections["detection_boxes"].numpy(), detections["detection_scores"].numpy()
     assert boxes.shape[0] == 1 and boxes.shape[-1] == 4 and scores.shape == boxes.shape[:2]
     assert np.isfinite(boxes).all() and ((scores >= 0) & (scores <= 1)).all()
-    # (After one step from scratch a model may detect nothing above its threshold; its weights must be numbers.)
+    if name in DETECTS_AFTER_ONE_STEP:  # boxes the model predicts, not padding: in the image, ymin <= ymax
+        count = int(detections["num_detections"].numpy()[0])
+        assert count >= 1
+        found = boxes[0, :count]
+        assert ((found >= 0) & (found <= 1)).all()
+        assert (found[:, 2] >= found[:, 0]).all() and (found[:, 3] >= found[:, 1]).all()
     reader = tf.train.load_checkpoint(result.checkpoint)
     weights = [reader.get_tensor(key) for key, _ in tf.train.list_variables(result.checkpoint) if "/model/" in
                f"/{key}" and "OPTIMIZER_SLOT" not in key]
