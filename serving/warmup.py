@@ -83,13 +83,16 @@ def replay(servable, export_dir: str, limits: Limits = DEFAULT, iterations: int 
     return ran
 
 
-def loader(enabled: bool, limits: Limits = DEFAULT, iterations: int = 1):
-    """The registry's load function: a ``loader.Servable``, warmed up by its export's requests when ``enabled``
-    (the version becomes AVAILABLE only after that)."""
-    from odal.serving.loader import Servable
+def loader(enabled: bool, limits: Limits = DEFAULT, iterations: int = 1, reuse: bool = True):
+    """The registry's load function: a ``loader.Servable`` (with ``reuse``, a version whose graph is already loaded
+    gets only its variables read: serving/reuse.py), warmed up by its export's requests when ``enabled`` (the
+    version becomes AVAILABLE only after that)."""
+    from odal.serving.reuse import Loader
 
-    def load(export_dir: str) -> Servable:
-        servable = Servable(export_dir)
+    full_or_reused = Loader(reuse)
+
+    def load(export_dir: str):
+        servable = full_or_reused(export_dir)
         if enabled:
             replay(servable, export_dir, limits, iterations)
         return servable
