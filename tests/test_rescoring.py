@@ -1,0 +1,107 @@
+"""Re-scoring the active-learning queue fast: images sent at the model's input size, on a thread of its own.
+
+The served models are real (the tiny SSD trained in conftest, the brightness model of test_recipe) behind a real
+``odal serve``; see test_active_queue for the queue itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from hypothesis import given, strategies as st
+from PIL import Image
+
+from odal.daemon.handlers import scoring
+from odal.daemon.handlers.rescorer import Rescorer
+from odal.daemon.rounds import pipeline_check
+from odal.daemon.sources import datasets
+from odal.daemon.sources.images import scoring_size
+from odal.daemon.store import queue_order
+from odal.daemon.store.queue import ActiveQueue
+
+from conftest import TINY_CONFIG
+from test_active_queue import client, server, workspace  # noqa: F401  (fixtures)
+
+
+def _scores(client, queue, side):
+    """path -> (image score, embedding) of every pending image, sent at ``side`` (None: up to 1024 a side)."""
+    images = scoring.read_pending(queue, 100, model_side=side)
+    found = client.predict_many("odal", [image.pixels for image in images], concurrency=2)
+    out = {}
+    for image, detections in zip(images, found):
+        values = queue_order.score_values(detections.scores, detections.classes, detections.embedding)
+        out[image.path.name] = (values["score"], detections.embedding, image.pixels.shape)
+    return out
+
+
+def test_images_sent_at_the_models_input_size_rank_and_score_as_the_full_size_ones(tmp_path, tiny_models, client):
+    """The same served model, the same images: shrunk to the model's own input side (from its pipeline.config)
+    they get near-identical image scores and embeddings, and the queue's ranking does not change."""
+    side = pipeline_check.input_side(pipeline_check.read(TINY_CONFIG))
+    assert side == 128
+    datasets.generate_shapes(tmp_path / "data", 12, seed=5, size=(1024, 768))
+    queue = ActiveQueue(tmp_path / "work" / "ledger.sqlite", tmp_path / "data")
+    try:
+        queue.scan()
+        full, small = _scores(client, queue, None), _scores(client, queue, side)
+    finally:
+        queue.close()
+    assert set(full) == set(small) and len(full) == 12
+    assert all(small[name][2][:2] == (192, 256) and full[name][2][:2] == (768, 1024) for name in full)
+    differences = [abs(full[name][0] - small[name][0]) for name in full]
+    assert max(differences) < 0.03, differences
+    for name in full:
+        a, b = full[name][1], small[name][1]
+        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.99
+    names = sorted(full)
+    for i, x in enumerate(names):  # the ranking: every pair the full path tells apart keeps its order
+        for y in names[i + 1:]:
+            if abs(full[x][0] - full[y][0]) > 0.03:
+                assert (full[x][0] > full[y][0]) == (small[x][0] > small[y][0]), (x, y)
+
+
+def test_the_rescorer_scores_the_queue_on_its_own_thread_only_while_allowed(workspace, client):
+    """The daemon's loop never waits for scoring: the rescorer thread does it, holds back while a round runs
+    (``allowed`` False), scores everything once allowed and woken, waits (no busy loop) while the server answers
+    with an older version than the queue's target, and scores a new image as soon as it is woken."""
+    data, _work, paths, _ledger, queue = workspace
+    queue.scan()
+    rescorer = Rescorer(queue, client, "bright", idle_seconds=30)
+    rescorer.allowed = False
+    rescorer.start()
+    try:
+        time.sleep(0.5)
+        assert queue.status()["scored"] == 0  # not allowed: nothing scored
+        rescorer.allowed = True
+        rescorer.wake()
+        deadline = time.monotonic() + 30
+        while queue.status()["pending"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert queue.status()["pending"] == 0 and queue.status()["scored"] == len(paths)
+        queue.rescore_all(7)  # a version the server does not answer with (not loaded yet)
+        rescorer.wake()
+        deadline = time.monotonic() + 20
+        while rescorer.scored < 2 * len(paths) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert rescorer.scored == 2 * len(paths)  # scored once with version 1, then it waits: no busy loop
+        Image.new("RGB", (64, 48), (99, 99, 99)).save(data / "new.png")
+        queue.image_changed(data / "new.png", False)
+        rescorer.wake()  # without the wake it would wait idle_seconds (30 s)
+        deadline = time.monotonic() + 20
+        while queue.status()["scored"] < len(paths) + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert queue.status()["scored"] == len(paths) + 1
+    finally:
+        rescorer.stop()
+    assert not rescorer._thread.is_alive()
+
+
+@given(st.integers(1, 20_000), st.integers(1, 20_000), st.integers(16, 4096), st.one_of(st.none(), st.integers(1, 2048)))
+def test_the_scoring_size_never_enlarges_keeps_the_aspect_and_the_models_resolution(width, height, max_side, side):
+    w, h = scoring_size((width, height), max_side, side)
+    assert 1 <= w <= width and 1 <= h <= height and max(w, h) <= max(max_side, 1)
+    assert abs(w / h - width / height) <= (width / height) * (1 / min(w, h) + 1 / min(width, height)) + 1e-9
+    if side is not None and min(width, height) * max_side / max(width, height) >= side:
+        assert min(w, h) >= side - 1  # never below the model's own input side (rounding aside)
