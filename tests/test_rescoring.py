@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from hypothesis import given, strategies as st
 from PIL import Image
 
@@ -20,14 +21,26 @@ from odal.daemon.sources.images import scoring_size
 from odal.daemon.store import queue_order
 from odal.daemon.store.queue import ActiveQueue
 
+from odal.daemon.store.ledger import Ledger
+from odal.serving.client import ServingClient
+
 from conftest import TINY_CONFIG
-from test_active_queue import client, server, workspace  # noqa: F401  (fixtures)
+from test_recipe import brightness_model, grey_images, serve
 
 
-def _scores(client, queue, side):
+@pytest.fixture(scope="module")
+def bright(tmp_path_factory):
+    """A ServingClient of ``odal serve`` serving the brightness model (test_recipe) as ``bright``, version 1."""
+    root = tmp_path_factory.mktemp("rescore_serve")
+    with serve(root, {"bright": brightness_model(root / "bright")}) as address:
+        with ServingClient(address, timeout=30) as client:
+            yield client
+
+
+def _scores(client, model, queue, side):
     """path -> (image score, embedding) of every pending image, sent at ``side`` (None: up to 1024 a side)."""
     images = scoring.read_pending(queue, 100, model_side=side)
-    found = client.predict_many("odal", [image.pixels for image in images], concurrency=2)
+    found = client.predict_many(model, [image.pixels for image in images], concurrency=2)
     out = {}
     for image, detections in zip(images, found):
         values = queue_order.score_values(detections.scores, detections.classes, detections.embedding)
@@ -35,7 +48,7 @@ def _scores(client, queue, side):
     return out
 
 
-def test_images_sent_at_the_models_input_size_rank_and_score_as_the_full_size_ones(tmp_path, tiny_models, client):
+def test_images_sent_at_the_models_input_size_rank_and_score_as_the_full_size_ones(tmp_path, tiny_served):
     """The same served model, the same images: shrunk to the model's own input side (from its pipeline.config)
     they get near-identical image scores and embeddings, and the queue's ranking does not change."""
     side = pipeline_check.input_side(pipeline_check.read(TINY_CONFIG))
@@ -44,7 +57,9 @@ def test_images_sent_at_the_models_input_size_rank_and_score_as_the_full_size_on
     queue = ActiveQueue(tmp_path / "work" / "ledger.sqlite", tmp_path / "data")
     try:
         queue.scan()
-        full, small = _scores(client, queue, None), _scores(client, queue, side)
+        with ServingClient(tiny_served.serving_address, timeout=60) as client:
+            model = tiny_served.model_name
+            full, small = _scores(client, model, queue, None), _scores(client, model, queue, side)
     finally:
         queue.close()
     assert set(full) == set(small) and len(full) == 12
@@ -61,13 +76,16 @@ def test_images_sent_at_the_models_input_size_rank_and_score_as_the_full_size_on
                 assert (full[x][0] > full[y][0]) == (small[x][0] > small[y][0]), (x, y)
 
 
-def test_the_rescorer_scores_the_queue_on_its_own_thread_only_while_allowed(workspace, client):
+def test_the_rescorer_scores_the_queue_on_its_own_thread_only_while_allowed(tmp_path, bright):
     """The daemon's loop never waits for scoring: the rescorer thread does it, holds back while a round runs
     (``allowed`` False), scores everything once allowed and woken, waits (no busy loop) while the server answers
     with an older version than the queue's target, and scores a new image as soon as it is woken."""
-    data, _work, paths, _ledger, queue = workspace
+    data = tmp_path / "data"
+    paths = grey_images(data)
+    ledger = Ledger(tmp_path / "work" / "ledger.sqlite")
+    queue = ActiveQueue(tmp_path / "work" / "ledger.sqlite", data)
     queue.scan()
-    rescorer = Rescorer(queue, client, "bright", idle_seconds=30)
+    rescorer = Rescorer(queue, bright, "bright", idle_seconds=30)
     rescorer.allowed = False
     rescorer.start()
     try:
@@ -95,6 +113,8 @@ def test_the_rescorer_scores_the_queue_on_its_own_thread_only_while_allowed(work
         assert queue.status()["scored"] == len(paths) + 1
     finally:
         rescorer.stop()
+        queue.close()
+        ledger.close()
     assert not rescorer._thread.is_alive()
 
 
@@ -102,6 +122,6 @@ def test_the_rescorer_scores_the_queue_on_its_own_thread_only_while_allowed(work
 def test_the_scoring_size_never_enlarges_keeps_the_aspect_and_the_models_resolution(width, height, max_side, side):
     w, h = scoring_size((width, height), max_side, side)
     assert 1 <= w <= width and 1 <= h <= height and max(w, h) <= max(max_side, 1)
-    assert abs(w / h - width / height) <= (width / height) * (1 / min(w, h) + 1 / min(width, height)) + 1e-9
-    if side is not None and min(width, height) * max_side / max(width, height) >= side:
+    assert abs(w * height - h * width) <= width + height  # the aspect, but for rounding each side
+    if side is not None and min(width, height) * min(1.0, max_side / max(width, height)) >= side:
         assert min(w, h) >= side - 1  # never below the model's own input side (rounding aside)
