@@ -2,15 +2,19 @@
 and how long each scoring step holds the daemon's loop.  Also the cost of the ``image_embedding`` output.
 
     nice -n 10 .venv/bin/python bench/bench_rescoring.py [--images 10000] [--size 640x480] [--limit 8]
-        [--max-seconds S] [--max-minutes M] [--compare-stock] [--saved-model EXPORT] [--workdir DIR]
+        [--max-seconds S] [--max-minutes M] [--mode before|after|both] [--side 300] [--compare-stock]
+        [--saved-model EXPORT] [--workdir DIR]
 
 Synthetic JPEGs (coloured boxes and discs on a noisy background) in a data dir; ``odal serve`` (a real subprocess)
 serves odal's pretrained SSDLite export (``python -m odal.daemon.worker.pretrained --export``, with the embedding;
 made here when ``--saved-model`` is not given).  The queue is the daemon's own :class:`ActiveQueue` in a fresh
-ledger file.  After ``rescore_all(version)`` every row is pending; the loop then runs exactly as the daemon's
-(``daemon/main.py``): wait one tick for events (0.25 s, none come), then ``score_pending(limit=64,
-max_seconds=0.5)`` (the daemon's; ``--limit 8`` alone is what it did before), until nothing is pending.  Reported: the time to score everything, images/s, each step's duration (the longest is the most an
-event waits for the loop), the time of the recipe's ``next_images`` in the ``diverse`` order over the whole queue.
+ledger file for each mode, every image pending.  ``before``: the loop as the daemon ran it until the Rescorer: wait
+one tick for events (0.25 s, none come), then ``score_pending(limit, max_seconds)`` in the loop thread (images up
+to 1024 a side, chunks of 8), until nothing is pending.  ``after``: the daemon today, the :class:`Rescorer` thread
+scoring (images sent at ``--side``, default the model's pipeline.config) while the loop ticks.  ``both``: one then
+the other, same server, same images.  Reported: the time to score everything, images/s, and how long each loop
+turn was held beyond its tick (the most an event waits), the time of the recipe's ``next_images`` in the
+``diverse`` order over the whole queue.
 With ``--compare-stock`` or ``--stock-saved-model`` (the same model exported by the OD API's stock module: without
 the extra output) the per-predict latency of both is compared on the same server.  Appends to
 bench/results/rescoring.md.  Not a test.
