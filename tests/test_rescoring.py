@@ -18,7 +18,6 @@ from odal.daemon.handlers.rescorer import Rescorer
 from odal.daemon.rounds import pipeline_check
 from odal.daemon.sources import datasets
 from odal.daemon.sources.images import scoring_size
-from odal.daemon.store import queue_order
 from odal.daemon.store.queue import ActiveQueue
 
 from odal.daemon.store.ledger import Ledger
@@ -37,20 +36,27 @@ def bright(tmp_path_factory):
             yield client
 
 
-def _scores(client, model, queue, side):
-    """path -> (image score, embedding) of every pending image, sent at ``side`` (None: up to 1024 a side)."""
+def _answers(client, model, queue, side):
+    """path -> (top-10 detection scores, embedding, pixels shape) of every pending image, sent at ``side``."""
     images = scoring.read_pending(queue, 100, model_side=side)
     found = client.predict_many(model, [image.pixels for image in images], concurrency=2)
-    out = {}
-    for image, detections in zip(images, found):
-        values = queue_order.score_values(detections.scores, detections.classes, detections.embedding)
-        out[image.path.name] = (values["score"], detections.embedding, image.pixels.shape)
-    return out
+    return {image.path.name: (np.pad(d.scores[:10], (0, 10 - len(d.scores[:10]))), d.embedding, image.pixels.shape)
+            for image, d in zip(images, found)}
 
 
-def test_images_sent_at_the_models_input_size_rank_and_score_as_the_full_size_ones(tmp_path, tiny_served):
+def _error(full, other):
+    """Mean |score difference| of the top-10 detections, and the mean embedding distance over the typical
+    distance between two images: how far ``other`` answers from ``full``."""
+    names = sorted(full)
+    scores = float(np.mean([np.abs(full[n][0] - other[n][0]).mean() for n in names]))
+    between = np.mean([np.linalg.norm(full[a][1] - full[b][1]) for a, b in zip(names, names[1:])]) + 1e-9
+    return scores, float(np.mean([np.linalg.norm(full[n][1] - other[n][1]) for n in names]) / between)
+
+
+def test_images_sent_at_the_models_input_size_answer_as_the_full_size_ones(tmp_path, tiny_served):
     """The same served model, the same images: shrunk to the model's own input side (from its pipeline.config)
-    they get near-identical image scores and embeddings, and the queue's ranking does not change."""
+    the detection scores and embeddings stay near-identical to the full-size ones, the ranking by top score too;
+    images shrunk below the model's side (a broken reduction) are measurably further off."""
     side = pipeline_check.input_side(pipeline_check.read(TINY_CONFIG))
     assert side == 128
     datasets.generate_shapes(tmp_path / "data", 12, seed=5, size=(1024, 768))
@@ -58,22 +64,21 @@ def test_images_sent_at_the_models_input_size_rank_and_score_as_the_full_size_on
     try:
         queue.scan()
         with ServingClient(tiny_served.serving_address, timeout=60) as client:
-            model = tiny_served.model_name
-            full, small = _scores(client, model, queue, None), _scores(client, model, queue, side)
+            answers = {s: _answers(client, tiny_served.model_name, queue, s) for s in (None, side, 24)}
     finally:
         queue.close()
+    full, small, broken = answers[None], answers[side], answers[24]
     assert set(full) == set(small) and len(full) == 12
     assert all(small[name][2][:2] == (192, 256) and full[name][2][:2] == (768, 1024) for name in full)
-    differences = [abs(full[name][0] - small[name][0]) for name in full]
-    assert max(differences) < 0.03, differences
-    for name in full:
-        a, b = full[name][1], small[name][1]
-        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.99
+    ok, bad = _error(full, small), _error(full, broken)
+    print("score / embedding error at the model's side", ok, "below it", bad)
+    assert ok[0] < 0.02 and ok[1] < 0.2, ok
+    assert ok[0] < bad[0] / 2 or ok[1] < bad[1] / 2, (ok, bad)
     names = sorted(full)
     for i, x in enumerate(names):  # the ranking: every pair the full path tells apart keeps its order
         for y in names[i + 1:]:
-            if abs(full[x][0] - full[y][0]) > 0.03:
-                assert (full[x][0] > full[y][0]) == (small[x][0] > small[y][0]), (x, y)
+            if abs(full[x][0][0] - full[y][0][0]) > 0.02:
+                assert (full[x][0][0] > full[y][0][0]) == (small[x][0][0] > small[y][0][0]), (x, y)
 
 
 def test_the_rescorer_scores_the_queue_on_its_own_thread_only_while_allowed(tmp_path, bright):
@@ -118,7 +123,8 @@ def test_the_rescorer_scores_the_queue_on_its_own_thread_only_while_allowed(tmp_
     assert not rescorer._thread.is_alive()
 
 
-@given(st.integers(1, 20_000), st.integers(1, 20_000), st.integers(16, 4096), st.one_of(st.none(), st.integers(1, 2048)))
+@given(st.integers(1, 20_000), st.integers(1, 20_000), st.integers(16, 4096),
+       st.one_of(st.none(), st.integers(1, 2048)))
 def test_the_scoring_size_never_enlarges_keeps_the_aspect_and_the_models_resolution(width, height, max_side, side):
     w, h = scoring_size((width, height), max_side, side)
     assert 1 <= w <= width and 1 <= h <= height and max(w, h) <= max(max_side, 1)

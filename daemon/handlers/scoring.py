@@ -1,15 +1,16 @@
 """Scoring the active-learning queue: pending images in chunks, asked of the served model.
 
-Run by odal.daemon.handlers.rescorer's thread (off the daemon's loop, while no round runs).  Network I/O, bounded: pipelined ``predict_many`` calls
-of ``2 * concurrency`` images (each request under the client's deadline), at most ``limit`` images, and no new call
-once ``max_seconds`` have passed; a serving error (server down, no version yet) stops the step and the next call
-tries again.  Unanswered images come first; when none is pending, answered ones are scored for their embeddings
-(the ``diverse`` strategy keeps away from them).  Each scored image stores its uncertainty, image score,
-detections and embedding (odal.daemon.store.queue_order.score_values).  Images are read only through odal.daemon.sources.safe_files
-(regular files inside the data dir, bounded bytes) and decoded by odal.daemon.sources.images (pixels bounded from
-the header, shrunk to the model's input side when known, else to at most 1024 a side; in a thread pool, ahead
-of the predicts); a refused or broken image is marked with its error, logged once, and
-not read again until the file changes.  No TensorFlow: the model is asked through odal.serving.client.
+Run by odal.daemon.handlers.rescorer's thread (off the daemon's loop, while no round runs).  Network I/O,
+bounded: pipelined ``predict_many`` calls of ``chunk`` images (each request under the client's deadline), at most
+``limit`` images, and no new call once ``max_seconds`` have passed; a serving error (server down, no version yet)
+stops the step and the next call tries again.  Unanswered images come first; when none is pending, answered ones
+are scored for their embeddings (the ``diverse`` strategy keeps away from them).  Each scored image stores its
+uncertainty, image score, detections and embedding (odal.daemon.store.queue_order.score_values).  Images are read
+only through odal.daemon.sources.safe_files (regular files inside the data dir, bounded bytes) and decoded by
+odal.daemon.sources.images (pixels bounded from the header, shrunk towards the model's input side when known, else
+to at most 1024 a side; in a thread pool, ahead of the predicts); a refused or broken image is marked with its
+error, logged once, and not read again until the file changes.  No TensorFlow: the model is asked through
+odal.serving.client.
 """
 
 from __future__ import annotations
