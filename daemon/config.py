@@ -128,6 +128,7 @@ class Config:
     gate_metric: str = "mAP@0.5"
     gate_tolerance: float = 0.0
     eval_export: Path | None = None
+    scoring_side: int | None = None  # the model's input side (pipeline.config image_resizer): images scored at it
     eval_dataset: str = ""
     queue_strategy: str = "diverse"
     queue_batch: int = DEFAULT_BATCH
@@ -282,6 +283,7 @@ def parse(data: dict, path: Path) -> Config:
         eval_dataset=values["gate", "eval_dataset"],
         queue_strategy=values["queue", "strategy"],
         queue_batch=values["queue", "batch"],
+        scoring_side=pipeline_check.input_side(pipeline),
     )
 
 

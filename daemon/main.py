@@ -25,7 +25,8 @@ from pathlib import Path
 from odal.common.sdnotify import Notifier, watchdog_interval
 from odal.daemon import watchers
 from odal.daemon.config import Config
-from odal.daemon.handlers import ingest, ingest_db, scoring
+from odal.daemon.handlers import ingest, ingest_db
+from odal.daemon.handlers.rescorer import Rescorer
 from odal.daemon.rounds import publish
 from odal.daemon.rounds.round import run_round
 from odal.daemon.rounds.worker_client import Abandoned, worker_for
@@ -70,9 +71,8 @@ class Daemon:
         self.worker = worker_for(cfg, self.labels)  # prewarmed in run(): traced before annotations arrive
         self._round_thread: threading.Thread | None = None
         self._last_event = 0.0
-        self._next_scoring = 0.0
         self._failed_at_seq: int | None = None  # ledger change counter a round last failed on
-        self.scorer = None
+        self.scorer = self.rescorer = None
         self.metrics = Metrics()
         self.status_file = StatusFile(cfg.work_dir)
         self._ping_every = watchdog_interval() or 10.0
@@ -89,6 +89,8 @@ class Daemon:
             self.queue = ActiveQueue(cfg.ledger_path, cfg.data_dir)
             self.queue.scan()
             self.scorer = ServingClient(cfg.serving_address, timeout=5, retries=1) if cfg.serving_address else None
+            if self.scorer is not None:  # scores on its own thread, never holding this loop
+                self.rescorer = Rescorer(self.queue, self.scorer, cfg.model_name, model_side=cfg.scoring_side)
             publish.recover(cfg.base_path, self.history)
             abandoned = self.history.abandon_running()
             if cfg.prodigy_db is not None:
@@ -106,6 +108,8 @@ class Daemon:
                 log.info("fine_tune_checkpoint", path=fine_tune.checkpoint, type=fine_tune.type,
                          source=fine_tune.source, **({"override": fine_tune.note} if fine_tune.note else {}))
             self.worker.prewarm()
+            if self.rescorer is not None:
+                self.rescorer.start()
             try:
                 self.notifier.ready()  # the watchers run; what they see meanwhile waits on the queue
                 self._set_status("reading annotation sources")
@@ -124,6 +128,7 @@ class Daemon:
                     self._round_thread.join(timeout=60)
                 observer.join(timeout=10)
                 if self.scorer is not None:
+                    self.rescorer.stop()
                     self.scorer.close()
                 self.queue.close()
                 self.ledger.close()
@@ -301,22 +306,14 @@ class Daemon:
         self._round_thread.start()
 
     def _score_some(self) -> None:
-        """Score a few unannotated images for the active-learning queue while no round runs (bounded work)."""
-        if self.scorer is None or (self._round_thread is not None and self._round_thread.is_alive()):
+        """Let the rescorer thread score while no round runs and the daemon is not degraded; a disk error it met
+        makes the daemon degraded here, in the loop."""
+        if self.rescorer is None:
             return
-        if time.monotonic() < self._next_scoring or not self.degraded.may_try():
-            return
-        try:
-            scored = scoring.score_pending(self.queue, self.scorer, self.cfg.model_name, limit=64, max_seconds=0.5)
-        except Exception as error:  # noqa: BLE001 - scoring is a courtesy: it never stops the daemon
-            if is_disk_error(error):
-                self._disk_failed("scoring the active-learning queue", error)
-            else:
-                log.error("scoring_failed", error=f"{type(error).__name__}: {error}", exc_info=True)
-            self._next_scoring = time.monotonic() + 10.0
-            return
-        if scored == 0:  # nothing pending, or no model served yet: look again later
-            self._next_scoring = time.monotonic() + 10.0
+        self.rescorer.allowed = self.degraded.may_try() and not (self._round_thread and self._round_thread.is_alive())
+        error = self.rescorer.take_disk_error()
+        if error is not None:
+            self._disk_failed("scoring the active-learning queue", error)
 
     def _round(self, accepted: list[dict], seq: int) -> None:
         history = History(self.cfg.ledger_path)
@@ -330,7 +327,7 @@ class Daemon:
                 self._failed_at_seq = seq
             elif outcome.state == "published" and self.scorer is not None:
                 self.queue.rescore_all(outcome.version)  # the new model decides what is uncertain now
-                self._next_scoring = 0.0
+                self.rescorer.wake()
         except Abandoned:
             self.metrics.round_finished("abandoned")
         except Exception as error:  # noqa: BLE001 - else the thread dies and the same round restarts every tick

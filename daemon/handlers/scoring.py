@@ -1,20 +1,25 @@
-"""Scoring the active-learning queue: a few pending images at a time, asked of the served model.
+"""Scoring the active-learning queue: pending images in chunks, asked of the served model.
 
-A loop step of the daemon (called while no round runs).  Network I/O, bounded: pipelined ``predict_many`` calls
-of ``2 * concurrency`` images (each request under the client's deadline), at most ``limit`` images, and no new call
-once ``max_seconds`` have passed; a serving error (server down, no version yet) stops the step and the next call
-tries again.  Unanswered images come first; when none is pending, answered ones are scored for their embeddings
-(the ``diverse`` strategy keeps away from them).  Each scored image stores its uncertainty, image score,
-detections and embedding (odal.daemon.store.queue_order.score_values).  Images are read only through odal.daemon.sources.safe_files
-(regular files inside the data dir, bounded bytes) and decoded by odal.daemon.sources.images (pixels bounded from
-the header, shrunk to at most 1024 a side); a refused or broken image is marked with its error, logged once, and
-not read again until the file changes.  No TensorFlow: the model is asked through odal.serving.client.
+Run by odal.daemon.handlers.rescorer's thread (off the daemon's loop, while no round runs).  Network I/O,
+bounded: pipelined ``predict_many`` calls of ``chunk`` images (each request under the client's deadline), at most
+``limit`` images, and no new call once ``max_seconds`` have passed; a serving error (server down, no version yet)
+stops the step and the next call tries again.  Unanswered images come first; when none is pending, answered ones
+are scored for their embeddings (the ``diverse`` strategy keeps away from them).  Each scored image stores its
+uncertainty, image score, detections and embedding (odal.daemon.store.queue_order.score_values).  Images are read
+only through odal.daemon.sources.safe_files (regular files inside the data dir, bounded bytes) and decoded by
+odal.daemon.sources.images (pixels bounded from the header, shrunk towards the model's input side when known, else
+to at most 1024 a side; in a thread pool, ahead of the predicts); a refused or broken image is marked with its
+error, logged once, and not read again until the file changes.  No TensorFlow: the model is asked through
+odal.serving.client.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
+from concurrent.futures import Executor
+from pathlib import Path
 
 from odal.common.hashing import content_hash
 from odal.common.images import ImageData
@@ -29,28 +34,48 @@ log = logs.get("odal.active_queue")
 
 
 def score_pending(queue: ActiveQueue, client, model_name: str, limit: int = 16, concurrency: int = 4,
-                  max_seconds: float | None = None) -> int:
+                  max_seconds: float | None = None, model_side: int | None = None, pool: Executor | None = None,
+                  chunk: int | None = None, versions: set[int] | None = None) -> int:
     """Score at most ``limit`` pending images of ``queue`` with ``client`` (an odal.serving.client.ServingClient),
-    starting no new chunk once ``max_seconds`` have passed (None: no time bound); returns how many were scored."""
+    starting no new chunk once ``max_seconds`` have passed (None: no time bound); returns how many were scored.
+    ``model_side``: the model's input side (images are sent shrunk to it, see pixels_for_scoring); ``pool``: threads
+    that read and decode the images while earlier ones are predicted; ``chunk``: images per predict batch and
+    ledger transaction (default ``2 * concurrency``); ``versions`` gains the model versions that answered."""
     started = time.monotonic()
     done = 0
+    size = chunk or 2 * max(concurrency, 1)
     while done < limit:
-        scored = _score_chunk(queue, client, model_name, min(limit - done, 2 * max(concurrency, 1)), concurrency)
+        asked = min(limit - done, size)
+        scored = _score_chunk(queue, client, model_name, asked, concurrency, model_side, pool,
+                              versions if versions is not None else set())
         done += scored
-        if scored == 0 or (max_seconds is not None and time.monotonic() - started >= max_seconds):
+        if scored < asked or (max_seconds is not None and time.monotonic() - started >= max_seconds):
             break
     return done
 
 
-def _score_chunk(queue: ActiveQueue, client, model_name: str, limit: int, concurrency: int) -> int:
-    images = read_pending(queue, limit)
-    if not images:
+def _score_chunk(queue: ActiveQueue, client, model_name: str, limit: int, concurrency: int,
+                 model_side: int | None, pool: Executor | None, versions: set[int]) -> int:
+    paths = pending_paths(queue, limit)
+    if not paths:
         return 0
+    load = functools.partial(_load, queue.data_dir, model_side)
+    images: list[ImageData] = []
+
+    def readable():  # decoded images in order (by the pool, ahead of the predicts); the unreadable marked
+        for path, loaded in zip(paths, pool.map(load, paths) if pool is not None else map(load, paths)):
+            if isinstance(loaded, ImageData):
+                images.append(loaded)
+                yield loaded.pixels
+            else:
+                _unreadable(queue, path, loaded)
+
     try:
-        found = client.predict_many(model_name, [image.pixels for image in images], concurrency=concurrency)
+        found = client.predict_many(model_name, readable(), concurrency=concurrency)
     except ServingError as error:
-        log.info("active_queue_scoring_paused", error=str(error), pending=len(images))
+        log.info("active_queue_scoring_paused", error=str(error), pending=len(paths))
         return 0
+    versions.update(int(detections.model_version) for detections in found)
     queue.record_scores([(image.path, hashlib.sha256(image.data).hexdigest(), str(content_hash(image.data)),
                           int(detections.model_version),
                           queue_order.score_values(detections.scores, detections.classes, detections.embedding))
@@ -58,22 +83,39 @@ def _score_chunk(queue: ActiveQueue, client, model_name: str, limit: int, concur
     return len(images)
 
 
-def read_pending(queue: ActiveQueue, limit: int) -> list[ImageData]:
-    """The next ``limit`` pending images read for scoring (pixels shrunk to at most 1024 a side), unanswered ones
-    first, then answered ones; an image that is gone, refused or undecodable is marked with its error and logged
-    once."""
-    images = []
+def pending_paths(queue: ActiveQueue, limit: int) -> list[Path]:
+    """The next ``limit`` pending images: unanswered ones first, then answered ones."""
     paths = queue.pending(limit)
-    for path in paths + (queue.pending(limit - len(paths), answered=True) if len(paths) < limit else []):
-        try:
-            resolved, _st, data = safe_files.read_file(path, [queue.data_dir])
-            pixels = pixels_for_scoring(data)
-        except FileNotFoundError:
-            queue.mark_error(path, "FileNotFoundError: gone")
-            continue
-        except Exception as error:  # noqa: BLE001 - refused, too large, undecodable, or a Pillow surprise
-            queue.mark_error(path, f"{type(error).__name__}: {error}")
-            log.warning("active_queue_image_unreadable", path=str(path), error=f"{type(error).__name__}: {error}")
-            continue
-        images.append(ImageData(resolved, data, pixels.shape[1], pixels.shape[0], pixels))
+    return paths + (queue.pending(limit - len(paths), answered=True) if len(paths) < limit else [])
+
+
+def _load(data_dir: Path, model_side: int | None, path: Path) -> ImageData | Exception:
+    """``path`` read (bounded, inside ``data_dir``) and decoded for scoring, or the error that stopped it."""
+    try:
+        resolved, _st, data = safe_files.read_file(path, [data_dir])
+        pixels = pixels_for_scoring(data, model_side=model_side)
+    except Exception as error:  # noqa: BLE001 - gone, refused, too large, undecodable, or a Pillow surprise
+        return error
+    return ImageData(resolved, data, pixels.shape[1], pixels.shape[0], pixels)
+
+
+def _unreadable(queue: ActiveQueue, path: Path, error: Exception) -> None:
+    if isinstance(error, FileNotFoundError):
+        queue.mark_error(path, "FileNotFoundError: gone")
+        return
+    queue.mark_error(path, f"{type(error).__name__}: {error}")
+    log.warning("active_queue_image_unreadable", path=str(path), error=f"{type(error).__name__}: {error}")
+
+
+def read_pending(queue: ActiveQueue, limit: int, model_side: int | None = None) -> list[ImageData]:
+    """The next ``limit`` pending images read for scoring (pixels shrunk to at most 1024 a side, or to
+    ``model_side``), unanswered ones first, then answered ones; an image that is gone, refused or undecodable is
+    marked with its error and logged once."""
+    images = []
+    for path in pending_paths(queue, limit):
+        loaded = _load(queue.data_dir, model_side, path)
+        if isinstance(loaded, ImageData):
+            images.append(loaded)
+        else:
+            _unreadable(queue, path, loaded)
     return images

@@ -141,3 +141,19 @@ def trainable_patterns(pipeline, pipeline_path: Path) -> None:
             except re.error as error:
                 raise ConfigError(f"{pipeline_path}: train_config.{setting} {pattern!r} is not a regular "
                                   f"expression: {error}") from error
+
+
+def input_side(pipeline) -> int | None:
+    """The shorter side, in pixels, of the images the model actually looks at (its ``image_resizer``): an image
+    sent larger is only resized down by the model itself.  None when the resizer does not say (then images are
+    sent at up to 1024 a side)."""
+    arch = pipeline.model.WhichOneof("model")
+    if arch is None:
+        return None
+    resizer = getattr(getattr(pipeline.model, arch), "image_resizer", None)
+    kind = resizer.WhichOneof("image_resizer_oneof") if resizer is not None else None
+    if kind == "fixed_shape_resizer":
+        return max(resizer.fixed_shape_resizer.height, resizer.fixed_shape_resizer.width) or None
+    if kind == "keep_aspect_ratio_resizer":
+        return resizer.keep_aspect_ratio_resizer.min_dimension or None
+    return None

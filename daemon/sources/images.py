@@ -3,8 +3,9 @@
 * :func:`header_size` reads only the header (Pillow opens lazily) and refuses an image over the pixel limit, a
   decompression bomb included, before a single pixel is decoded.
 * :func:`check_decodes` verifies and decodes the bytes once (a JPEG cut short passes ``verify()`` but not ``load()``).
-* :func:`pixels_for_scoring` decodes an RGB array no larger than ``max_side`` (JPEGs are decoded at reduced scale,
-  others shrunk right after decoding): what the active-learning queue sends to the server.
+* :func:`pixels_for_scoring` decodes an RGB array no larger than ``max_side``, or than the served model's input size
+  when it is known (JPEGs are decoded at reduced scale, others shrunk right after decoding): what the
+  active-learning queue sends to the server.
 * :func:`locate` finds a record's image (a path inside ``data_dir``, a ``data:`` URI stored once as a blob) and
   checks it; every problem is an :class:`~odal.common.errors.InvalidRecord` whose ``image`` is set when the file
   may still change (missing, or broken while it is still being written).  A broken file unchanged for
@@ -102,8 +103,13 @@ def check_decodes(data: bytes) -> tuple[int, int]:
     return size
 
 
-def pixels_for_scoring(data: bytes, max_side: int = 1024):
-    """The RGB ``uint8`` array (height, width, 3) of ``data``, shrunk to at most ``max_side`` pixels a side."""
+def pixels_for_scoring(data: bytes, max_side: int = 1024, model_side: int | None = None):
+    """The RGB ``uint8`` array (height, width, 3) of ``data``, shrunk to at most ``max_side`` pixels a side.
+
+    With ``model_side`` (the served model's input side, e.g. 300 for an SSD of ``fixed_shape_resizer`` 300x300):
+    shrunk only by cheap steps that keep the shorter side at least ``model_side`` and the aspect (the model
+    resizes what it is sent itself, as it would the full image): a JPEG decoded at 1/2, 1/4 or 1/8 scale, then an
+    integer box reduction; an exact resize costs more on 2 cores than it saves the server.  Never enlarged."""
     import numpy as np
     from PIL import Image
 
@@ -111,15 +117,31 @@ def pixels_for_scoring(data: bytes, max_side: int = 1024):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with _open(io.BytesIO(data)) as image:
             try:
-                image.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
-                try:
-                    image.thumbnail((max_side, max_side))  # shrink before converting: one full-size copy at most
-                except (ValueError, OSError):  # a mode resize does not take (e.g. "I;16"): convert first
-                    image = image.convert("RGB")
-                    image.thumbnail((max_side, max_side))
+                box = scoring_size(image.size, max_side, model_side)
+                image.draft("RGB", box)  # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below ``box``
+                if model_side:
+                    factor = min(image.size[0] // box[0], image.size[1] // box[1])
+                    if factor >= 2 and image.mode in ("RGB", "L", "RGBA"):
+                        image = image.reduce(factor)  # still at least ``box``: below twice it
+                if max(image.size) > max_side:
+                    try:
+                        image.thumbnail(box)  # shrink before converting: one full-size copy at most
+                    except (ValueError, OSError):  # a mode resize does not take (e.g. "I;16"): convert first
+                        image = image.convert("RGB")
+                        image.thumbnail(box)
                 return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
             except Exception as error:  # noqa: BLE001
                 raise Undecodable(f"{type(error).__name__}: {error}") from error
+
+
+def scoring_size(size: tuple[int, int], max_side: int = 1024, model_side: int | None = None) -> tuple[int, int]:
+    """The (width, height) :func:`pixels_for_scoring` shrinks an image of ``size`` towards: within ``max_side``,
+    the shorter side ``model_side`` (when given and smaller), the aspect kept, never enlarged."""
+    width, height = size
+    scale = min(1.0, max_side / max(width, height))
+    if model_side:
+        scale = min(scale, max(model_side / min(width, height), 0.0))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 # ------------------------------------------------------------------------------------------- a record's image
