@@ -55,10 +55,11 @@ def _toy_training():
     return data, weights, schedule_step, counter, throughput.several_steps(train_step, schedule_step)
 
 
-def test_several_steps_a_call_train_exactly_as_one_step_a_call():
+def test_several_steps_a_call_train_exactly_as_one_step_a_call(monkeypatch):
     steps, scale = 23, 200 / 23  # a round's steps and the config's schedule compressed into them
     results = []
     for per_call in (1, 10):
+        monkeypatch.setenv("ODAL_TRAIN_STEPS_PER_CALL", str(per_call))  # 1: the function without a loop
         data, weights, schedule_step, counter, run = _toy_training()
         iterator, losses = iter(data), []
         for first, count in throughput.chunks(steps, per_call):

@@ -66,18 +66,27 @@ def call_args(first: int, count: int, scale: float) -> tuple:
 def several_steps(train_step, schedule_step):
     """A ``tf.function`` running ``train_step(iterator)`` (one step's losses dict) ``count`` times, the steps
     ``first``.. of a round; before each, ``schedule_step`` := int((step - 1) * scale), as the step-by-step loop set
-    it (see odal.daemon.worker.session).  Returns the last step's losses and every step's total loss."""
+    it (see odal.daemon.worker.session).  Returns the last step's losses and every step's total loss.  The step is
+    traced twice (before the loop and in it): with ``ODAL_TRAIN_STEPS_PER_CALL=1`` the function has no loop."""
+
+    def step(iterator, first, scale, index):
+        schedule_step.assign(tf.cast(tf.cast(first - 1 + index, tf.float64) * scale, tf.int64))
+        return train_step(iterator)
+
+    if steps_per_call() == 1:  # no loop in the graph: the step is traced once, not twice (before and in the loop)
+        @tf.function
+        def one(iterator, first, count, scale):  # noqa: ARG001 - count is 1
+            last = step(iterator, first, scale, tf.constant(0, tf.int64))
+            return last, tf.expand_dims(last["Loss/total_loss"], 0)
+
+        return one
 
     @tf.function
     def steps(iterator, first, count, scale):
-        def step(index):
-            schedule_step.assign(tf.cast(tf.cast(first - 1 + index, tf.float64) * scale, tf.int64))
-            return train_step(iterator)
-
-        last = step(tf.constant(0, tf.int64))
+        last = step(iterator, first, scale, tf.constant(0, tf.int64))
         totals = tf.TensorArray(tf.float32, size=tf.cast(count, tf.int32)).write(0, last["Loss/total_loss"])
         for index in tf.range(tf.constant(1, tf.int64), count):
-            last = step(index)
+            last = step(iterator, first, scale, index)
             totals = totals.write(tf.cast(index, tf.int32), last["Loss/total_loss"])
         return last, totals.stack()
 
