@@ -43,6 +43,7 @@ def _toy_training():
     schedule_step = tf.Variable(0, dtype=tf.int64)
     counter = tf.Variable(0, dtype=tf.int64)
     optimizer = tf.keras.optimizers.SGD(learning_rate=lambda: 0.1 / (1.0 + tf.cast(schedule_step, tf.float32)))
+    optimizer.build([weights])  # its variables made now: a trace that makes variables is traced again
 
     def train_step(iterator):
         features, targets = next(iterator)
@@ -62,10 +63,12 @@ def test_several_steps_a_call_train_exactly_as_one_step_a_call(monkeypatch):
         monkeypatch.setenv("ODAL_TRAIN_STEPS_PER_CALL", str(per_call))  # 1: the function without a loop
         data, weights, schedule_step, counter, run = _toy_training()
         iterator, losses = iter(data), []
+        run.get_concrete_function(iterator, *throughput.call_args(1, 1, 1.0))  # as the worker's prewarm traces it
         for first, count in throughput.chunks(steps, per_call):
             last, totals = run(iterator, *throughput.call_args(first, count, scale))
             losses += totals.numpy().tolist()
             assert float(last["Loss/other"]) == pytest.approx(2 * losses[-1])
+        assert run.experimental_get_tracing_count() == 1  # every call reuses the prewarm's trace
         results.append((weights.numpy(), losses, int(counter.numpy()), int(schedule_step.numpy())))
     (one_weights, one_losses, one_count, one_sched), (ten_weights, ten_losses, ten_count, ten_sched) = results
     assert one_count == ten_count == steps  # the step counter advances once per step
