@@ -39,7 +39,7 @@ from odal.serving.client import ServingClient
 from odal.serving.process import ServerProcess
 
 CONFIGS = {"tiny": CONFIG, "ssdlite": REPO / "daemon" / "assets" / "ssdlite_mobilenet_v2.config"}
-OLD_SERVER = ("--file_system_watch=false", "--enable_model_warmup=false")
+OLD_SERVER = ("--file_system_watch=false", "--enable_model_warmup=false", "--reuse_loaded_graph=false")
 
 
 class Path_:
@@ -83,6 +83,7 @@ def _round(side: Path_, config: Path, root: Path, round_dir: Path, number: int, 
     t["publish"] = time.monotonic() - mark
     mark = time.monotonic()
     side.client.wait_until_available("m", number, timeout=600, poll=0.05)
+    t["available"] = time.monotonic() - mark
     asked = time.monotonic()
     side.client.predict("m", image, version=number)
     t["first_predict"] = time.monotonic() - asked
@@ -96,7 +97,16 @@ def _round(side: Path_, config: Path, root: Path, round_dir: Path, number: int, 
     t["steady_predict"] = statistics.median(steady)
     t["overhead"] = t["total"] - t["train"]
     t["reused"], t["export_how"] = result.session_reused, result.export
+    t["load_how"] = _load_how(side.root / "serve.log", side.base / str(number))
     return t
+
+
+def _load_how(server_log: Path, version_dir: Path) -> str:
+    """How the server loaded a version, from its log: "vars" (its variables into a loaded graph) or "full", then
+    "+w" when it replayed the export's warm-up requests before the version became AVAILABLE."""
+    lines = [line for line in server_log.read_text(errors="replace").splitlines() if f"{version_dir}: " in line]
+    how = "vars" if any("same graph as a loaded version" in line for line in lines) else "full"
+    return how + ("+w" if any("warm-up request" in line for line in lines) else "")
 
 
 def main() -> int:
@@ -107,6 +117,7 @@ def main() -> int:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
     args = parser.parse_args()
     config = CONFIGS[args.config]
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         items, labels, label_map = shapes(root, args.images)
@@ -135,15 +146,16 @@ def main() -> int:
             new.close()
     lines = [f"# Round latency: old vs new path, interleaved in one run ({args.config} config, {args.rounds} rounds "
              f"x {args.steps} steps, {args.images} generated images, 2 shared cores)", "",
-             "| round | path | records | train | eval | eval served | export | publish | confirm | first predict "
-             "| steady predict | total | overhead |", "|---|---|" + "---:|" * 11]
+             "| round | path | records | train | eval | eval served | export | publish | load | available | first predict "
+             "| steady predict | confirm | total | overhead |", "|---|---|" + "---:|" * 6 + "---|" + "---:|" * 6]
     for number in range(args.rounds):
         for side in (old, new):
             r = side.rows[number]
             lines.append(f"| {number + 1} | {side.name} | {r['records']:.2f} | {r['train']:.1f} | "
                          f"{r.get('evaluate', 0):.2f} | {r.get('evaluate_served', 0):.2f} | {r['export']:.2f} | "
-                         f"{r['publish']:.2f} | {r['confirm']:.2f} | {r['first_predict'] * 1000:.0f} ms | "
-                         f"{r['steady_predict'] * 1000:.0f} ms | {r['total']:.1f} | {r['overhead']:.2f} |")
+                         f"{r['publish']:.2f} | {r['load_how']} | {r['available']:.2f} | "
+                         f"{r['first_predict'] * 1000:.0f} ms | {r['steady_predict'] * 1000:.0f} ms | "
+                         f"{r['confirm']:.2f} | {r['total']:.1f} | {r['overhead']:.2f} |")
     warm = range(1, args.rounds)
     old_over = statistics.mean(old.rows[i]["overhead"] for i in warm)
     new_over = statistics.mean(new.rows[i]["overhead"] for i in warm)
@@ -157,7 +169,10 @@ def main() -> int:
               "- First predict after a reload / steady predict (rounds 2+): old " + ", ".join(
                   f"{old.rows[i]['first_predict'] / old.rows[i]['steady_predict']:.1f}x" for i in warm)
               + "; new " + ", ".join(f"{new.rows[i]['first_predict'] / new.rows[i]['steady_predict']:.1f}x"
-                                      for i in warm) + "."]
+                                      for i in warm) + ".",
+              f"- Load average (1 min) at the start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f} on "
+              f"{os.cpu_count()} cores.  load: how the server loaded the version (full: tf.saved_model.load; vars: "
+              f"its variables into the already loaded graph; +w: warm-up requests replayed before AVAILABLE)."]
     write_result(f"latency_{args.config}.md" if args.config != "tiny" else "latency.md", lines)
     return 0
 

@@ -66,25 +66,36 @@ def as_serving_error(exc: BaseException) -> ServingError:
 class Servable:
     """One loaded version: its signature defs and a callable per signature."""
 
+    keep = None  # what the functions need alive besides ``model`` (serving/reuse.py)
+
     def __init__(self, export_dir: str):
         self.export_dir = export_dir
         self.meta_graph = read_meta_graph(export_dir)
         self.signature_defs = self.meta_graph.signature_def
         try:
-            self._model = tf.saved_model.load(export_dir, tags=[SERVE_TAG])
+            self.model = tf.saved_model.load(export_dir, tags=[SERVE_TAG])
         except Exception as exc:  # noqa: BLE001 - reported as the version's load error
             error = as_serving_error(exc)
         else:
             error = None
         if error is not None:  # raised outside the handler: no chain back to the half-loaded model's frames
             raise error
-        self._functions = {name: self._model.signatures[name]
-                           for name in self.signature_defs if name in self._model.signatures}
+        self.functions = {name: self.model.signatures[name]
+                          for name in self.signature_defs if name in self.model.signatures}
+
+    @classmethod
+    def assembled(cls, export_dir: str, meta_graph, model, functions: dict, keep=None) -> "Servable":
+        """A version made of parts already loaded (serving/reuse.py: a loaded graph's functions, new variables)."""
+        servable = cls.__new__(cls)
+        servable.export_dir, servable.meta_graph = export_dir, meta_graph
+        servable.signature_defs = meta_graph.signature_def
+        servable.model, servable.functions, servable.keep = model, functions, keep
+        return servable
 
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
             output_keys: list[str]) -> dict[str, np.ndarray]:
         """Run a signature on validated inputs; returns the requested outputs as numpy arrays."""
-        function = self._functions.get(signature_name)
+        function = self.functions.get(signature_name)
         if function is None:
             raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{signature_name}" not found.')
         signature = self.signature_defs[signature_name]

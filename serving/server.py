@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also look for new versions as soon as inotify sees a base path change (odal only; watch.py)")
     add("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
         help="replay a version's assets.extra/tf_serving_warmup_requests before it serves (TF Serving's)")
+    add("--reuse_loaded_graph", type=_bool, nargs="?", const=True, default=True,
+        help="a version whose saved_model.pb and assets equal a loaded one's: read its variables only (odal only)")
     add("--num_request_iterations_for_warmup", type=int, default=1, help="times each warm-up request runs")
     add("--max_num_load_retries", type=int, default=5, help="retries of a failed version load (TF Serving: 5)")
     add("--load_retry_interval_micros", type=int, default=60_000_000, help="wait between load retries")
@@ -157,7 +159,8 @@ def _serve(args, stop: threading.Event) -> int:
         batcher = batching.Batcher(params)
         predict.use_batcher(batcher)
         log.info("batching predicts: %s", params)
-    load = warmup.loader(args.enable_model_warmup, limits, args.num_request_iterations_for_warmup)
+    load = warmup.loader(args.enable_model_warmup, limits, args.num_request_iterations_for_warmup,
+                          args.reuse_loaded_graph)
     registry = Registry(load, poll_seconds=args.file_system_poll_wait_seconds,
                         max_load_retries=args.max_num_load_retries,
                         retry_interval=args.load_retry_interval_micros / 1e6,

@@ -11,7 +11,9 @@ A warm-up request that fails fails the load, as in TF Serving.  This module impo
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,8 @@ from odal.serving.limits import DEFAULT, Limits
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_RECORDS = 1000  # TF Serving's kMaxNumRecords
 SIGNATURE = "serving_default"
+
+log = logging.getLogger(__name__)
 
 
 def write(export_dir: Path, image: np.ndarray, model_name: str = "", input_key: str = "input_tensor") -> Path:
@@ -83,15 +87,21 @@ def replay(servable, export_dir: str, limits: Limits = DEFAULT, iterations: int 
     return ran
 
 
-def loader(enabled: bool, limits: Limits = DEFAULT, iterations: int = 1):
-    """The registry's load function: a ``loader.Servable``, warmed up by its export's requests when ``enabled``
-    (the version becomes AVAILABLE only after that)."""
-    from odal.serving.loader import Servable
+def loader(enabled: bool, limits: Limits = DEFAULT, iterations: int = 1, reuse: bool = True):
+    """The registry's load function: a ``loader.Servable`` (with ``reuse``, a version whose graph is already loaded
+    gets only its variables read: serving/reuse.py), warmed up by its export's requests when ``enabled`` (the
+    version becomes AVAILABLE only after that)."""
+    from odal.serving.reuse import Loader
 
-    def load(export_dir: str) -> Servable:
-        servable = Servable(export_dir)
+    full_or_reused = Loader(reuse)
+
+    def load(export_dir: str):
+        servable = full_or_reused(export_dir)
         if enabled:
-            replay(servable, export_dir, limits, iterations)
+            started = time.monotonic()
+            ran = replay(servable, export_dir, limits, iterations)
+            if ran:
+                log.info("%s: %d warm-up request(s) replayed in %.2fs", export_dir, ran, time.monotonic() - started)
         return servable
 
     return load
