@@ -76,7 +76,8 @@ def child_odal(work: Path, model: str, warmup: int, steps: int) -> dict:
         text = (work / "pipeline.config").read_text()
         prefix = text.split('fine_tune_checkpoint: "', 1)[1].split('"', 1)[0]
         fine_tune = FineTune(prefix, "full")
-    configs = sessions.load_configs(CONFIGS[model], work / "label_map.pbtxt", 3, work / "train.record",
+    classes = (work / "label_map.pbtxt").read_text().count("item {")  # the same class count as the stock config
+    configs = sessions.load_configs(CONFIGS[model], work / "label_map.pbtxt", classes, work / "train.record",
                                     work / "eval.record", fine_tune)
     sessions.adjustments(configs)
     session = sessions.ModelSession(configs)
@@ -119,8 +120,10 @@ def prepare(root: Path, model: str, images: int) -> Path:
         f"c = session.load_configs(config, Path({str(label_map)!r}), {len(labels)}, w / 'train.record', "
         "w / 'eval.record', ft)\n"
         "session.adjustments(c); session.write_pipeline(c, w / 'pipeline.config')\n")
-    subprocess.run([sys.executable, "-c", script, str(work), model, str(CONFIGS[model])], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "-c", script, str(work), model, str(CONFIGS[model])],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"preparing the {model} records and config failed: {done.stderr[-3000:]}")
     (work / "label_map.pbtxt").write_bytes(label_map.read_bytes())
     return work
 
