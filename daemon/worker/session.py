@@ -47,7 +47,7 @@ from google.protobuf import text_format
 
 from odal.daemon.rounds.contracts import FineTune
 from odal.daemon.system.atomic import atomic_write_text, remove_tree
-from odal.daemon.worker import distribute, freeze, tf_private
+from odal.daemon.worker import distribute, freeze, tf_private, throughput
 from odal.daemon.worker.embedding import DetectionWithEmbeddingModule
 from odal.daemon.worker.evaluation import TracedEval
 
@@ -100,6 +100,7 @@ def session_key(configs: dict) -> str:
 class ModelSession:
     def __init__(self, configs: dict, dist: distribute.Distribution = distribute.DEFAULT):
         self.key = session_key(configs)
+        throughput.configure_threads()  # before the runtime starts; see throughput for each setting's measure
         self.dist = dist  # the tf.distribute strategy the model, its optimiser and its train step live in
         self.model_config = configs["model"]
         train_config = configs["train_config"]
@@ -173,7 +174,9 @@ class ModelSession:
             step.assign_add(1)
             return losses  # Loss/total_loss and each component (localization, classification, regularization...)
 
-        @tf.function
+        if throughput.xla():
+            replica_step = tf.function(replica_step, jit_compile=True)
+
         def train_step(iterator):
             features, labels = next(iterator)
             if strategy is None:
@@ -185,7 +188,7 @@ class ModelSession:
             return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                     for name, value in per_replica.items()}
 
-        return train_step
+        return throughput.several_steps(train_step, self.schedule_step)
 
     def _dataset(self, configs: dict, split: str):
         """The ``split`` ("train" or "eval") dataset, built once per session and read again each round through a
@@ -201,19 +204,22 @@ class ModelSession:
         os.replace(new_link, link)
         del input_config.tf_record_input_reader.input_path[:]
         input_config.tf_record_input_reader.input_path.append(str(link))
-        built_from = str(input_config) + str(configs[f"{split}_config"])
+        cache = split == "train" and throughput.cache_enabled() and throughput.cache_fits(str(link))
+        built_from = str(input_config) + str(configs[f"{split}_config"]) + f"cache={cache}"
         cached = self._datasets.get(split)
         if cached is None or cached[0] != built_from:
             if split == "train" and self.dist.strategy is not None:
                 def dataset_fn(context):  # as model_lib_v2.train_loop, with the per-replica batch
-                    return inputs.train_input(train_config=configs["train_config"], train_input_config=input_config,
-                                              model_config=self.model_config, model=self.model,
-                                              input_context=distribute.input_context(context)).repeat()
+                    return throughput.train_input(cache, train_config=configs["train_config"],
+                                                  train_input_config=input_config, model_config=self.model_config,
+                                                  model=self.model,
+                                                  input_context=distribute.input_context(context)).repeat()
 
                 dataset = self.dist.strategy.distribute_datasets_from_function(dataset_fn)
             elif split == "train":
-                dataset = inputs.train_input(train_config=configs["train_config"], train_input_config=input_config,
-                                             model_config=self.model_config, model=self.model).repeat()
+                dataset = throughput.train_input(cache, train_config=configs["train_config"],
+                                                 train_input_config=input_config, model_config=self.model_config,
+                                                 model=self.model).repeat()
             else:
                 dataset = inputs.eval_input(eval_config=configs["eval_config"], eval_input_config=input_config,
                                             model_config=self.model_config, model=self.model)
@@ -225,7 +231,8 @@ class ModelSession:
         with self.dist.scope():  # the optimiser's slots are made here: in the strategy, as in train()
             if self._train_step is None:
                 self._train_step = self._make_train_step()
-            self._train_step.get_concrete_function(iter(self._dataset(configs, "train")))
+            iterator = iter(self._dataset(configs, "train"))
+            self._train_step.get_concrete_function(iterator, *throughput.call_args(1, 1, 1.0))
 
     def train(self, configs: dict, steps: int, init_checkpoint: str | None, fine_tune: FineTune | None,
               progress: Progress, summary_dir: Path | None = None) -> dict:
@@ -244,26 +251,9 @@ class ModelSession:
         num_steps = configs["train_config"].num_steps
         scale = num_steps / steps if num_steps > 0 and steps > 0 else 1.0  # the config's schedule within the round
         started, cpu_started = time.monotonic(), time.process_time()
-        first_step_seconds = None
-        loss = float("nan")
-        rates, losses = [], []  # losses: every step's (the global batch's mean total loss)
         self.weights_from, self.trained = None, True  # from the first step on, no checkpoint equals the weights
         with writer.as_default():
-            for done in range(1, steps + 1):
-                self.schedule_step.assign(int((done - 1) * scale))
-                if done == 1 or done % 10 == 0 or done == steps:
-                    rates.append(self.learning_rate())
-                    tf.summary.scalar("learning_rate", rates[-1], step=self.global_step)
-                step_losses = self._train_step(iterator)
-                loss = float(step_losses["Loss/total_loss"])
-                losses.append(round(loss, 6))
-                if first_step_seconds is None:
-                    first_step_seconds = time.monotonic() - started
-                if done % 10 == 0 or done == steps:
-                    for name, value in step_losses.items():  # loss/total, loss/localization_loss, ...
-                        tag = "loss/total" if name == "Loss/total_loss" else "loss/" + name.split("/", 1)[-1]
-                        tf.summary.scalar(tag, value, step=self.global_step)
-                    progress(done, steps, loss)
+            loss, losses, rates, first_step_seconds = throughput.run_steps(self, iterator, steps, scale, progress)
         writer.flush()
         result = {"steps": steps, "global_step": int(self.global_step.numpy()), "loss": loss, "losses": losses,
                   "replicas": self.dist.replicas,
