@@ -329,12 +329,16 @@ def restore_fine_tune(model, path: str, kind: str, train_config, dataset) -> dic
     optimiser's, or a class head of other classes), and the model's variables left at their fresh values."""
     if not model_lib_v2.is_object_based_checkpoint(path):
         raise IOError(f"train_config.fine_tune_checkpoint: {path} is not an object-based (TF2) checkpoint")
+    train_step = getattr(model, "_training_step", None)  # (before the dummy computation, which may reset it)
     if train_config.run_fine_tune_checkpoint_dummy_computation:
         tf_private.ensure_model_is_built(model, dataset, train_config.unpad_groundtruth_tensors)
     restore_map = model.restore_from_objects(fine_tune_checkpoint_type=kind)
     model_lib_v2.validate_tf_v2_checkpoint_restore_map(restore_map)
     status = tf.train.Checkpoint(**restore_map).restore(path).expect_partial()
-    status.assert_existing_objects_matched()
+    missing = tf_private.unmatched_variables(status, restore_map, train_step)
+    if missing:  # the train step's own variable (traced before: prewarm) is never in a fine-tune checkpoint
+        raise AssertionError(f"{len(missing)} variables are not in the fine-tune checkpoint {path} "
+                             f"(type {kind}): {missing[:5]}")
     coordinator = tf_private.restore_coordinator(status)
     with_values = [node_id for node_id, node in enumerate(coordinator.object_graph_proto.nodes) if node.attributes]
     matched = [coordinator.object_by_proto_id.get(node_id) for node_id in with_values]

@@ -41,6 +41,21 @@ def ensure_model_is_built(model, dataset, unpad_groundtruth_tensors: bool) -> No
     model_lib_v2._ensure_model_is_built(model, dataset, unpad_groundtruth_tensors)  # noqa: SLF001
 
 
+def unmatched_variables(status, roots: dict, ignore) -> list[str]:
+    """Names of the variables reachable from ``roots`` (a restore map) that the restore ``status`` did not match,
+    but ``ignore``: ``assert_existing_objects_matched`` for variables, less the one object it cannot be told to
+    skip.  (The OD API 2.8 model keeps the train step's variable as ``model._training_step`` once a step has been
+    traced or run, ``DetectionModel.provide_groundtruth``; a fine-tune checkpoint does not hold it; the stock loop
+    restores before any step, odal's prewarm traces the step first.)"""
+    matched = {id(value) for value in restore_coordinator(status).object_by_proto_id.values()}
+    found = []
+    for root in roots.values():
+        for item in tf.train.TrackableView(root).descendants():
+            if isinstance(item, tf.Variable) and item is not ignore and id(item) not in matched:
+                found.append(item.name)
+    return found
+
+
 def restore_coordinator(status):
     """What a ``tf.train.Checkpoint.restore`` status matched: its ``object_graph_proto`` (the checkpoint's nodes)
     and ``object_by_proto_id`` (node id -> object restored).  Private: ``status._checkpoint`` (TF 2.21)."""
