@@ -70,9 +70,12 @@ def _score_chunk(queue: ActiveQueue, client, model_name: str, limit: int, concur
             else:
                 _unreadable(queue, path, loaded)
 
+    stream = readable()
     try:
-        found = client.predict_many(model_name, readable(), concurrency=concurrency)
+        found = client.predict_many(model_name, stream, concurrency=concurrency)
     except ServingError as error:
+        for _pixels in stream:  # the rest still read: an unreadable image is marked once, server up or not
+            pass
         log.info("active_queue_scoring_paused", error=str(error), pending=len(paths))
         return 0
     versions.update(int(detections.model_version) for detections in found)
