@@ -2,9 +2,10 @@
 ResNet50 v2 and EfficientDet-D0, each shrunk for a CPU (tests/fixtures/zoo/: model sections as upstream but the
 input size) train a step, evaluate and export a SavedModel that predicts, in one real worker child.
 
-``make test`` runs the first two (SSD and CenterNet, ~4 min together on 2 cores); all four take ~10 minutes:
-``ODAL_ZOO_CONFIGS=1 .venv/bin/python -m pytest tests/test_zoo_configs.py``.  Faster R-CNN and EfficientDet stay
-behind the variable for their cost (each round ~3 min here, most of it the first step's trace and the export).
+``make test`` runs the first (SSD FPN-lite); all four take ~10 minutes:
+``ODAL_ZOO_CONFIGS=1 .venv/bin/python -m pytest tests/test_zoo_configs.py`` (or names, comma-separated).  The other
+three stay behind the variable for their cost (CenterNet +69 s, Faster R-CNN and EfficientDet ~3 min each here,
+most of it the first step's trace and the export): with them the clean-clone CI run went over its 35 minutes.
 
 Faster R-CNN from scratch detects nothing, before or after one step, and that is the model, not odal: its loss is
 finite (3.7 on these shapes) because training normalises with batch statistics, but the export normalises with
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.slow
 ZOO = Path(__file__).parent / "fixtures" / "zoo"
 MODELS = ["ssd_mobilenet_v2_fpnlite", "faster_rcnn_resnet50", "centernet_resnet50_v2", "ssd_efficientdet_d0"]
 _CHOSEN = os.environ.get("ODAL_ZOO_CONFIGS", "")  # "1": all four; or names, comma-separated
-RUN = MODELS if _CHOSEN == "1" else [name for name in MODELS if name in _CHOSEN.split(",")] or MODELS[::2]
+RUN = MODELS if _CHOSEN == "1" else [name for name in MODELS if name in _CHOSEN.split(",")] or MODELS[:1]
 DETECTS_AFTER_ONE_STEP = {"ssd_mobilenet_v2_fpnlite", "centernet_resnet50_v2", "ssd_efficientdet_d0"}  # see above
 
 
