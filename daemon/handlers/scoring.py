@@ -59,18 +59,14 @@ def _score_chunk(queue: ActiveQueue, client, model_name: str, limit: int, concur
     paths = pending_paths(queue, limit)
     if not paths:
         return 0
-    load = functools.partial(_load, queue.data_dir, model_side)
     images: list[ImageData] = []
 
-    def readable():  # decoded images in order (by the pool, ahead of the predicts); the unreadable marked
-        for path, loaded in zip(paths, pool.map(load, paths) if pool is not None else map(load, paths)):
-            if isinstance(loaded, ImageData):
-                images.append(loaded)
-                yield loaded.pixels
-            else:
-                _unreadable(queue, path, loaded)
+    def pixels():  # decoded by the pool, ahead of the predicts
+        for image in _readable(queue, paths, model_side, pool):
+            images.append(image)
+            yield image.pixels
 
-    stream = readable()
+    stream = pixels()
     try:
         found = client.predict_many(model_name, stream, concurrency=concurrency)
     except ServingError as error:
@@ -102,6 +98,16 @@ def _load(data_dir: Path, model_side: int | None, path: Path) -> ImageData | Exc
     return ImageData(resolved, data, pixels.shape[1], pixels.shape[0], pixels)
 
 
+def _readable(queue: ActiveQueue, paths: list[Path], model_side: int | None, pool: Executor | None = None):
+    """The images of ``paths`` that read and decode, in order (by ``pool`` when given); the others are marked."""
+    load = functools.partial(_load, queue.data_dir, model_side)
+    for path, loaded in zip(paths, pool.map(load, paths) if pool is not None else map(load, paths)):
+        if isinstance(loaded, ImageData):
+            yield loaded
+        else:
+            _unreadable(queue, path, loaded)
+
+
 def _unreadable(queue: ActiveQueue, path: Path, error: Exception) -> None:
     if isinstance(error, FileNotFoundError):
         queue.mark_error(path, "FileNotFoundError: gone")
@@ -114,11 +120,4 @@ def read_pending(queue: ActiveQueue, limit: int, model_side: int | None = None) 
     """The next ``limit`` pending images read for scoring (pixels shrunk to at most 1024 a side, or to
     ``model_side``), unanswered ones first, then answered ones; an image that is gone, refused or undecodable is
     marked with its error and logged once."""
-    images = []
-    for path in pending_paths(queue, limit):
-        loaded = _load(queue.data_dir, model_side, path)
-        if isinstance(loaded, ImageData):
-            images.append(loaded)
-        else:
-            _unreadable(queue, path, loaded)
-    return images
+    return list(_readable(queue, pending_paths(queue, limit), model_side))
