@@ -1,15 +1,16 @@
 """The fast path of REST predict: an image sent as JSON numbers parsed straight from the body into a numpy array.
 
-TF Serving's REST API sends pixels as nested lists of numbers (``{"instances": [[[[r, g, b], ...]]]}``): 4.8 MB
+TF Serving's REST API sends pixels as nested lists of numbers (``{"instances": [[[[r, g, b], ...]]]}``): 3.9 MB
 of JSON for a 640x480 image.  Parsing that into Python lists and then into an array costs ~100x the model call.
-Here the one big run of bytes made only of digits, commas, brackets and whitespace is cut out of the body, its
-structure checked against a dense shape with byte operations, and its numbers decoded with numpy; the rest of
-the body (``signature_name``, keys) is parsed with orjson.
+Here the one big run of bytes made only of number characters, commas, brackets and whitespace is cut out of the
+body and decoded in one pass by the C extension ``_restparse`` (strict JSON numbers, dense shape, the dtype's
+range; built at ``pip install``); the rest of the body (``signature_name``, keys) is parsed with orjson.  Without
+the extension (no compiler at install) a numpy parse serves, for non-negative integers only.
 
-Only what is certainly a valid, dense, non-negative integer tensor that fits the input's type takes this path;
-anything else (negatives, decimals, ragged lists, leading zeros, several inputs, a value out of range, a body
-with escapes...) returns ``None`` and goes through ``rest_json``, which gives TF Serving's messages.  The tensors
-are the same either way (``tests/test_serving_rest_fast.py`` checks that property with hypothesis).
+Only what is certainly a valid, dense tensor that fits the input's type takes this path; anything else (ragged
+lists, leading zeros, several inputs, a value out of range, a body with escapes, and for the numpy parse
+negatives and decimals...) returns ``None`` and goes through ``rest_json``, which gives TF Serving's messages.
+The tensors are the same either way (``tests/test_serving_rest_fast.py`` checks that property with hypothesis).
 """
 
 from __future__ import annotations
@@ -21,11 +22,18 @@ import orjson
 
 from odal.serving import rest_json, tensors
 from odal.serving._protos import types_pb2
+from odal.serving.limits import DEFAULT
+
+try:
+    from odal.serving import _restparse
+except ImportError:  # built without a compiler: the numpy parse below serves
+    _restparse = None
 
 MIN_FAST_BYTES = 4096  # smaller numeric runs are parsed the ordinary way (as fast, and the messages are TF's)
 _SENTINEL = "\x01odal-numeric-run\x01"  # written escaped; a body without backslashes cannot hold this string
 _SENTINEL_JSON = b'"\\u0001odal-numeric-run\\u0001"'
-_ALLOWED = b"0123456789,[] \t\n\r"
+_ALLOWED = b"0123456789,[] \t\n\r-+.eE"
+_INTEGER_RUN = b"0123456789,[] \t\n\r"  # what the numpy parse handles
 _SPACE = b" \t\n\r"
 _DIGITS = b"0123456789"
 _MAX_DIGITS = 16  # 2**53 has 16 digits; every such number fits int64; longer ones go the slow way
@@ -34,6 +42,9 @@ _MAX_DIGITS = 16  # 2**53 has 16 digits; every such number fits int64; longer on
 _LIMITS = {types_pb2.DT_UINT8: 255, types_pb2.DT_INT32: 2**31 - 1, types_pb2.DT_UINT32: 2**32 - 1,
            types_pb2.DT_INT64: 10**_MAX_DIGITS - 1, types_pb2.DT_FLOAT: (1 << 24) - 1,
            types_pb2.DT_DOUBLE: (1 << 53) - 1}
+# DataTypes the C parser takes (those rest_json converts; int8/int16 only in their own range, where it wraps)
+_C_TYPES = {types_pb2.DT_UINT8, types_pb2.DT_INT8, types_pb2.DT_INT16, types_pb2.DT_INT32, types_pb2.DT_UINT32,
+            types_pb2.DT_INT64, types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE}
 
 
 def _numeric_run(body: bytes, min_bytes: int) -> tuple[int, int] | None:
@@ -94,7 +105,7 @@ def _shape(skeleton: bytes) -> list[int] | None:
 def parse_ints(run: bytes, dtype: int) -> np.ndarray | None:
     """A dense nested list of non-negative integers (JSON text) as an array of ``dtype``, or None."""
     limit = _LIMITS.get(dtype)
-    if limit is None:
+    if limit is None or run.translate(None, _INTEGER_RUN):
         return None
     compact = run.translate(None, _SPACE)
     if len(compact) != len(run):  # whitespace after a digit: "1 2" must not become 12 ("1 ," is valid: slow path)
@@ -123,6 +134,23 @@ def parse_ints(run: bytes, dtype: int) -> np.ndarray | None:
     return values.astype(tensors.numpy_dtype(dtype)).reshape(shape)
 
 
+def parse_c(run: bytes, dtype: int, max_bytes: int = DEFAULT.max_tensor_bytes) -> np.ndarray | None:
+    """A dense nested list of JSON numbers as an array of ``dtype`` by the C extension, or None."""
+    if _restparse is None or dtype not in _C_TYPES:
+        return None
+    target = tensors.numpy_dtype(dtype)
+    parsed = _restparse.parse(run, target.kind, target.itemsize, tensors.MAX_RANK, max_bytes)
+    if parsed is None:
+        return None
+    buffer, shape = parsed
+    return np.frombuffer(buffer, target).reshape(shape)
+
+
+def parse(run: bytes, dtype: int) -> np.ndarray | None:
+    """The run as an array of ``dtype`` by the C extension if built, else by the numpy parse; None: not taken."""
+    return parse_c(run, dtype) if _restparse is not None else parse_ints(run, dtype)
+
+
 def request_tensors(split_result: tuple[dict, str, bytes], input_dtypes: Mapping[str, int]
                     ) -> tuple[str, dict[str, Any]] | None:
     """(format, inputs) as ``rest_json.request_tensors`` gives them, for a single-input signature, or None."""
@@ -130,10 +158,10 @@ def request_tensors(split_result: tuple[dict, str, bytes], input_dtypes: Mapping
     if len(input_dtypes) != 1:
         return None
     (name, dtype), = input_dtypes.items()
-    array = parse_ints(run, dtype)
+    array = parse(run, dtype)
     if array is None:
         return None
     return (rest_json.ROW if key == "instances" else rest_json.COLUMNAR), {name: array}
 
 
-__all__ = ["MIN_FAST_BYTES", "parse_ints", "request_tensors", "split"]
+__all__ = ["MIN_FAST_BYTES", "parse", "parse_c", "parse_ints", "request_tensors", "split"]
