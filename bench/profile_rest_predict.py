@@ -5,7 +5,7 @@
 One 640x480 RGB image as JSON numbers (``{"instances": [[[[r, g, b], ...]]]}``, 3.9 MB).  Each step is run
 ``--repeats`` times and its median *thread CPU time* is printed (not wall time: on a shared machine the wall time
 of a step is mostly waiting for a core).  The steps are the ones ``serving/rest_api.py`` runs, in order: h11
-reading the body, ``rest_fast.split``, ``rest_fast.request_tensors`` (the numpy parse), the model call (CPU of
+reading the body, ``rest_fast.split``, ``rest_fast.request_tensors`` (the C parse), the model call (CPU of
 the calling thread only: TF's own threads are not counted), ``rest_json.response_json``.  The gRPC path has only
 the model call and a memcpy-like tensor decode, so the parse step is what separates the two.
 """
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
     rows.append(("rest_fast.split", ms))
     ms, parsed = _cpu_ms(lambda: rest_fast.request_tensors(split, dtypes), args.repeats)
     assert parsed is not None and np.array_equal(parsed[1]["input_tensor"], image)
-    rows.append(("rest_fast.request_tensors (numpy parse)", ms))
+    rows.append(("rest_fast.request_tensors (the C parse; numpy without the extension)", ms))
     ms, outputs = _cpu_ms(lambda: {k: v.numpy() for k, v in function(input_tensor=tf.constant(image)).items()},
                           args.repeats)
     rows.append(("model call (calling thread only)", ms))

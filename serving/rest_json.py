@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 import orjson
 
-from odal.serving import tensors
+from odal.serving import json_floats, tensors
 from odal.serving._protos import types_pb2
 from odal.serving.errors import ServingError, invalid_argument
 from odal.serving.preview import preview as _text
@@ -309,32 +309,11 @@ def request_tensors(doc: dict, input_dtypes: Mapping[str, int], signature: str) 
 
 # ---- output ------------------------------------------------------------------------------------------------
 
-def _floats(flat: np.ndarray) -> list[str]:
-    is32 = flat.dtype != np.float64
-    values = flat.astype(np.float32 if is32 else np.float64)
-    wide = values.astype(np.float64)
-    finite = np.isfinite(wide)
-    out = np.char.mod("%g", np.where(finite, wide, 0.0)).astype(object)
-    back = np.where(finite, np.char.mod("%g", np.where(finite, wide, 0.0)).astype(values.dtype), values)
-    redo = finite & (back != values)
-    if redo.any():
-        out[redo] = np.char.mod("%.9g" if is32 else "%.17g", wide[redo]).astype(object)
-    result = []
-    for text, ok, value in zip(out.tolist(), finite.tolist(), wide.tolist()):
-        if not ok:
-            result.append("NaN" if value != value else ("-Infinity" if value < 0 else "Infinity"))
-        elif "." in text or "e" in text:
-            result.append(text)
-        else:
-            result.append(text + ".0")
-    return result
-
-
 def _leaves(array: np.ndarray, as_bytes: bool) -> list[str]:
     flat = array.reshape(-1)
     kind = array.dtype.kind
     if kind == "f":
-        return _floats(flat)
+        return json_floats.texts(flat)
     if kind == "b":
         return ["true" if v else "false" for v in flat.tolist()]
     if kind in "iu":

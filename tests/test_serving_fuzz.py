@@ -41,6 +41,10 @@ CLIENT_FAULTS = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "UNIMPL
                  "RESOURCE_EXHAUSTED"}
 IMAGE = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(1, 2, 3, 3)
 GOOD = json.dumps({"instances": IMAGE.tolist()}).encode()
+# An image body past rest_fast.MIN_FAST_BYTES: it and its damaged copies go through the C parser first
+BIG = json.dumps({"instances": np.random.default_rng(3).integers(0, 256, (1, 20, 24, 3)).tolist()}).encode()
+BIG_DAMAGE = [b"", b"-", b"-1", b"1.5", b"e9", b"[", b"]", b",", b"00", b"1e400", b"99999999999999999999", b"\x00",
+              b'"', b"\\", b"NaN", b"]]", b"[[", b" ", b"1,", b"],[", b"2]"]
 
 
 # ---- strategies -------------------------------------------------------------------------------------------
@@ -169,9 +173,23 @@ def test_rest_handler_answers_bad_requests_with_a_4xx_never_a_500(rest, method, 
     _check_rest_answer(status, payload)
 
 
+@FUZZ
+@given(damage=st.lists(st.tuples(st.integers(0, len(BIG)), st.sampled_from(BIG_DAMAGE), st.integers(0, 3)),
+                       min_size=1, max_size=3))
+def test_rest_handler_answers_damaged_image_bodies_with_a_4xx_never_a_500(rest, damage):
+    body = BIG
+    for at, junk, cut in damage:
+        body = body[:at] + junk + body[at + cut:]
+    status, payload, _ = rest("POST", "/v1/models/m:predict", body)
+    _check_rest_answer(status, payload)
+
+
 def test_rest_handler_still_predicts_after_the_fuzzing(rest):
     status, payload, _ = rest("POST", "/v1/models/m:predict", GOOD)
     assert status == 200 and json.loads(payload)["predictions"][0] == pytest.approx([7.5, 8.5, 9.5])
+    status, payload, _ = rest("POST", "/v1/models/m:predict", BIG)
+    image = np.array(json.loads(BIG)["instances"], dtype=np.float64)
+    assert status == 200 and json.loads(payload)["predictions"][0] == pytest.approx(image.mean(axis=(0, 1, 2)))
 
 
 @FUZZ
