@@ -158,7 +158,7 @@ static int parse_run(const unsigned char *p, const unsigned char *end, const tar
                      unsigned char *out, Py_ssize_t capacity, Py_ssize_t *written, Py_ssize_t *shape, int *rank_out) {
     Py_ssize_t counts[RANK_CAP], n = 0;
     int known[RANK_CAP];
-    int depth = 0, rank = -1;
+    int depth = 0, rank = -1, is_float = t->kind == 'f';
     memset(known, 0, sizeof known);
     while (p < end && is_space(*p)) p++;
     if (p >= end || *p != '[') return -1;
@@ -177,10 +177,20 @@ static int parse_run(const unsigned char *p, const unsigned char *end, const tar
             rank = depth;
         }
         if (n >= capacity) return -1;
-        if ((t->kind == 'f' ? number(&p, end, t, out + n * t->size) : integer(&p, end, t, out + n * t->size)) < 0)
+        if ((is_float ? number(&p, end, t, out + n * t->size) : integer(&p, end, t, out + n * t->size)) < 0)
             return -1;
         n++;
         counts[depth - 1]++;
+        /* the common case: more numbers of this innermost list ("1,2" or "1, 2"); a '[' here fails as a number */
+        while (p < end && *p == ',') {
+            p++;
+            while (p < end && is_space(*p)) p++;
+            if (p >= end || n >= capacity) return -1;
+            if ((is_float ? number(&p, end, t, out + n * t->size) : integer(&p, end, t, out + n * t->size)) < 0)
+                return -1;
+            n++;
+            counts[depth - 1]++;
+        }
         /* after a value: ',' for the next one, or ']' closing lists */
         for (;;) {
             while (p < end && is_space(*p)) p++;
