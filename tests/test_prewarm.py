@@ -45,6 +45,7 @@ def test_the_worker_is_prewarmed_before_the_first_annotation_and_round_one_reuse
             assert trained is not None, daemon.events[-5:]
             # Round 1 ran in the prewarmed session: nothing built or traced again, no whole SavedModel written.
             assert trained["session_reused"] is True and trained["export"] == "weights"
+            assert trained["global_step"] == 5  # the prewarm's train call (paying the first run) was undone
             assert daemon.wait_event("round_published", 300) is not None, daemon.events[-5:]
         status = json.loads(odal_cli("status", "--config", str(config), "--json").stdout)
     # Version 1 is the template's graph: the server read only its variables; only version 1 is a version.
