@@ -5,9 +5,12 @@ One run measures the old and the new path side by side, interleaved round by rou
 * **old**: a plain worker (started when round 1 arrives), the OD API's ``eager_eval_loop`` (``ODAL_EVAL_LOOP=eager``:
   traced again at every call), ``odal serve`` finding versions by its 1 s poll and loading them cold
   (``--file_system_watch=false --enable_model_warmup=false``);
-* **new**: a worker prewarmed before round 1's annotations (``odal.daemon.worker.prewarm``), the eval step traced
+* **prewarm**: a worker prewarmed before round 1's annotations (``odal.daemon.worker.prewarm``), the eval step traced
   once per session, ``odal serve`` woken by inotify and replaying each export's warm-up request before the
-  version serves.
+  version serves; its first version is loaded whole (the new path before the graph template);
+* **new**: the same, and the prewarm publishes its SavedModel as the model's template (``.odal-template``), which
+  ``odal serve`` loads before version 1 arrives (serving/template.py), so version 1 reads only its variables.
+  The run waits for the server to have loaded it, as the daemon waits for annotations (the time is reported).
 
 Each round is what the daemon runs: records, train, evaluation of the candidate and of the served version (the
 publish gate), export, publish (rename into the base path), confirmation (the version AVAILABLE, then a Predict
@@ -34,6 +37,7 @@ from pathlib import Path
 from worker_jobs import CONFIG, REPO, Worker, round_job, shapes, write_result, write_round
 
 from odal.daemon.rounds.contracts import GateSpec, PrewarmJob, Served
+from odal.serving.discovery import TEMPLATE_DIR
 from odal.daemon.system.atomic import publish_dir
 from odal.serving.client import ServingClient
 from odal.serving.process import ServerProcess
@@ -109,6 +113,17 @@ def _load_how(server_log: Path, version_dir: Path) -> str:
     return how + ("+w" if any("warm-up request" in line for line in lines) else "")
 
 
+def _wait_for_template(side: Path_, timeout: float = 900) -> float:
+    """Seconds until ``side``'s server logs its template loaded (or failed)."""
+    started, done = time.monotonic(), f"{side.base / TEMPLATE_DIR}: template "
+    while time.monotonic() - started < timeout:
+        lines = (side.root / "serve.log").read_text(errors="replace")
+        if done + "loaded in" in lines or done + "not loaded" in lines:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -128,28 +143,35 @@ def main() -> int:
             round_dirs.append(root / "rounds" / str(number))
             write_round(round_dirs[-1], items[: per_round * number], labels, 0.2)
         old = Path_("old", root, {"ODAL_EVAL_LOOP": "eager"}, OLD_SERVER)
+        pre = Path_("prewarm", root, {}, ())
         new = Path_("new", root, {}, ())
+        sides = (old, pre, new)
+        prewarm_seconds = {}
         try:
-            # The new worker starts and prewarms while "the daemon waits for annotations" (not timed in round 1).
-            new.worker = Worker(new.root / "worker.log", prewarm_job=PrewarmJob(config, label_map, len(labels)))
-            mark = time.monotonic()
-            new.worker.prewarm(wait=True)
-            prewarm_seconds = time.monotonic() - mark
+            # The workers start and prewarm while "the daemon waits for annotations" (not timed in round 1).
+            for side in (pre, new):
+                template = side.base / TEMPLATE_DIR if side is new else None
+                side.worker = Worker(side.root / "worker.log", prewarm_job=PrewarmJob(
+                    config, label_map, len(labels), template_dir=template))
+                mark = time.monotonic()
+                side.worker.prewarm(wait=True)
+                prewarm_seconds[side.name] = time.monotonic() - mark
+            template_seconds = _wait_for_template(new)
             for number, round_dir in enumerate(round_dirs, 1):
-                for side in (old, new):
+                for side in sides:
                     side_dir = root / side.name / "rounds" / str(number)
                     shutil.copytree(round_dir, side_dir)
                     side.rows.append(_round(side, config, root, side_dir, number, args.steps, label_map, labels,
                                             image))
         finally:
-            old.close()
-            new.close()
-    lines = [f"# Round latency: old vs new path, interleaved in one run ({args.config} config, {args.rounds} rounds "
+            for side in sides:
+                side.close()
+    lines = [f"# Round latency: old, prewarm and new paths, interleaved in one run ({args.config} config, {args.rounds} rounds "
              f"x {args.steps} steps, {args.images} generated images, 2 shared cores)", "",
              "| round | path | records | train | eval | eval served | export | publish | load | available | first predict "
              "| steady predict | confirm | total | overhead |", "|---|---|" + "---:|" * 6 + "---|" + "---:|" * 6]
     for number in range(args.rounds):
-        for side in (old, new):
+        for side in sides:
             r = side.rows[number]
             lines.append(f"| {number + 1} | {side.name} | {r['records']:.2f} | {r['train']:.1f} | "
                          f"{r.get('evaluate', 0):.2f} | {r.get('evaluate_served', 0):.2f} | {r['export']:.2f} | "
@@ -159,13 +181,15 @@ def main() -> int:
     warm = range(1, args.rounds)
     old_over = statistics.mean(old.rows[i]["overhead"] for i in warm)
     new_over = statistics.mean(new.rows[i]["overhead"] for i in warm)
-    old_warm = statistics.mean(old.rows[i]["total"] for i in warm)
-    new_warm = statistics.mean(new.rows[i]["total"] for i in warm)
+
+    def cold(side: Path_) -> str:
+        return f"{side.name} {side.rows[0]['total'] / statistics.mean(side.rows[i]['total'] for i in warm):.2f}x"
+
     lines += ["", f"- Warm-round overhead (rounds 2-{args.rounds}, mean): old {old_over:.2f} s, new {new_over:.2f} s "
               f"({old_over / new_over:.1f}x less).",
-              f"- Cold start, round 1 / mean warm round: old {old.rows[0]['total'] / old_warm:.2f}x, new "
-              f"{new.rows[0]['total'] / new_warm:.2f}x (new's prewarm, done before round 1's annotations: "
-              f"{prewarm_seconds:.1f} s).",
+              f"- Cold start, round 1 / mean warm round: {', '.join(cold(side) for side in sides)} (done before "
+              f"round 1's annotations: prewarm's prewarm {prewarm_seconds['prewarm']:.1f} s; new's "
+              f"{prewarm_seconds['new']:.1f} s, then its server loaded the template in {template_seconds:.1f} s).",
               "- First predict after a reload / steady predict (rounds 2+): old " + ", ".join(
                   f"{old.rows[i]['first_predict'] / old.rows[i]['steady_predict']:.1f}x" for i in warm)
               + "; new " + ", ".join(f"{new.rows[i]['first_predict'] / new.rows[i]['steady_predict']:.1f}x"

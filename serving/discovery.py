@@ -1,7 +1,7 @@
 """Which model versions to serve: TF Serving's model config and its file-system version discovery, as pure logic.
 
 A model is a base path; every child folder whose name parses as an integer is a version (``.staging-3``,
-``tmp`` and the like are ignored).  The version policy picks the *aspired* versions among them: ``latest``
+``tmp`` and the like are ignored, as is odal's graph template ``.odal-template``: serving/template.py).  The version policy picks the *aspired* versions among them: ``latest``
 (the N highest, default 1), ``all``, or ``specific`` (those listed that exist).  Nothing here loads anything:
 the registry compares the aspired set with what is loaded and acts.
 """
@@ -22,6 +22,7 @@ from odal.serving.errors import ServingError, invalid_argument
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 TENSORFLOW_PLATFORM = "tensorflow"
 _VERSION = re.compile(r"[+-]?[0-9]+")
+TEMPLATE_DIR = ".odal-template"  # <base_path>/.odal-template: a graph loaded ahead, never a version (template.py)
 _INT64_MAX = 2**63 - 1
 
 

@@ -65,8 +65,10 @@ class Registry:
     """Loaded models and their state; ``start()`` runs the manager thread, ``stop()`` ends it and unloads."""
 
     def __init__(self, load_fn: Callable[[str], Any], poll_seconds: float = 1.0, max_load_retries: int = 5,
-                 retry_interval: float = 60.0, allow_labels_for_unavailable: bool = False, watch: bool = False):
+                 retry_interval: float = 60.0, allow_labels_for_unavailable: bool = False, watch: bool = False,
+                 on_poll: Callable[[list[str]], None] | None = None):
         self._load_fn = load_fn
+        self._on_poll = on_poll  # told the configured base paths at each poll (serving/template.py); must be quick
         self._watch = watch  # also wake on inotify events in the base paths (serving/watch.py)
         self._watcher = None
         self._poll_seconds = poll_seconds
@@ -244,6 +246,8 @@ class Registry:
             models = list(self._models.values())
         if self._watcher is not None:  # base paths of the config (one that appeared since is watched from now)
             self._watcher.update(model.source.base_path for model in models if model.source is not None)
+        if self._on_poll is not None:
+            self._on_poll([model.source.base_path for model in models if model.source is not None])
         for model in models:
             source = model.source
             if source is not None:

@@ -25,6 +25,7 @@ import copy
 import hashlib
 import logging
 import os
+import threading
 import weakref
 
 import tensorflow as tf
@@ -123,11 +124,46 @@ class _Template:
 
 class Loader:
     """Loads versions, reusing the functions of a loaded version with the same graph (``reuse=False``: always a
-    full ``tf.saved_model.load``).  Graphs are remembered only while a version built on them is alive."""
+    full ``tf.saved_model.load``).  Graphs are remembered only while a version built on them is alive, or a
+    template (``preload``, serving/template.py) is held."""
 
     def __init__(self, reuse: bool = True):
         self.reuse = reuse
         self._templates: weakref.WeakValueDictionary[bytes, _Template] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+        self._pending: dict[bytes, threading.Event] = {}  # graphs being preloaded: a version of one waits for it
+
+    def preload(self, export_dir: str) -> _Template | None:
+        """Load ``export_dir`` whole as the graph later versions reuse, without serving it; the template (kept only
+        while the caller, or a version built on it, holds it), or None when its graph cannot be reused.  A version
+        of the same graph arriving meanwhile waits for this load instead of loading the graph a second time."""
+        key = graph_bytes(export_dir)
+        with self._lock:
+            template = self._templates.get(key)
+            done = self._pending.get(key)
+            if template is None and done is None:
+                self._pending[key] = threading.Event()
+        if template is not None:
+            return template
+        if done is not None:  # another preload of this graph is under way
+            done.wait()
+            return self._templates.get(key)
+        try:
+            return self._remember(key, Servable(export_dir))
+        finally:
+            with self._lock:
+                self._pending.pop(key).set()
+
+    def _remember(self, key: bytes, servable: Servable) -> _Template | None:
+        try:
+            template = _Template(servable)
+        except Exception as error:  # noqa: BLE001 - this graph is just not reused
+            log.info("%s: its graph cannot be reused by later versions (%s)", servable.export_dir, error)
+            return None
+        servable.keep = template  # the template lives as long as a version built on it
+        with self._lock:
+            self._templates[key] = template
+        return template
 
     def __call__(self, export_dir: str) -> Servable:
         if not self.reuse:
@@ -136,6 +172,11 @@ class Loader:
             key = graph_bytes(export_dir)
         except OSError:
             return Servable(export_dir)  # the full load reports what is missing, in TF Serving's words
+        with self._lock:
+            loading = self._pending.get(key)
+        if loading is not None:
+            log.info("%s: waiting for its graph, being loaded from a template", export_dir)
+            loading.wait()
         template = self._templates.get(key)
         if template is not None:
             try:
@@ -147,11 +188,5 @@ class Loader:
                 log.info("%s: same graph as a loaded version; restored its variables only", export_dir)
                 return servable
         servable = Servable(export_dir)
-        try:
-            template = _Template(servable)
-        except Exception as error:  # noqa: BLE001 - this graph is just not reused
-            log.info("%s: its graph cannot be reused by later versions (%s)", export_dir, error)
-        else:
-            servable.keep = template  # the template lives as long as a version built on it
-            self._templates[key] = template
+        self._remember(key, servable)
         return servable

@@ -144,6 +144,7 @@ def _serve(args, stop: threading.Event) -> int:
     from odal.common.sdnotify import Notifier
     from odal.serving import grpc_api, rest_api, warmup
     from odal.serving.registry import Registry
+    from odal.serving.template import Templates
 
     from odal.serving import batching, config_protos, predict
 
@@ -161,11 +162,13 @@ def _serve(args, stop: threading.Event) -> int:
         log.info("batching predicts: %s", params)
     load = warmup.loader(args.enable_model_warmup, limits, args.num_request_iterations_for_warmup,
                           args.reuse_loaded_graph)
+    templates = Templates(load.loader) if args.reuse_loaded_graph else None  # <base>/.odal-template, loaded ahead
     registry = Registry(load, poll_seconds=args.file_system_poll_wait_seconds,
                         max_load_retries=args.max_num_load_retries,
                         retry_interval=args.load_retry_interval_micros / 1e6,
                         allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
-                        watch=args.file_system_watch and args.file_system_poll_wait_seconds > 0)
+                        watch=args.file_system_watch and args.file_system_poll_wait_seconds > 0,
+                        on_poll=templates.poll if templates else None)
     registry.reload(config)
     notifier = Notifier()
     grpc_server = rest_server = None

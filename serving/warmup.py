@@ -104,4 +104,5 @@ def loader(enabled: bool, limits: Limits = DEFAULT, iterations: int = 1, reuse: 
                 log.info("%s: %d warm-up request(s) replayed in %.2fs", export_dir, ran, time.monotonic() - started)
         return servable
 
+    load.loader = full_or_reused  # its graph cache, which serving/template.py fills ahead
     return load

@@ -133,6 +133,7 @@ class PrewarmJob:
     label_map: Path
     num_classes: int
     distribute: Distribute | None = None  # the strategy the rounds will train under (never multi_worker)
+    template_dir: Path | None = None  # publish the whole SavedModel here (serving/template.py); None: kept aside
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class Prewarmed:
     built: bool = False
     timings: dict[str, float] | None = None
     error: str | None = None
+    template: str | None = None  # the job's template_dir: "published", "unchanged", or why not ("failed: ...")
 
 
 Message = Union[Ready, Progress, RoundResult, JobFailed, Prewarmed]
@@ -156,7 +158,7 @@ _NESTED = {(RoundJob, "fine_tune"): FineTune, (RoundJob, "gate"): GateSpec, (Rou
            (RoundJob, "distribute"): Distribute, (PrewarmJob, "distribute"): Distribute}
 _PATHS = {(RoundJob, name) for name in ("round_dir", "pipeline_config", "label_map", "checkpoint_dir", "export_dir",
                                         "tensorboard_dir")} | {(Served, "path")} | {
-    (PrewarmJob, "pipeline_config"), (PrewarmJob, "label_map")}
+    (PrewarmJob, "pipeline_config"), (PrewarmJob, "label_map"), (PrewarmJob, "template_dir")}
 
 
 def _plain(value: Any) -> Any:

@@ -21,6 +21,8 @@ from odal.common.processes import kill_process_group, stop_process_group
 from odal.daemon.rounds.contracts import (JobFailed, Prewarmed, PrewarmJob, Progress, ProtocolError, Ready, RoundJob,
                                           RoundResult, decode, encode)
 from odal.daemon.system import log as logs
+from odal.daemon.system.atomic import remove_tree
+from odal.serving.discovery import TEMPLATE_DIR
 
 if TYPE_CHECKING:
     from odal.daemon.config import Config
@@ -50,6 +52,7 @@ class Worker:
                  prewarm_job: PrewarmJob | None = None):
         self._log_path = log_path
         self._prewarm_job = prewarm_job
+        self._stale_template: Path | None = None  # a template folder prewarm() removes (no prewarm job)
         self._spec = None  # the job.distribute the child was started for (a child keeps its strategy)
         self._busy = threading.Lock()  # one job at a time in the child: a prewarm, or a round
         self._log_rotation = (max_bytes, backups)  # its stderr log is rotated when a child starts, if too big
@@ -66,12 +69,15 @@ class Worker:
         ``prewarm()``.  No prewarm for ``multi_worker``: its child lives one round, and building the model there
         needs every other worker in the collective group."""
         job = None
+        template = cfg.base_path / TEMPLATE_DIR  # the prewarm's SavedModel, for the server (serving/template.py)
         if cfg.prewarm and labels is not None and cfg.strategy != "multi_worker":
             from odal.daemon.rounds import distributed
 
-            job = PrewarmJob(cfg.pipeline_config, cfg.label_map, len(labels), distributed.spec(cfg))
-        return cls(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups, cfg.worker_max_bytes,
-                   prewarm_job=job)
+            job = PrewarmJob(cfg.pipeline_config, cfg.label_map, len(labels), distributed.spec(cfg), template)
+        worker = cls(cfg.work_dir / "logs" / "worker.log", cfg.log_max_bytes, cfg.log_backups, cfg.worker_max_bytes,
+                     prewarm_job=job)
+        worker._stale_template = template if job is None else None
+        return worker
 
     @property
     def stopping(self) -> bool:
@@ -112,6 +118,9 @@ class Worker:
     def prewarm(self, wait: bool = False) -> None:
         """Start the child now and have it build and trace the model, in a background thread (a round waits for
         it), or in this one with ``wait``."""
+        if self._prewarm_job is None and self._stale_template is not None and self._stale_template.exists():
+            remove_tree(self._stale_template)  # no prewarm: no template of this model; the server lets it go
+            log.info("template_removed", path=str(self._stale_template), reason="no prewarm")
         if self._prewarm_job is None or self._stopping:
             return
         if wait:
@@ -137,7 +146,7 @@ class Worker:
                     if isinstance(message, Prewarmed):
                         if message.ok:
                             log.info("worker_prewarmed", pid=proc.pid, built=message.built,
-                                     seconds=round(message.seconds, 2),
+                                     seconds=round(message.seconds, 2), template=message.template,
                                      **{k: round(v, 2) for k, v in (message.timings or {}).items()})
                         else:
                             log.warning("worker_prewarm_failed", pid=proc.pid, error=message.error)

@@ -4,8 +4,12 @@ A fresh worker's first round used to pay, after the annotations arrived, for bui
 step (about 20 s of a tiny model's first step), tracing evaluation and inference, and a whole SavedModel (15-26 s).
 None of that depends on the annotations: only on the pipeline config and the class count.  A prewarm job does it
 all on one generated image (records in a temporary folder): it builds the round's session, traces the train step
-and the eval step without running them (no weight moves, the global step stays), and writes one whole SavedModel
-of the untrained weights aside, which leaves the session's graph for later exports.  Round 1 then reuses the session
+and runs it once (TensorFlow optimises a function's graph at its first call), then puts every variable back (no
+weight moves, the global step stays), runs the eval step once, and writes one whole SavedModel
+of the untrained weights, which leaves the session's graph for later exports.  With ``job.template_dir`` (the
+daemon's: ``<base_path>/.odal-template``) that SavedModel is published there, in one rename, as the model's
+template: ``odal serve`` loads it before version 1 arrives, never serving it, so version 1 (the same graph bytes)
+gets only its variables read (``odal.serving.template``).  Round 1 then reuses the session
 (``session_reused``), and its export writes only the weights.  The daemon sends it when the worker starts (and again
 after a worker is retired for memory); see ``Worker.prewarm`` in ``odal.daemon.rounds.round``.
 
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +33,8 @@ import tensorflow as tf
 from PIL import Image
 
 from odal.daemon.rounds.contracts import PrewarmJob
-from odal.daemon.worker import distribute, rounds
+from odal.daemon.system.atomic import publish_dir, remove_tree
+from odal.daemon.worker import distribute, rounds, tf_private, throughput
 from odal.daemon.worker import session as sessions
 from odal.daemon.worker.tfrecords import write_records
 
@@ -66,12 +73,62 @@ def prewarm(job: PrewarmJob) -> dict:
             timings["train_trace"] = time.monotonic() - mark
             if dist.strategy is None:  # under a strategy, evaluation runs a one-device copy, eagerly (session)
                 mark = time.monotonic()
-                session.traced_eval.trace(configs, session._dataset(configs, "eval"))  # noqa: SLF001
-                timings["eval_trace"] = time.monotonic() - mark
+                _first_train_call_undone(session, configs, folder / "before")
+                timings["train_first_call"] = time.monotonic() - mark
+                mark = time.monotonic()
+                session.traced_eval(configs, session._dataset(configs, "eval"), session.global_step)  # noqa: SLF001
+                tf_private.set_training(session.model)
+                timings["eval_first_call"] = time.monotonic() - mark
             mark = time.monotonic()
             prefix = tf.train.Checkpoint(model=session.model).write(str(folder / "ckpt" / "ckpt"))
-            session.export(prefix, folder / "export")
-            timings["export"] = time.monotonic() - mark
+            out = folder / "export"
+            if job.template_dir is not None:
+                try:
+                    out = _staging(job.template_dir)
+                except OSError as error:  # a template is an optimisation: reported, the prewarm goes on
+                    found["template"] = f"failed: {type(error).__name__}: {error}"
+            try:
+                session.export(prefix, out)
+                timings["export"] = time.monotonic() - mark
+                if "template" not in found and job.template_dir is not None:
+                    found["template"] = _publish_template(out, job.template_dir)
+            finally:
+                shutil.rmtree(out, ignore_errors=True)  # gone once published
 
+        found: dict = {}
         built = rounds.prewarmed_session(configs, build)
-    return {"built": built, "seconds": time.monotonic() - started, "timings": timings}
+    return {"built": built, "seconds": time.monotonic() - started, "timings": timings, **found}
+
+
+def _first_train_call_undone(session: sessions.ModelSession, configs: dict, folder: Path) -> None:
+    """Run the traced train step once on the sample, then put back every variable it moved (model, optimiser,
+    global step) from a checkpoint written just before.  TensorFlow optimises and instantiates a function's graph
+    at its first call, not when it is traced: that call cost round 1 about 11 s more train time than round 2 on the
+    tiny SSD (bench/results/latency.md).  The evaluation's first call has no variable to undo."""
+    before = session.checkpoint.write(str(folder / "ckpt"))
+    session._train_step(iter(session._dataset(configs, "train")), *throughput.call_args(1, 1, 1.0))  # noqa: SLF001
+    session.checkpoint.read(before).assert_consumed()
+
+
+def _staging(template_dir: Path) -> Path:
+    """A folder name beside ``template_dir`` (same filesystem: published by a rename) that no server takes for a
+    version, created by the export with the usual permissions; what a killed prewarm left there goes first."""
+    template_dir.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in template_dir.parent.glob(f"{template_dir.name}.staging-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return template_dir.parent / f"{template_dir.name}.staging-{os.getpid()}"
+
+
+def _publish_template(staging: Path, template_dir: Path) -> str:
+    """Make the complete SavedModel ``staging`` the model's template (serving/template.py), replacing an older
+    one; an identical graph is left in place (the server keeps it loaded).  How it went, for the Prewarmed answer
+    (a failure is reported, not raised)."""
+    try:
+        old = template_dir / "saved_model.pb"
+        if old.is_file() and old.read_bytes() == (staging / "saved_model.pb").read_bytes():
+            return "unchanged"
+        remove_tree(template_dir)
+        publish_dir(staging, template_dir)
+        return "published"
+    except OSError as error:
+        return f"failed: {type(error).__name__}: {error}"
