@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batching_parameters_file", default="", help="a text BatchingParameters (max_batch_size ...)")
     add("--monitoring_config_file", default="",
         help="a text MonitoringConfig; prometheus_config { enable: true } serves metrics on the REST port")
+    add("--tensorflow_intra_op_parallelism", type=int, default=0,
+        help="threads one TensorFlow op may use; 0 lets TensorFlow choose (TF Serving's)")
+    add("--tensorflow_inter_op_parallelism", type=int, default=0,
+        help="TensorFlow ops run at once; 0 lets TensorFlow choose (TF Serving's)")
     add("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -107,6 +111,20 @@ def limits_from(args) -> Limits:
         if getattr(limits, name) <= 0:
             raise ServingError("INVALID_ARGUMENT", f"{name} must be positive, got {getattr(limits, name)}")
     return limits
+
+
+def _tensorflow_threads(args) -> None:
+    """TF Serving's --tensorflow_{intra,inter}_op_parallelism, set before TensorFlow runs anything (0: its own)."""
+    if args.tensorflow_intra_op_parallelism < 0 or args.tensorflow_inter_op_parallelism < 0:
+        raise ServingError("INVALID_ARGUMENT", "tensorflow_intra_op_parallelism and "
+                                               "tensorflow_inter_op_parallelism must be >= 0")
+    if args.tensorflow_intra_op_parallelism or args.tensorflow_inter_op_parallelism:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+        tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+        log.info("TensorFlow threads: intra-op %d, inter-op %d (0: TensorFlow's choice)",
+                 args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism)
 
 
 def _watch_config_file(registry, path: str, every: int, stop: threading.Event) -> None:
@@ -149,6 +167,7 @@ def _serve(args, stop: threading.Event) -> int:
 
     config = _initial_config(args)
     limits = limits_from(args)
+    _tensorflow_threads(args)
     metrics_path = config_protos.metrics_path(args.monitoring_config_file) if args.monitoring_config_file else None
     batcher = None
     if args.enable_batching:
