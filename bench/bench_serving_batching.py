@@ -34,7 +34,6 @@ from bench_serving import _image, _measure, _summary, model_base, start_server
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "serving_batching.md"
-SHIPPED = HERE.parent / "serving" / "batching_parameters.txt"
 CLIENTS = 16
 BASELINE = "in-process, 16 threads"
 
@@ -48,18 +47,18 @@ def _batching_file(folder: Path, size: int, timeout_us: int, threads: int, enque
 
 def settings(workdir: Path) -> list[tuple[str, str, list[str]]]:
     """(row name, model: plain|batched, flags) of every server measured."""
-    rows = [("default flags", "plain", []),
-            ("--grpc_max_threads=4", "plain", ["--grpc_max_threads=4"]),
-            ("--grpc_max_threads=32", "plain", ["--grpc_max_threads=32"]),
-            ("intra-op 1", "plain", ["--tensorflow_intra_op_parallelism=1"]),
-            ("intra-op 2, inter-op 2", "plain", ["--tensorflow_intra_op_parallelism=2",
-                                                  "--tensorflow_inter_op_parallelism=2"]),
-            ("[None,H,W,3] export, no batching", "batched", [])]
-    for size, timeout_us, threads in ((4, 0, 1), (8, 0, 1), (16, 0, 1), (8, 0, 2), (16, 5000, 1)):
+    rows = [("stock export, --enable_batching=false (before: the default)", "plain", ["--enable_batching=false"]),
+            ("stock export, --grpc_max_threads=4", "plain", ["--grpc_max_threads=4"]),
+            ("stock export, --grpc_max_threads=32", "plain", ["--grpc_max_threads=32"]),
+            ("stock export, intra-op 1", "plain", ["--tensorflow_intra_op_parallelism=1"]),
+            ("stock export, intra-op 2, inter-op 2", "plain", ["--tensorflow_intra_op_parallelism=2",
+                                                                "--tensorflow_inter_op_parallelism=2"]),
+            ("[None,H,W,3] export, --enable_batching=false", "batched", ["--enable_batching=false"])]
+    for size, timeout_us, threads in ((4, 0, 1), (16, 0, 1), (8, 0, 2), (8, 2000, 1), (16, 5000, 1)):
         rows.append((f"[None,H,W,3] export, batching max {size}, timeout {timeout_us} us, {threads} thread(s)",
                      "batched", ["--enable_batching", _batching_file(workdir, size, timeout_us, threads)]))
-    rows.append(("[None,H,W,3] export, batching serving/batching_parameters.txt (max 8, timeout 2000 us, 1 thread)",
-                 "batched", ["--enable_batching", f"--batching_parameters_file={SHIPPED}"]))
+    rows.append(("[None,H,W,3] export, default flags (batching on: max 8, timeout 0 us, 1 thread, as "
+                 "serving/batching_parameters.txt)", "batched", []))
     return rows
 
 

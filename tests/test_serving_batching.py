@@ -188,4 +188,21 @@ def test_tensorflow_thread_flags_are_applied_and_a_negative_count_is_refused(ser
                               "--port=0", "--rest_api_port=0", "--tensorflow_inter_op_parallelism=-1"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2
-    assert "tensorflow_inter_op_parallelism must be >= 0" in refused.stderr
+    assert "argument --tensorflow_inter_op_parallelism: must be >= 0, got -1" in refused.stderr
+
+
+def test_batching_is_on_by_default_with_the_shipped_measured_parameters():
+    """Without batching flags odal serve batches (odal's exports are batchable), with the parameters measured best
+    (bench/results/serving_batching.md), which serving/batching_parameters.txt ships for either server; a TF
+    Serving command line's --enable_batching=false still turns it off."""
+    from pathlib import Path
+
+    from odal.serving import batching, config_protos
+    from odal.serving.server import build_parser
+
+    assert build_parser().parse_args([]).enable_batching is True
+    assert build_parser().parse_args(["--enable_batching=false"]).enable_batching is False
+    shipped = Path(batching.__file__).with_name("batching_parameters.txt")
+    assert batching.Parameters.from_proto(config_protos.read_text_proto(
+        str(shipped), config_protos.BatchingParameters)) == batching.ODAL_DEFAULT
+    assert batching.ODAL_DEFAULT.batch_timeout_micros == 0  # a lone request never waits for a batch to fill
