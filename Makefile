@@ -63,6 +63,7 @@ bench: $(STAMP)
 	nice -n 10 $(BIN)/python bench/bench_scale_store.py
 	test -d demo-workspace/models/odal || $(MAKE) demo
 	$(BIN)/python bench/bench_serving.py --saved-model "$$(ls -d demo-workspace/models/odal/[0-9]* | sort -t/ -k4 -n | tail -1)"
+	nice -n 10 $(BIN)/python bench/bench_serving_batching.py --saved-model "$$(ls -d demo-workspace/models/odal/[0-9]* | sort -t/ -k4 -n | tail -1)"
 
 # Regenerate requirements.lock from a fresh venv (review the diff before committing).
 lock:
