@@ -64,6 +64,7 @@ bench: $(STAMP)
 	test -d demo-workspace/models/odal || $(MAKE) demo
 	$(BIN)/python bench/bench_serving.py --saved-model "$$(ls -d demo-workspace/models/odal/[0-9]* | sort -t/ -k4 -n | tail -1)"
 	nice -n 10 $(BIN)/python bench/bench_serving_speed.py --compare-commit 42051d0 --before-requests 10 --saved-model "$$(ls -d demo-workspace/models/odal/[0-9]* | sort -t/ -k4 -n | tail -1)"
+	nice -n 10 $(BIN)/python bench/bench_serving_batching.py --saved-model "$$(ls -d demo-workspace/models/odal/[0-9]* | sort -t/ -k4 -n | tail -1)"
 
 # Regenerate requirements.lock from a fresh venv (review the diff before committing).
 lock:

@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
     rows: list[tuple[str, dict]] = []
     try:
         base = model_base(workdir, "plain", args.saved_model)
-        servers["after"] = start_server("after", base, workdir, "bench", wait=300)
+        servers["after"] = start_server("after", base, workdir, "bench", "--enable_batching=false", wait=300)
         if args.compare_commit:
             old = workdir / "old"
             (old / "odal").mkdir(parents=True)
@@ -158,6 +158,8 @@ def main(argv: list[str]) -> int:
         ratio = table[key]["rps"] / local16
         lines.append(f"Goal 6, 16-client throughput / in-process 16 threads, {label}: **{ratio:.2f}x** "
                      f"({'met' if ratio >= 1 else 'not met'}).")
+    lines.append("Goal 6, each server setting side by side (odal's [None,H,W,3] export, batching on by default): "
+                 "[serving_batching.md](serving_batching.md).")
     text = "\n".join(lines) + "\n"
     print(text)
     from odal.daemon.system.atomic import atomic_write_text

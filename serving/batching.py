@@ -52,6 +52,12 @@ class Parameters:
         return params
 
 
+# odal serve's parameters when --enable_batching (on by default) comes without --batching_parameters_file: the best
+# measured at 16 gRPC clients on 2 CPUs (bench/results/serving_batching.md), the same as batching_parameters.txt.
+# No batch timeout: a lone request runs at once; under load, what queued while a batch ran forms the next batch.
+ODAL_DEFAULT = Parameters(max_batch_size=8, batch_timeout_micros=0, num_batch_threads=1, max_enqueued_batches=64)
+
+
 @dataclass
 class _Task:
     inputs: Mapping[str, np.ndarray]
@@ -179,4 +185,4 @@ class Batcher:
             start += task.rows
 
 
-__all__ = ["Batcher", "Parameters", "batchable"]
+__all__ = ["Batcher", "ODAL_DEFAULT", "Parameters", "batchable"]

@@ -237,14 +237,14 @@ def test_rest_metadata_has_tf_servings_json_shape(backend):
     assert signature["method_name"] == "tensorflow/serving/predict"
     tensor = signature["inputs"]["input_tensor"]
     assert tensor["dtype"] == "DT_UINT8"
-    assert [d["size"] for d in tensor["tensor_shape"]["dim"]] == ["1", "-1", "-1", "3"]
+    assert [d["size"] for d in tensor["tensor_shape"]["dim"]] == ["-1", "-1", "-1", "3"]
     assert {"detection_boxes", "detection_scores", "detection_classes", "num_detections"} <= set(signature["outputs"])
 
 
 def test_grpc_metadata_names_the_signature_inputs(backend):
     signature = backend.client.signature(DETECTOR)
     assert signature.model_version == 1
-    assert signature.inputs == {"input_tensor": (4, (1, -1, -1, 3))}  # 4 = DT_UINT8
+    assert signature.inputs == {"input_tensor": (4, (-1, -1, -1, 3))}  # 4 = DT_UINT8; batch free
 
 
 # ---- errors ----------------------------------------------------------------------------------------------

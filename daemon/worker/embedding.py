@@ -1,8 +1,11 @@
 """The export module of every odal SavedModel: the OD API's image module plus one output, ``image_embedding``.
 
-``serving_default`` keeps the OD API's inputs and outputs unchanged (uint8 ``input_tensor`` [1, H, W, 3] ->
-``detection_boxes``, ``detection_scores``, ... as ``exporter_lib_v2.DetectionFromImageModule`` writes them, so TF
-Serving, the recipe and any client of a stock export work as before) and adds ``image_embedding``: float32
+``serving_default`` keeps the OD API's inputs and outputs (uint8 ``input_tensor`` -> ``detection_boxes``,
+``detection_scores``, ... as ``exporter_lib_v2.DetectionFromImageModule`` writes them, so TF Serving, the recipe and
+any client of a stock export work as before) with one change: the batch dimension is free, [None, H, W, 3] where the
+OD API fixes it at 1 (its preprocessing maps over the batch, predict and postprocess take any batch), so a server
+with ``--enable_batching`` (TF Serving's or ``odal serve``'s) can run concurrent requests as one call; a request of
+one image is answered as before.  It adds ``image_embedding``: float32
 [batch, D], the global average (over height and width) of the feature extractor's last feature map -- computed by
 the same forward pass as the detections, so it costs a mean over one small tensor.  The daemon's active-learning
 queue uses it to pick diverse images (:mod:`odal.common.selection`) without importing TensorFlow itself.
@@ -25,6 +28,7 @@ from object_detection.core import standard_fields as fields
 EMBEDDING_OUTPUT = "image_embedding"
 FEATURE_KEYS = ("feature_maps", "extracted_features", "rpn_features_to_crop")
 LABEL_ID_OFFSET = 1  # the model's classes count from 0, the label map's from 1
+INPUT = tf.TensorSpec([None, None, None, 3], tf.uint8, name="input_tensor")  # the OD API's, batch left free
 
 
 def last_feature_map(prediction_dict: dict):
@@ -39,7 +43,12 @@ def last_feature_map(prediction_dict: dict):
 
 
 class DetectionWithEmbeddingModule(exporter_lib_v2.DetectionFromImageModule):
-    """``DetectionFromImageModule`` whose detections also carry :data:`EMBEDDING_OUTPUT` (module docstring)."""
+    """``DetectionFromImageModule`` whose detections also carry :data:`EMBEDDING_OUTPUT` and whose input's batch
+    dimension is free (module docstring)."""
+
+    def __init__(self, detection_model):
+        super().__init__(detection_model)
+        self.__call__ = tf.function(self.__call__.python_function, input_signature=[INPUT])
 
     def _run_inference_on_images(self, images, true_shapes, **kwargs):
         predicted = self._model.predict(images, true_shapes, **kwargs)

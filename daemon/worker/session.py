@@ -300,7 +300,7 @@ class ModelSession:
 
     # -- export ------------------------------------------------------------------------------------------------------
     def export(self, checkpoint_prefix: str, out_dir: Path) -> str:
-        """A SavedModel (``serving_default``: uint8 ``input_tensor`` [1, H, W, 3] -> detections and
+        """A SavedModel (``serving_default``: uint8 ``input_tensor`` [None, H, W, 3] -> detections and
         ``image_embedding``, see :mod:`odal.daemon.worker.embedding`) in ``out_dir``
         (not there yet; the caller publishes it).  Returns how it was written: ``"weights"`` (the graph of the
         session's first export, new variables), ``"full"``, or ``"full (rewrite failed: ...)"``."""
