@@ -116,7 +116,7 @@ def prepare(root: Path, model: str, images: int) -> Path:
         "ft = None\n"
         "if model == 'ssdlite':\n"
         "    from odal.daemon.commands.init import write_start\n"
-        f"    ft = FineTune(write_start(w / 'start', {labels!r}, config), 'full')\n"
+        f"    ft = FineTune(str(write_start(w / 'start', {labels!r}, config)), 'full')\n"
         f"c = session.load_configs(config, Path({str(label_map)!r}), {len(labels)}, w / 'train.record', "
         "w / 'eval.record', ft)\n"
         "session.adjustments(c); session.write_pipeline(c, w / 'pipeline.config')\n")
