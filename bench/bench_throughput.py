@@ -9,7 +9,9 @@ stock, ...), so that the machine's load falls on both alike.
   the first 100 include tracing).
 * odal: a worker ``ModelSession`` (odal.daemon.worker.session): ``--warmup`` steps (tracing), a checkpoint, then
   ``--steps`` steps timed from that checkpoint, as a later round runs them.  Variants set the worker's throughput
-  settings (env ``ODAL_TRAIN_*``, see odal.daemon.worker.throughput) one at a time.
+  settings (env ``ODAL_TRAIN_*``, see odal.daemon.worker.throughput) one at a time; ``BENCH_*`` variables are
+  measurements of this benchmark only (XLA on the loss alone, progress reports every N steps).
+  A child that fails (e.g. a setting that does not compile) is a row of the table, and the run goes on.
 
     nice -n 10 .venv/bin/python bench/bench_throughput.py [--models tiny,ssdlite] [--repeats 1]
 
@@ -159,8 +161,8 @@ def run_child(args: list[str], env: dict, log: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="tiny,ssdlite")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--ssdlite-variants", default="plain,default")
+    parser.add_argument("--variants", default="plain,default,threads 1/1,xla")  # any of VARIANTS
+    parser.add_argument("--ssdlite-variants", default="plain,default,threads 1/1")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--warmup", type=int, default=20)
