@@ -49,6 +49,7 @@ from odal.daemon.rounds.contracts import FineTune
 from odal.daemon.system.atomic import atomic_write_text, remove_tree
 from odal.daemon.worker import distribute, freeze, tf_private, throughput
 from odal.daemon.worker.embedding import DetectionWithEmbeddingModule
+from odal.daemon.worker.eval_cache import ServedCache
 from odal.daemon.worker.evaluation import TracedEval
 
 Progress = Callable[[int, int, float], None]
@@ -122,6 +123,7 @@ class ModelSession:
         self._datasets: dict[str, tuple[str, object]] = {}  # split -> (what it was built from, the dataset)
         self._links = tempfile.TemporaryDirectory(prefix="odal-worker-")  # the stable paths the datasets read
         self.traced_eval = TracedEval(self.model)  # the eval step, traced once per session
+        self.served_cache = ServedCache()  # the likely next served version's eval outputs (eval_cache)
         self._inference = None
         self._plain = None  # under a strategy: (one-device model that evaluations run, checkpoint it holds)
         self._graph: SavedGraph | None = None  # set by the first export: what later exports write again
@@ -268,21 +270,26 @@ class ModelSession:
         return result
 
     # -- evaluate ----------------------------------------------------------------------------------------------------
-    def evaluate(self, configs: dict, summary_dir: Path | None = None) -> dict:
+    def evaluate(self, configs: dict, summary_dir: Path | None = None, **cache) -> dict:
         """COCO detection metrics on the eval split, with the live weights (under a strategy: those of the
-        checkpoint just saved, ``weights_from``, in :meth:`evaluation_model`)."""
+        checkpoint just saved, ``weights_from``, in :meth:`evaluation_model`).  ``cache``: the traced step's
+        ``record``, ``reuse`` and ``before_step`` (:class:`TracedEval`); the OD API's loop takes none."""
         dataset = self._dataset(configs, "eval")
         model = self.evaluation_model()
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
         with writer.as_default():
-            if self.dist.strategy is not None or os.environ.get("ODAL_EVAL_LOOP") == "eager":
+            if self.uses_eager_eval():
                 # the OD API's loop, traced each call: under a strategy, on the one-device copy (benchmarks too)
                 metrics = model_lib_v2.eager_eval_loop(model, configs, dataset, global_step=self.global_step)
             else:
-                metrics = self.traced_eval(configs, dataset, self.global_step)
+                metrics = self.traced_eval(configs, dataset, self.global_step, **cache)
         writer.flush()
         tf_private.set_training(model)
         return {name: float(value) for name, value in metrics.items()}
+
+    def uses_eager_eval(self) -> bool:
+        """Whether evaluations run the OD API's own loop (under a strategy, or asked for by benchmarks)."""
+        return self.dist.strategy is not None or os.environ.get("ODAL_EVAL_LOOP") == "eager"
 
     def evaluation_model(self):
         """The model evaluations run: the training model itself, or under a strategy a one-device copy holding
