@@ -22,7 +22,7 @@ from object_detection.core import standard_fields as fields
 from object_detection.utils import label_map_util
 from object_detection.utils import visualization_utils as vutils
 
-from odal.daemon.worker import tf_private
+from odal.daemon.worker import eval_cache, tf_private
 
 _FEATURES = (fields.InputDataFields.image, fields.InputDataFields.original_image,
              fields.InputDataFields.original_image_spatial_shape, fields.InputDataFields.true_image_shape,
@@ -36,6 +36,7 @@ class TracedEval:
         self.model = model
         self._traced: tuple[object, object] | None = None  # (what it was traced for, the function)
         self.traces = 0  # how many times the step was traced (for tests and benchmarks)
+        self.steps_run = 0  # how many elements the step ran on (the rest came from a cache)
 
     def _step(self, dataset, configs: dict):
         key = (str(dataset.element_spec), configs["train_config"].add_regularization_loss,
@@ -68,12 +69,18 @@ class TracedEval:
         finally:
             tf_private.set_training(self.model)
 
-    def __call__(self, configs: dict, dataset, global_step) -> dict[str, float]:
+    def __call__(self, configs: dict, dataset, global_step, record=None, reuse=None,
+                 before_step=None) -> dict[str, float]:
         """The eval metrics of the live weights on every element of ``dataset`` (scalars also to the default
-        summary writer, as ``eager_eval_loop`` writes them)."""
+        summary writer, as ``eager_eval_loop`` writes them).
+
+        ``record`` (an :class:`eval_cache.Outputs`) receives each element's step outputs; the step's outputs of
+        an element found in ``reuse`` are taken from there instead of computed; ``before_step`` is called once,
+        before the first element that is computed (the served evaluation loads the served weights then)."""
         model = self.model
         tf_private.set_inference(model)
         step = self._step(dataset, configs)
+        keyed = record is not None or reuse is not None
         eval_config = configs["eval_config"]
         options = eval_util.evaluator_options_from_eval_config(eval_config)
         agnostic_index = label_map_util.create_class_agnostic_category_index()
@@ -83,7 +90,22 @@ class TracedEval:
         losses_seen: dict[str, list] = {}
         edges = [(edge.start, edge.end) for edge in eval_config.keypoint_edge] or None
         for index, (features, labels) in enumerate(dataset):
-            losses, detections, groundtruth, eval_features = step(features, labels)
+            key = eval_cache.element_digest(features, labels) if keyed else None
+            outputs = reuse.get(key) if reuse is not None else None
+            if outputs is None:
+                if before_step is not None:
+                    before_step()
+                    before_step = None
+                losses, detections, _, _ = step(features, labels)
+                self.steps_run += 1
+                outputs = (losses, detections)
+            if record is not None:
+                record.add(key, outputs)
+            losses, detections = outputs
+            # The step passes the element's labels and features through unchanged; prepare_eval_dict changes
+            # the labels dict it is given, so it gets a fresh one (and a cached output is never changed).
+            groundtruth, eval_features = dict(labels), {name: features[name] for name in _FEATURES}
+            detections = dict(detections)
             eval_dict, agnostic = model_lib_v2.prepare_eval_dict(detections, groundtruth, eval_features)
             index_used = agnostic_index if agnostic else aware_index
             if fields.InputDataFields.original_image in features and index < eval_config.num_visualizations:

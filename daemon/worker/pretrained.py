@@ -224,7 +224,7 @@ def export(out_dir: Path, converted: Path | None = None) -> Path:
 
     import tensorflow as tf
     from odal.daemon.worker.embedding import DetectionWithEmbeddingModule
-    from odal.daemon.worker.session import SavedGraph
+    from odal.daemon.worker.saved_graph import SavedGraph
 
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConversionError(f"{out_dir} exists and is not empty")

@@ -24,7 +24,8 @@ from odal.daemon.system.atomic import publish_dir, remove_tree
 from odal.daemon.worker import distribute
 from odal.daemon.worker import session as sessions
 from odal.daemon.worker import warmup_request
-from odal.daemon.worker.served import evaluate_served
+from odal.daemon.worker import eval_cache
+from odal.daemon.worker.served import evaluate_served, remember_export
 from odal.daemon.worker.tfrecords import write_records
 
 _SESSION: sessions.ModelSession | None = None
@@ -116,9 +117,12 @@ def run_job(job: RoundJob, send: Callable[[Progress], None]) -> RoundResult:
     session.weights_from = prefix
 
     metrics = None
+    # The candidate's eval outputs: the served cache of the next round, if this candidate is exported (eval_cache).
+    outputs = eval_cache.Outputs() if job.gate is not None and not session.uses_eager_eval() else None
     if counts["eval"]:
         started = stage("evaluate")
-        metrics = session.evaluate(configs, tb / "eval" if tb else None)
+        metrics = session.evaluate(configs, tb / "eval" if tb else None,
+                                   **({"record": outputs} if outputs is not None else {}))
         timings["evaluate"] = time.monotonic() - started
 
     decision, served_metrics = None, None
@@ -141,6 +145,8 @@ def run_job(job: RoundJob, send: Callable[[Progress], None]) -> RoundResult:
         export_dir = _fresh(job.export_dir)
         export_mode = session.export(prefix, export_dir)
         warmup = warmup_request.add_to_export(export_dir, round_dir / "train.record")
+        if job.gate is not None:
+            remember_export(session, export_dir, prefix, outputs if metrics is not None else None)
         timings["export"] = time.monotonic() - started
 
     return RoundResult(

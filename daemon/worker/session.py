@@ -49,6 +49,8 @@ from odal.daemon.rounds.contracts import FineTune
 from odal.daemon.system.atomic import atomic_write_text, remove_tree
 from odal.daemon.worker import distribute, freeze, tf_private, throughput
 from odal.daemon.worker.embedding import DetectionWithEmbeddingModule
+from odal.daemon.worker.saved_graph import SavedGraph
+from odal.daemon.worker.eval_cache import ServedCache
 from odal.daemon.worker.evaluation import TracedEval
 
 Progress = Callable[[int, int, float], None]
@@ -122,6 +124,7 @@ class ModelSession:
         self._datasets: dict[str, tuple[str, object]] = {}  # split -> (what it was built from, the dataset)
         self._links = tempfile.TemporaryDirectory(prefix="odal-worker-")  # the stable paths the datasets read
         self.traced_eval = TracedEval(self.model)  # the eval step, traced once per session
+        self.served_cache = ServedCache()  # the likely next served version's eval outputs (eval_cache)
         self._inference = None
         self._plain = None  # under a strategy: (one-device model that evaluations run, checkpoint it holds)
         self._graph: SavedGraph | None = None  # set by the first export: what later exports write again
@@ -268,21 +271,26 @@ class ModelSession:
         return result
 
     # -- evaluate ----------------------------------------------------------------------------------------------------
-    def evaluate(self, configs: dict, summary_dir: Path | None = None) -> dict:
+    def evaluate(self, configs: dict, summary_dir: Path | None = None, **cache) -> dict:
         """COCO detection metrics on the eval split, with the live weights (under a strategy: those of the
-        checkpoint just saved, ``weights_from``, in :meth:`evaluation_model`)."""
+        checkpoint just saved, ``weights_from``, in :meth:`evaluation_model`).  ``cache``: the traced step's
+        ``record``, ``reuse`` and ``before_step`` (:class:`TracedEval`); the OD API's loop takes none."""
         dataset = self._dataset(configs, "eval")
         model = self.evaluation_model()
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
         with writer.as_default():
-            if self.dist.strategy is not None or os.environ.get("ODAL_EVAL_LOOP") == "eager":
+            if self.uses_eager_eval():
                 # the OD API's loop, traced each call: under a strategy, on the one-device copy (benchmarks too)
                 metrics = model_lib_v2.eager_eval_loop(model, configs, dataset, global_step=self.global_step)
             else:
-                metrics = self.traced_eval(configs, dataset, self.global_step)
+                metrics = self.traced_eval(configs, dataset, self.global_step, **cache)
         writer.flush()
         tf_private.set_training(model)
         return {name: float(value) for name, value in metrics.items()}
+
+    def uses_eager_eval(self) -> bool:
+        """Whether evaluations run the OD API's own loop (under a strategy, or asked for by benchmarks)."""
+        return self.dist.strategy is not None or os.environ.get("ODAL_EVAL_LOOP") == "eager"
 
     def evaluation_model(self):
         """The model evaluations run: the training model itself, or under a strategy a one-device copy holding
@@ -346,45 +354,6 @@ def restore_fine_tune(model, path: str, kind: str, train_config, dataset) -> dic
     return {"checkpoint": path, "type": kind, "restored": len(restored_ids),
             "skipped": sum(obj is None for obj in matched),
             "fresh": sum(id(variable) not in restored_ids for variable in model.variables)}
-
-
-class SavedGraph:
-    """A whole SavedModel written once, and the means to write it again with other values of its variables.
-
-    ``tf.saved_model.save`` names each variable in ``variables/`` by its path in the object graph it builds (Keras
-    layers add dependencies for SavedModel serialisation, so the names differ from ``tf.train.Checkpoint``'s), and
-    the restore op in ``saved_model.pb`` asks for exactly those names.  Listing that graph is the slow part, so the
-    listing made during the full save is kept (TF's own graph view, captured as the save creates it) and later
-    saves walk its cache.  Each rewrite is checked: same variable names and shapes as the full save, else it fails.
-    """
-
-    def __init__(self, graph_pb: bytes, saver, variables: list, folders: list[str]) -> None:
-        self.graph_pb, self.saver, self.variables, self.folders = graph_pb, saver, variables, folders
-
-    @classmethod
-    def save(cls, module, signature, out_dir: Path) -> "SavedGraph | None":
-        """``tf.saved_model.save`` into ``out_dir``; a SavedGraph for later rewrites, or None if it cannot be
-        reused (asset files beside the graph, or a TensorFlow whose internals moved)."""
-        views = tf_private.save_keeping_graph_view(
-            lambda: tf.saved_model.save(module, str(out_dir), signatures=signature))
-        files = {str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()}
-        if len(views) != 1 or {f for f in files if not f.startswith("variables/")} != {"saved_model.pb",
-                                                                                        "fingerprint.pb"}:
-            return None
-        return cls((out_dir / "saved_model.pb").read_bytes(), tf_private.trackable_saver(views[0]),
-                   tf.train.list_variables(str(out_dir / "variables" / "variables")),
-                   [p.name for p in out_dir.iterdir() if p.is_dir()])
-
-    def write(self, out_dir: Path) -> None:
-        """The full save's graph and the live values of its variables, as a complete SavedModel in ``out_dir``."""
-        for folder in self.folders:  # variables/, and assets/ (empty) as the full save made it
-            (out_dir / folder).mkdir(parents=True)
-        prefix = out_dir / "variables" / "variables"
-        self.saver.save(str(prefix))
-        if tf.train.list_variables(str(prefix)) != self.variables:
-            raise RuntimeError("the rewritten variables do not match the full save's")
-        (out_dir / "saved_model.pb").write_bytes(self.graph_pb)  # last, as TF does (publish_dir fsyncs it all)
-        tf_private.write_fingerprint(out_dir)
 
 
 def write_pipeline(configs: dict, path: Path) -> None:

@@ -110,3 +110,13 @@ def checkpoint_state(prefix_name: str) -> str:
     state = checkpoint_state_pb2.CheckpointState(model_checkpoint_path=prefix_name,
                                                  all_model_checkpoint_paths=[prefix_name])
     return text_format.MessageToString(state)
+
+
+def keys_to_save(saver) -> tuple[dict, bytes]:
+    """What ``saver`` (:func:`trackable_saver`) writes: {checkpoint key: the object whose value it is} and the
+    serialised object graph it writes under ``_CHECKPOINTABLE_OBJECT_GRAPH``.
+    Private: ``TrackableSaver._gather_serialized_tensors`` (TF 2.21)."""
+    serialized, _, _, graph_proto = saver._gather_serialized_tensors(None)  # noqa: SLF001
+    keys = {key: trackable for trackable, tensors in serialized.items() if trackable is not None
+            for key in tensors}
+    return keys, graph_proto.SerializeToString()
