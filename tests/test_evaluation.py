@@ -33,7 +33,11 @@ stock = model_lib_v2.eager_eval_loop(session.model, configs, dataset, global_ste
 stock = {name: float(value) for name, value in stock.items()}
 traces = session.traced_eval.traces
 
-# The served cache: round 2's candidate (checkpoint ckpt2) evaluated, then exported as export2.
+# The served cache: round 2's candidate (checkpoint ckpt2) evaluated, then exported as export2 (a copy of it, which
+# is rewritten in place below).
+version2 = Path(scratch) / "2"
+shutil.copytree(export2, version2)
+export2 = str(version2)
 session.restore(ckpt2, None, None)
 outputs = eval_cache.Outputs()
 candidate = session.evaluate(configs, record=outputs)
@@ -47,18 +51,54 @@ cached2, cached2_steps = served_eval(export2)
 for key in list(session.served_cache.outputs.by_element)[:2]:  # two new eval images: not seen yet
     del session.served_cache.outputs.by_element[key]
 partly2, partly2_steps = served_eval(export2)
-# The same version folder, its weights replaced by round 1's (stale cache): a full evaluation, round 1's numbers.
-stale = Path(scratch) / "served"
-shutil.copytree(export2, stale)
+full1, _ = served_eval(served, use_cache=False)
+after = session.evaluate(configs)
+# The same version folder, its weights replaced in place by round 1's (stale cache): a full evaluation, round 1's
+# numbers.
+stale = Path(export2)
 shutil.rmtree(stale / "variables")
 shutil.copytree(Path(served) / "variables", stale / "variables")
-full1, _ = served_eval(served, use_cache=False)
 stale1, stale1_steps = served_eval(stale)
-after = session.evaluate(configs)
+
+# The decoded eval elements: an evaluation of the record file just read decodes nothing again (the served one after
+# the candidate's); the same path with other bytes is read again.
+import tensorflow as tf
+reads = [session.decoded_eval.reads]
+evaluate_served(session, configs, Path(served)); reads.append(session.decoded_eval.reads)
+copied = Path(scratch) / "copied"
+copied.mkdir()
+shutil.copy(Path(round_dir) / "eval.record", copied / "eval.record")
+configs_copied = sessions.load_configs(Path(config), Path(label_map), int(num_classes), Path(round_dir) / "train.record",
+                                       copied / "eval.record")
+whole = session.evaluate(configs_copied); reads.append(session.decoded_eval.reads)
+kept = list(tf.data.TFRecordDataset(str(copied / "eval.record")).take(2))
+with tf.io.TFRecordWriter(str(copied / "eval.record")) as writer:
+    for serialized in kept:
+        writer.write(serialized.numpy())
+shorter = session.evaluate(configs_copied); reads.append(session.decoded_eval.reads)
+shorter_stock = model_lib_v2.eager_eval_loop(session.model, configs_copied, session._dataset(configs_copied, "eval"),
+                                             global_step=session.global_step)
+shorter_stock = {name: float(value) for name, value in shorter_stock.items()}
+
+# The TensorBoard side-by-side images of an evaluation given ``later``: written when its calls run, not before.
+def image_tags(folder):
+    found = set()
+    for events in Path(folder).glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            found.update(v.tag for v in event.summary.value if v.metadata.plugin_data.plugin_name == "images")
+    return sorted(found)
+later = []
+deferred = session.evaluate(configs, Path(scratch) / "tb", later)
+images = [image_tags(Path(scratch) / "tb")]
+for draw in later:
+    draw()
+images.append(image_tags(Path(scratch) / "tb"))
 print(json.dumps({"ours": ours, "again": again, "stock": stock, "served": served_metrics,
                   "first_traces": first_traces, "traces": traces, "candidate": candidate, "full2": full2,
                   "cached2": cached2, "partly2": partly2, "full1": full1, "stale1": stale1, "after": after,
-                  "steps": [full2_steps, cached2_steps, partly2_steps, stale1_steps], "eval_images": len(outputs.by_element)}))
+                  "steps": [full2_steps, cached2_steps, partly2_steps, stale1_steps], "eval_images": len(outputs.by_element),
+                  "reads": reads, "whole": whole, "shorter": shorter, "shorter_stock": shorter_stock,
+                  "deferred": deferred, "images": images}))
 """
 
 
@@ -107,3 +147,21 @@ def test_a_version_whose_weights_changed_is_evaluated_in_full_not_from_the_cache
     # numbers are round 1's (a cache keyed by the folder would give round 2's).
     assert compared["steps"][3] == compared["eval_images"]
     assert compared["stale1"] == compared["full1"] != compared["full2"]
+
+
+def test_the_served_evaluation_decodes_no_eval_element_again_and_a_rewritten_record_file_is_read_again(compared):
+    # reads: before, after a served evaluation of the file the candidate's read, after a copy of that file (the
+    # same bytes elsewhere: not read again), after that copy rewritten in place (two of its records kept).
+    before = compared["reads"][0]
+    assert compared["reads"][1:] == [before, before, before + 1]
+    assert compared["whole"] == compared["after"]  # a copy of the same records: the same numbers
+    shorter, stock = compared["shorter"], compared["shorter_stock"]
+    assert shorter != compared["whole"]  # the rewritten file's elements, not the kept ones of its path
+    for name, value in stock.items():
+        assert shorter[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_the_side_by_side_images_are_drawn_when_the_round_asks_after_its_answer(compared):
+    before, after = compared["images"]
+    assert compared["deferred"] == compared["after"]
+    assert before == [] and any(tag.startswith("eval_side_by_side_0") for tag in after), after

@@ -16,7 +16,7 @@ import traceback
 from odal.daemon.rounds.contracts import (JobFailed, Prewarmed, PrewarmJob, Ready, RoundJob, decode, encode,
                                           round_id_of)
 from odal.daemon.worker.prewarm import prewarm
-from odal.daemon.worker.rounds import run_job
+from odal.daemon.worker.rounds import after_reply, run_job
 
 
 def main() -> int:
@@ -39,6 +39,7 @@ def main() -> int:
             if not isinstance(job, RoundJob):
                 raise TypeError(f"expected a job, got {type(job).__name__}")
             send(run_job(job, send))
+            after_reply()  # TensorBoard images: after the answer, off the round's critical path
         except Exception as error:  # noqa: BLE001 - reported to the daemon, which records the failed round
             traceback.print_exc()
             send(JobFailed(round_id_of(line), f"{type(error).__name__}: {error}"))

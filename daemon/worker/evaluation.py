@@ -14,6 +14,8 @@ training mode afterwards, as the session expects.
 
 from __future__ import annotations
 
+import functools
+
 from odal.daemon.worker import odapi_compat  # noqa: F401  (must precede object_detection)
 
 import tensorflow as tf
@@ -70,13 +72,16 @@ class TracedEval:
             tf_private.set_training(self.model)
 
     def __call__(self, configs: dict, dataset, global_step, record=None, reuse=None,
-                 before_step=None) -> dict[str, float]:
+                 before_step=None, elements=None, images: list | None = None) -> dict[str, float]:
         """The eval metrics of the live weights on every element of ``dataset`` (scalars also to the default
         summary writer, as ``eager_eval_loop`` writes them).
 
         ``record`` (an :class:`eval_cache.Outputs`) receives each element's step outputs; the step's outputs of
         an element found in ``reuse`` are taken from there instead of computed; ``before_step`` is called once,
-        before the first element that is computed (the served evaluation loads the served weights then)."""
+        before the first element that is computed (the served evaluation loads the served weights then).
+        ``elements``: the dataset's elements, already decoded (:class:`eval_cache.DecodedElements`).  ``images``:
+        a list that receives the TensorBoard side-by-side images as calls that draw them later (within the
+        summary writer that is the default then), instead of drawn now: off the round's critical path."""
         model = self.model
         tf_private.set_inference(model)
         step = self._step(dataset, configs)
@@ -89,7 +94,7 @@ class TracedEval:
         evaluators = None
         losses_seen: dict[str, list] = {}
         edges = [(edge.start, edge.end) for edge in eval_config.keypoint_edge] or None
-        for index, (features, labels) in enumerate(dataset):
+        for index, (features, labels) in enumerate(dataset if elements is None else elements):
             key = eval_cache.element_digest(features, labels) if keyed else None
             outputs = reuse.get(key) if reuse is not None else None
             if outputs is None:
@@ -109,7 +114,11 @@ class TracedEval:
             eval_dict, agnostic = model_lib_v2.prepare_eval_dict(detections, groundtruth, eval_features)
             index_used = agnostic_index if agnostic else aware_index
             if fields.InputDataFields.original_image in features and index < eval_config.num_visualizations:
-                _visualize(eval_dict, index, index_used, eval_config, edges, global_step)
+                if images is None:
+                    _visualize(eval_dict, index, index_used, eval_config, edges, global_step)
+                else:  # the step as it is now: the next round's training moves it
+                    images.append(functools.partial(_visualize, eval_dict, index, index_used, eval_config, edges,
+                                                    int(global_step.numpy())))
             if evaluators is None:
                 evaluators = eval_util.get_evaluators(eval_config, list(index_used.values()), options)
             for evaluator in evaluators:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +30,18 @@ from odal.daemon.worker.served import evaluate_served, remember_export
 from odal.daemon.worker.tfrecords import write_records
 
 _SESSION: sessions.ModelSession | None = None
+_AFTER_REPLY: list[Callable[[], None]] = []  # what the last job left for after its answer (TensorBoard images)
+
+
+def after_reply() -> None:
+    """Do what the last job left for after its answer was sent: draw the evaluations' TensorBoard images.  A
+    failure is printed (the worker's log) and loses only those images."""
+    while _AFTER_REPLY:
+        work = _AFTER_REPLY.pop(0)
+        try:
+            work()
+        except Exception:  # noqa: BLE001 - TensorBoard images only; the rounds go on
+            traceback.print_exc()
 
 
 def session_for(configs: dict, init_checkpoint: str | None) -> tuple[sessions.ModelSession, bool]:
@@ -64,6 +77,8 @@ def _fresh(path: Path) -> Path:
 
 
 def run_job(job: RoundJob, send: Callable[[Progress], None]) -> RoundResult:
+    """Run ``job``; what can wait for its answer is left in ``_AFTER_REPLY`` (:func:`after_reply`)."""
+    after_reply()  # an in-process caller that did not call it: before this job changes the model
     dist = distribute.configure(job.distribute)
     round_dir = job.round_dir
     records_dir = round_dir if dist.is_chief else round_dir / f"worker-{dist.index}"
@@ -121,7 +136,7 @@ def run_job(job: RoundJob, send: Callable[[Progress], None]) -> RoundResult:
     outputs = eval_cache.Outputs() if job.gate is not None and not session.uses_eager_eval() else None
     if counts["eval"]:
         started = stage("evaluate")
-        metrics = session.evaluate(configs, tb / "eval" if tb else None,
+        metrics = session.evaluate(configs, tb / "eval" if tb else None, _AFTER_REPLY,
                                    **({"record": outputs} if outputs is not None else {}))
         timings["evaluate"] = time.monotonic() - started
 
@@ -132,7 +147,7 @@ def run_job(job: RoundJob, send: Callable[[Progress], None]) -> RoundResult:
             started = stage("evaluate served")
             try:
                 served_metrics = evaluate_served(session, configs, served.path,
-                                                 tb / "eval_served" if tb else None)
+                                                 tb / "eval_served" if tb else None, later=_AFTER_REPLY)
             except Exception as error:  # noqa: BLE001 - recorded in the gate; the round goes on
                 served_error = f"{type(error).__name__}: {error}"[:500]
             timings["evaluate_served"] = time.monotonic() - started

@@ -26,6 +26,7 @@ class SavedGraph:
         self.graph_pb, self.folders = graph_pb, folders
         self.keys, self.object_graph = keys, object_graph  # checkpoint key -> variable; the object graph written
         self.variables = variables  # [(name, shape)] of the full save's variables/, as tf.train.list_variables
+        self._live = None  # (exported model, training model, live_sources of them)
 
     @classmethod
     def save(cls, module, signature, out_dir: Path) -> "SavedGraph | None":
@@ -48,10 +49,27 @@ class SavedGraph:
         return cls((out_dir / "saved_model.pb").read_bytes(), keys, object_graph, variables,
                    [p.name for p in out_dir.iterdir() if p.is_dir()])
 
-    def write(self, out_dir: Path) -> None:
-        """The full save's graph and the live values of its variables, as a complete SavedModel in ``out_dir``."""
+    def live_sources(self, exported, model) -> dict | None:
+        """{checkpoint key: the variable of ``model`` (the training model) that holds the value the full save's
+        variable under that key (of ``exported``, the saved module's model) restores from a checkpoint of
+        ``model``}, matched by their keys in a checkpoint of each model; None when some variable has no
+        counterpart of the same shape and dtype (then the caller restores the checkpoint into ``exported``)."""
+        if self._live is None or self._live[0] is not exported or self._live[1] is not model:
+            saved = tf_private.checkpoint_variables(exported)
+            training = tf_private.checkpoint_variables(model)
+            by_variable = {id(variable): training.get(key) for key, variable in saved.items()}
+            sources = {key: by_variable.get(id(variable)) for key, variable in self.keys.items()}
+            if not all(source is not None and source.shape == self.keys[key].shape
+                       and source.dtype == self.keys[key].dtype for key, source in sources.items()):
+                sources = None
+            self._live = (exported, model, sources)
+        return self._live[2]
+
+    def write(self, out_dir: Path, sources: dict | None = None) -> None:
+        """The full save's graph and the live values of its variables (or of ``sources``' variables, by key: see
+        :meth:`live_sources`), as a complete SavedModel in ``out_dir``."""
         names = sorted(self.keys)
-        values = [self.keys[name].read_value() for name in names]
+        values = [(sources or self.keys)[name].read_value() for name in names]
         written = sorted([(OBJECT_GRAPH_KEY, [])] + [(name, value.shape.as_list())
                                                      for name, value in zip(names, values)])
         if written != [(name, list(shape)) for name, shape in self.variables]:

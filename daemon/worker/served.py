@@ -26,14 +26,15 @@ class ServedMismatch(RuntimeError):
 
 
 def evaluate_served(session, configs: dict, saved_model_dir: Path, summary_dir: Path | None = None,
-                    use_cache: bool = True) -> dict:
+                    use_cache: bool = True, later: list | None = None) -> dict:
     """COCO metrics of the SavedModel in ``saved_model_dir`` on the session's eval data; the session's live
     weights are unchanged afterwards.  Raises :class:`ServedMismatch` (or TensorFlow's error) when its weights
     cannot stand in for the model's.
 
     When the session's :class:`~odal.daemon.worker.eval_cache.ServedCache` holds this version (same variables
     digest), the model runs only on the eval elements it has not seen, with the served weights assigned from
-    memory; else every element is computed and the cache is bound to this version for the next round."""
+    memory; else every element is computed and the cache is bound to this version for the next round.
+    ``later``: as :meth:`ModelSession.evaluate`'s (the TensorBoard images, drawn after the round's answer)."""
     model = session.evaluation_model()
     weights = [v for v in model.variables if v is not session.global_step]
     cache = session.served_cache if use_cache and not session.uses_eager_eval() else None
@@ -48,7 +49,7 @@ def evaluate_served(session, configs: dict, saved_model_dir: Path, summary_dir: 
 
     try:
         if cache is not None and cache.matches(identity):
-            return session.evaluate(configs, summary_dir, record=cache.outputs, reuse=cache.outputs,
+            return session.evaluate(configs, summary_dir, later, record=cache.outputs, reuse=cache.outputs,
                                     before_step=load_served)
         live = _values(weights)
         status = tf.train.Checkpoint(_model=model).restore(
@@ -62,10 +63,10 @@ def evaluate_served(session, configs: dict, saved_model_dir: Path, summary_dir: 
                                  f"(first: {missing[0]})")
         del status
         if cache is None:
-            return session.evaluate(configs, summary_dir)
+            return session.evaluate(configs, summary_dir, later)
         cache.clear()
         outputs = eval_cache.Outputs()
-        metrics = session.evaluate(configs, summary_dir, record=outputs)
+        metrics = session.evaluate(configs, summary_dir, later, record=outputs)
         cache.bind(identity, outputs, _values(weights))
         return metrics
     finally:

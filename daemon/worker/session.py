@@ -50,7 +50,7 @@ from odal.daemon.system.atomic import atomic_write_text, remove_tree
 from odal.daemon.worker import distribute, freeze, tf_private, throughput
 from odal.daemon.worker.embedding import DetectionWithEmbeddingModule
 from odal.daemon.worker.saved_graph import SavedGraph
-from odal.daemon.worker.eval_cache import ServedCache
+from odal.daemon.worker.eval_cache import DecodedElements, ServedCache
 from odal.daemon.worker.evaluation import TracedEval
 
 Progress = Callable[[int, int, float], None]
@@ -125,6 +125,7 @@ class ModelSession:
         self._links = tempfile.TemporaryDirectory(prefix="odal-worker-")  # the stable paths the datasets read
         self.traced_eval = TracedEval(self.model)  # the eval step, traced once per session
         self.served_cache = ServedCache()  # the likely next served version's eval outputs (eval_cache)
+        self.decoded_eval = DecodedElements()  # the eval split's elements, decoded once per record file
         self._inference = None
         self._plain = None  # under a strategy: (one-device model that evaluations run, checkpoint it holds)
         self._graph: SavedGraph | None = None  # set by the first export: what later exports write again
@@ -271,20 +272,28 @@ class ModelSession:
         return result
 
     # -- evaluate ----------------------------------------------------------------------------------------------------
-    def evaluate(self, configs: dict, summary_dir: Path | None = None, **cache) -> dict:
+    def evaluate(self, configs: dict, summary_dir: Path | None = None, later: list | None = None,
+                 **cache) -> dict:
         """COCO detection metrics on the eval split, with the live weights (under a strategy: those of the
         checkpoint just saved, ``weights_from``, in :meth:`evaluation_model`).  ``cache``: the traced step's
-        ``record``, ``reuse`` and ``before_step`` (:class:`TracedEval`); the OD API's loop takes none."""
+        ``record``, ``reuse`` and ``before_step`` (:class:`TracedEval`); the OD API's loop takes none.
+        ``later``: receives a call that writes the TensorBoard images, for after the round's answer."""
         dataset = self._dataset(configs, "eval")
         model = self.evaluation_model()
         writer = tf.summary.create_file_writer(str(summary_dir)) if summary_dir else tf.summary.create_noop_writer()
+        images = [] if later is not None and summary_dir else None
         with writer.as_default():
             if self.uses_eager_eval():
                 # the OD API's loop, traced each call: under a strategy, on the one-device copy (benchmarks too)
                 metrics = model_lib_v2.eager_eval_loop(model, configs, dataset, global_step=self.global_step)
             else:
-                metrics = self.traced_eval(configs, dataset, self.global_step, **cache)
+                record = Path(configs["eval_input_config"].tf_record_input_reader.input_path[0])
+                elements = self.decoded_eval.of(record, dataset, self._datasets["eval"][0])
+                metrics = self.traced_eval(configs, dataset, self.global_step, elements=elements, images=images,
+                                           **cache)
         writer.flush()
+        if images:
+            later.append(lambda: _write_images(writer, images))
         tf_private.set_training(model)
         return {name: float(value) for name, value in metrics.items()}
 
@@ -318,16 +327,24 @@ class ModelSession:
             concrete = module.__call__.get_concrete_function()
             self._inference = (model, module, concrete)
         model, module, concrete = self._inference
-        tf.train.Checkpoint(model=model).restore(checkpoint_prefix).expect_partial().assert_nontrivial_match()
+        # The live weights are the checkpoint's: the rewrite reads them, not the checkpoint from disk again.
+        live = self._graph.live_sources(model, self.model) if self._graph is not None and \
+            self.weights_from == checkpoint_prefix and self.dist.strategy is None else None
+        if live is None:
+            tf.train.Checkpoint(model=model).restore(checkpoint_prefix).expect_partial().assert_nontrivial_match()
         how = "full"
         if self._graph is not None:
             try:
-                self._graph.write(out_dir)
+                self._graph.write(out_dir, live)
                 return "weights"
             except Exception as error:  # never serve a doubtful model: write the whole SavedModel instead
                 how = f"full (rewrite failed: {type(error).__name__}: {error})"
                 remove_tree(out_dir)
+                if live is not None:
+                    tf.train.Checkpoint(model=model).restore(checkpoint_prefix).expect_partial()
         self._graph = SavedGraph.save(module, concrete, out_dir)
+        if self._graph is not None and self.dist.strategy is None:
+            self._graph.live_sources(model, self.model)  # listed now, beside the whole save, not in a later round
         return how
 
 
@@ -354,6 +371,13 @@ def restore_fine_tune(model, path: str, kind: str, train_config, dataset) -> dic
     return {"checkpoint": path, "type": kind, "restored": len(restored_ids),
             "skipped": sum(obj is None for obj in matched),
             "fresh": sum(id(variable) not in restored_ids for variable in model.variables)}
+
+
+def _write_images(writer, images: list) -> None:
+    with writer.as_default():
+        for draw in images:
+            draw()
+    writer.flush()
 
 
 def write_pipeline(configs: dict, path: Path) -> None:

@@ -120,3 +120,14 @@ def keys_to_save(saver) -> tuple[dict, bytes]:
     keys = {key: trackable for trackable, tensors in serialized.items() if trackable is not None
             for key in tensors}
     return keys, graph_proto.SerializeToString()
+
+
+def checkpoint_variables(model) -> dict:
+    """{checkpoint key: variable} of ``tf.train.Checkpoint(model=model)``, as its save would name them.
+    Private: ``tensorflow.python.checkpoint.graph_view.ObjectGraphView`` (TF 2.21)."""
+    import tensorflow as tf
+    from tensorflow.python.checkpoint import graph_view
+
+    root = tf.train.Checkpoint(model=model)  # the view holds it weakly
+    keys, _ = keys_to_save(trackable_saver(graph_view.ObjectGraphView(root)))
+    return {key: value for key, value in keys.items() if isinstance(value, tf.Variable)}
