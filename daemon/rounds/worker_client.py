@@ -61,6 +61,7 @@ class Worker:
         self._lock = threading.Lock()
         self._stopping = False  # set by stop(): a child ending now was stopped on purpose
         self._stopped = threading.Event()
+        self._prewarming: threading.Thread | None = None  # the last background prewarm
 
     @classmethod
     def for_config(cls, cfg: Config, labels: list[str] | None = None) -> "Worker":
@@ -126,7 +127,13 @@ class Worker:
         if wait:
             self._prewarm()
         else:
-            threading.Thread(target=self._prewarm, name="odal-worker-prewarm", daemon=True).start()
+            self._prewarming = threading.Thread(target=self._prewarm, name="odal-worker-prewarm", daemon=True)
+            self._prewarming.start()
+
+    def wait_prewarmed(self, timeout: float | None = None) -> None:
+        """Wait for a prewarm running in the background (e.g. the one after a retirement) to end."""
+        if self._prewarming is not None:
+            self._prewarming.join(timeout)
 
     def _prewarm(self) -> None:
         with self._busy:
