@@ -153,7 +153,7 @@ class Worker:
                     if isinstance(message, Prewarmed):
                         if message.ok:
                             log.info("worker_prewarmed", pid=proc.pid, built=message.built,
-                                     seconds=round(message.seconds, 2), template=message.template,
+                                     seconds=round(message.seconds, 2), template=message.template, undo=message.undo,
                                      **{k: round(v, 2) for k, v in (message.timings or {}).items()})
                         else:
                             log.warning("worker_prewarm_failed", pid=proc.pid, error=message.error)
