@@ -6,10 +6,10 @@ None of that depends on the annotations: only on the pipeline config and the cla
 all on one generated image (records in a temporary folder): it builds the round's session, traces the train step
 and runs it once (TensorFlow optimises a function's graph at its first call), then puts every variable back (no
 weight moves, the global step stays; checked variable by variable, reported as ``undo``), runs the eval step once,
-and writes one whole SavedModel of the untrained weights, which leaves the session's graph for later exports.  With ``job.template_dir`` (the
-daemon's: ``<base_path>/.odal-template``) that SavedModel is published there, in one rename, as the model's
-template: ``odal serve`` loads it before version 1 arrives, never serving it, so version 1 (the same graph bytes)
-gets only its variables read (``odal.serving.template``).  Round 1 then reuses the session
+and writes one whole SavedModel of the untrained weights, which leaves the session's graph for later exports.
+With ``job.template_dir`` (the daemon's: ``<base_path>/.odal-template``) that SavedModel is published there, in one
+rename, as the model's template: ``odal serve`` loads it before version 1 arrives, never serving it, so version 1
+(the same graph bytes) gets only its variables read (``odal.serving.template``).  Round 1 then reuses the session
 (``session_reused``), and its export writes only the weights.  The daemon sends it when the worker starts (and again
 after a worker is retired for memory: its successor builds the same graph bytes, so the template is left
 "unchanged" and the server does not load it again); see ``Worker.prewarm`` in ``odal.daemon.rounds.worker_client``.
