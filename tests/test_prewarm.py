@@ -61,7 +61,7 @@ def two_rounds_with_a_retirement(tmp_path_factory) -> dict:
             def successor(*names: str):
                 return lambda e: e.get("event") in names and e.get("pid") not in (None, first.get("pid"))
 
-            if daemon.wait_for(successor("worker_started"), 120) is not None:
+            if daemon.wait_for(successor("worker_started"), 180) is not None:
                 daemon.wait_for(successor(*ended), 600)
             append_records(export, records_for(items[4:]))
             daemon.wait_for(lambda e: e.get("event") == "round_published" and e.get("version") == 2, 600)

@@ -243,7 +243,7 @@ class Worker:
     def _after_retirement(self, proc: subprocess.Popen) -> None:
         with self._busy:  # after the round that retired it (run() holds it); a next round waits for this
             _wait_exit(proc)
-            if not self._stopping:
+            if not self._stopping and self._proc is None:  # (a round that came first started its own child)
                 self._prewarm_now()  # only once the old child's memory is free
 
     def _retire(self, proc: subprocess.Popen, wait: bool = True, **why) -> None:
