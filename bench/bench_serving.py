@@ -88,6 +88,15 @@ def _measure(call, concurrency: int, requests: int, warmup: int) -> dict:
     return {"latencies": latencies, "wall": wall}
 
 
+def write_report(path, lines: list[str]) -> int:
+    """Print a bench's Markdown lines and write them to ``path`` atomically; the exit status 0."""
+    from odal.daemon.system.atomic import atomic_write_text
+    text = "\n".join(lines) + "\n"
+    print(text)
+    atomic_write_text(path, text)
+    return 0
+
+
 def _summary(runs: list[dict]) -> dict:
     latencies = sorted(x for run in runs for x in run["latencies"])
     wall = sum(run["wall"] for run in runs)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_serving import _image, _measure, _summary, model_base, start_server
+from bench_serving import _image, _measure, _summary, model_base, write_report, start_server
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "serving_batching.md"
@@ -175,11 +175,7 @@ def main(argv: list[str]) -> int:
         label = name if name in local else f"gRPC, {name}"
         lines.append(f"| {label} | {summary['p50']:.1f} | {summary['p99']:.1f} | {summary['rps']:.1f} | "
                      f"{summary['rps'] / baseline:.2f}x |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    from odal.daemon.system.atomic import atomic_write_text
-    atomic_write_text(args.output, text)
-    return 0
+    return write_report(args.output, lines)
 
 
 if __name__ == "__main__":

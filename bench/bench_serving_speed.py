@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_serving import _image, _measure, _summary, model_base, rest_caller, start_server
+from bench_serving import _image, _measure, _summary, model_base, write_report, rest_caller, start_server
 from odal.serving.process import ServerProcess
 
 HERE = Path(__file__).resolve().parent
@@ -160,11 +160,7 @@ def main(argv: list[str]) -> int:
                      f"({'met' if ratio >= 1 else 'not met'}).")
     lines.append("Goal 6, each server setting side by side (odal's [None,H,W,3] export, batching on by default): "
                  "[serving_batching.md](serving_batching.md).")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    from odal.daemon.system.atomic import atomic_write_text
-    atomic_write_text(args.output, text)
-    return 0
+    return write_report(args.output, lines)
 
 
 if __name__ == "__main__":
