@@ -58,7 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_recipe.py
 	nice -n 10 $(BIN)/python bench/bench_pretrained.py
-	nice -n 10 $(BIN)/python bench/bench_throughput.py
+	nice -n 10 $(BIN)/python bench/bench_throughput.py --result throughput_make_bench.md
 	nice -n 10 $(BIN)/python bench/bench_scale_train.py
 	nice -n 10 $(BIN)/python bench/bench_scale_store.py
 	test -d demo-workspace/models/odal || $(MAKE) demo

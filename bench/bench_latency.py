@@ -10,7 +10,11 @@ One run measures the old and the new path side by side, interleaved round by rou
   version serves; its first version is loaded whole (the new path before the graph template);
 * **new**: the same, and the prewarm publishes its SavedModel as the model's template (``.odal-template``), which
   ``odal serve`` loads before version 1 arrives (serving/template.py), so version 1 reads only its variables.
-  The run waits for the server to have loaded it, as the daemon waits for annotations (the time is reported).
+  The run waits for the server to have loaded it, as the daemon waits for annotations (the time is reported);
+* **retired** (``--paths new,retired``): the new path with a worker retired for memory after every round
+  (``max_rss`` 1 byte, as ``[training] worker_max_mb`` does), its successor prewarmed in the background by the
+  worker client; the run waits for that prewarm before the next round (the daemon waits for annotations; the
+  time is reported), so rounds 2+ are each the first round of a fresh worker, compared with new's warm rounds.
 
 Each round is what the daemon runs: records, train, evaluation of the candidate and of the served version (the
 publish gate), export, publish (rename into the base path), confirmation (the version AVAILABLE, then a Predict
@@ -18,8 +22,9 @@ pinned to it, as ``rounds/confirm.py`` does).  Overhead = round total - train se
 confirmation's Predict, the first request the new version answers; "steady predict" the median of 5 after it.
 
     nice -n 10 .venv/bin/python bench/bench_latency.py [--rounds 3] [--steps 100] [--images 32] [--config tiny]
+        [--paths old,prewarm,new]
 
-Writes bench/results/latency.md.
+Writes bench/results/latency.md (``--paths new,retired``: latency_retired.md).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from odal.serving.process import ServerProcess
 
 CONFIGS = {"tiny": CONFIG, "ssdlite": REPO / "daemon" / "assets" / "ssdlite_mobilenet_v2.config"}
 OLD_SERVER = ("--file_system_watch=false", "--enable_model_warmup=false", "--reuse_loaded_graph=false")
+PATHS = {"old": ({"ODAL_EVAL_LOOP": "eager"}, OLD_SERVER), "prewarm": ({}, ()), "new": ({}, ()), "retired": ({}, ())}
 
 
 class Path_:
@@ -58,12 +64,15 @@ class Path_:
         self.client = ServingClient(self.server.address, timeout=60)
         self.worker: Worker | None = None
         self.rows: list[dict] = []
+        self.template_loads = 0  # how many times its server began loading a template (counted by close())
 
     def close(self) -> None:
         if self.worker is not None:
             self.worker.stop()
         self.client.close()
         self.server.stop()
+        log = self.root / "serve.log"
+        self.template_loads = log.read_text(errors="replace").count("loading the template") if log.exists() else 0
 
 
 def _round(side: Path_, config: Path, root: Path, round_dir: Path, number: int, steps: int, label_map: Path,
@@ -124,14 +133,51 @@ def _wait_for_template(side: Path_, timeout: float = 900) -> float:
     return time.monotonic() - started
 
 
+def _summary(sides: dict, warm: range, prewarm_seconds: dict, template_seconds: dict, waits: dict) -> list[str]:
+    """The ratios under the round table, for the paths run (``warm``: the indexes of rounds 2+)."""
+    def mean(side: Path_, key: str = "total") -> float:
+        return statistics.mean(side.rows[i][key] for i in warm)
+
+    old, new, retired = sides.get("old"), sides.get("new"), sides.get("retired")
+    lines = []
+    if old and new:
+        lines.append(f"- Warm-round overhead (rounds 2-{len(warm) + 1}, mean): old {mean(old, 'overhead'):.2f} s, "
+                     f"new {mean(new, 'overhead'):.2f} s ({mean(old, 'overhead') / mean(new, 'overhead'):.1f}x less).")
+    colds = [f"{side.name} {side.rows[0]['total'] / mean(side):.2f}x" for side in sides.values()
+             if side.name != "retired"]
+    before = "; ".join(f"{name}'s prewarm {seconds:.1f} s" for name, seconds in prewarm_seconds.items())
+    loaded = "; ".join(f"{name}'s server loaded its template in {seconds:.1f} s"
+                       for name, seconds in template_seconds.items())
+    lines.append(f"- Cold start, round 1 / mean warm round: {', '.join(colds)} (done before round 1's annotations: "
+                 f"{before}; then {loaded}).")
+    if retired and new:
+        after = [retired.rows[i]["total"] for i in warm]
+        lines.append(f"- Round after a retirement (retired, rounds 2+: a fresh worker each, prewarmed before the "
+                     f"round) / mean warm round (new): {statistics.mean(after) / mean(new):.2f}x ("
+                     + ", ".join(f"{t:.1f} s" for t in after) + f" vs {mean(new):.1f} s; the successor's prewarm "
+                     f"went on after the retirement for " + ", ".join(f"{w:.1f} s" for w in waits["retired"])
+                     + " more before the round; exports: " + ", ".join(retired.rows[i]["export_how"] for i in warm)
+                     + "; loads: " + ", ".join(retired.rows[i]["load_how"] for i in warm) + "; template loads by its "
+                     f"server: {retired.template_loads}).")
+    if old and new:
+        lines.append("- First predict after a reload / steady predict (rounds 2+): old " + ", ".join(
+            f"{old.rows[i]['first_predict'] / old.rows[i]['steady_predict']:.1f}x" for i in warm) + "; new "
+            + ", ".join(f"{new.rows[i]['first_predict'] / new.rows[i]['steady_predict']:.1f}x" for i in warm) + ".")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
+    parser.add_argument("--paths", default="old,prewarm,new", help="a comma list of: " + ", ".join(PATHS))
     args = parser.parse_args()
     config = CONFIGS[args.config]
+    names = args.paths.split(",")
+    if not set(names) <= set(PATHS) or len(set(names)) != len(names):
+        parser.error(f"--paths: a comma list of distinct names among {', '.join(PATHS)}")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -142,23 +188,29 @@ def main() -> int:
         for number in range(1, args.rounds + 1):
             round_dirs.append(root / "rounds" / str(number))
             write_round(round_dirs[-1], items[: per_round * number], labels, 0.2)
-        old = Path_("old", root, {"ODAL_EVAL_LOOP": "eager"}, OLD_SERVER)
-        pre = Path_("prewarm", root, {}, ())
-        new = Path_("new", root, {}, ())
-        sides = (old, pre, new)
-        prewarm_seconds = {}
+        sides = tuple(Path_(name, root, *PATHS[name]) for name in names)
+        by_name = {side.name: side for side in sides}
+        prewarm_seconds, template_seconds, waits = {}, {}, {}
         try:
             # The workers start and prewarm while "the daemon waits for annotations" (not timed in round 1).
-            for side in (pre, new):
-                template = side.base / TEMPLATE_DIR if side is new else None
-                side.worker = Worker(side.root / "worker.log", prewarm_job=PrewarmJob(
-                    config, label_map, len(labels), template_dir=template))
+            for side in sides:
+                if side.name == "old":
+                    continue
+                template = side.base / TEMPLATE_DIR if side.name in ("new", "retired") else None
+                side.worker = Worker(side.root / "worker.log", max_rss=1 if side.name == "retired" else 0,
+                                     prewarm_job=PrewarmJob(config, label_map, len(labels), template_dir=template))
                 mark = time.monotonic()
                 side.worker.prewarm(wait=True)
                 prewarm_seconds[side.name] = time.monotonic() - mark
-            template_seconds = _wait_for_template(new)
+            for side in sides:
+                if side.name in ("new", "retired"):
+                    template_seconds[side.name] = _wait_for_template(side)
             for number, round_dir in enumerate(round_dirs, 1):
                 for side in sides:
+                    if side.name == "retired" and number > 1:  # the retired worker's successor's prewarm
+                        mark = time.monotonic()
+                        side.worker.wait_prewarmed()
+                        waits.setdefault(side.name, []).append(time.monotonic() - mark)
                     side_dir = root / side.name / "rounds" / str(number)
                     shutil.copytree(round_dir, side_dir)
                     side.rows.append(_round(side, config, root, side_dir, number, args.steps, label_map, labels,
@@ -166,8 +218,8 @@ def main() -> int:
         finally:
             for side in sides:
                 side.close()
-    lines = [f"# Round latency: old, prewarm and new paths, interleaved in one run ({args.config} config, {args.rounds} rounds "
-             f"x {args.steps} steps, {args.images} generated images, 2 shared cores)", "",
+    lines = [f"# Round latency: {', '.join(names)} paths, interleaved in one run ({args.config} config, {args.rounds} "
+             f"rounds x {args.steps} steps, {args.images} generated images, 2 shared cores)", "",
              "| round | path | records | train | eval | eval served | export | publish | load | available | first predict "
              "| steady predict | confirm | total | overhead |", "|---|---|" + "---:|" * 6 + "---|" + "---:|" * 6]
     for number in range(args.rounds):
@@ -178,26 +230,12 @@ def main() -> int:
                          f"{r['publish']:.2f} | {r['load_how']} | {r['available']:.2f} | "
                          f"{r['first_predict'] * 1000:.0f} ms | {r['steady_predict'] * 1000:.0f} ms | "
                          f"{r['confirm']:.2f} | {r['total']:.1f} | {r['overhead']:.2f} |")
-    warm = range(1, args.rounds)
-    old_over = statistics.mean(old.rows[i]["overhead"] for i in warm)
-    new_over = statistics.mean(new.rows[i]["overhead"] for i in warm)
-
-    def cold(side: Path_) -> str:
-        return f"{side.name} {side.rows[0]['total'] / statistics.mean(side.rows[i]['total'] for i in warm):.2f}x"
-
-    lines += ["", f"- Warm-round overhead (rounds 2-{args.rounds}, mean): old {old_over:.2f} s, new {new_over:.2f} s "
-              f"({old_over / new_over:.1f}x less).",
-              f"- Cold start, round 1 / mean warm round: {', '.join(cold(side) for side in sides)} (done before "
-              f"round 1's annotations: prewarm's prewarm {prewarm_seconds['prewarm']:.1f} s; new's "
-              f"{prewarm_seconds['new']:.1f} s, then its server loaded the template in {template_seconds:.1f} s).",
-              "- First predict after a reload / steady predict (rounds 2+): old " + ", ".join(
-                  f"{old.rows[i]['first_predict'] / old.rows[i]['steady_predict']:.1f}x" for i in warm)
-              + "; new " + ", ".join(f"{new.rows[i]['first_predict'] / new.rows[i]['steady_predict']:.1f}x"
-                                      for i in warm) + ".",
-              f"- Load average (1 min) at the start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f} on "
-              f"{os.cpu_count()} cores.  load: how the server loaded the version (full: tf.saved_model.load; vars: "
-              f"its variables into the already loaded graph; +w: warm-up requests replayed before AVAILABLE)."]
-    write_result(f"latency_{args.config}.md" if args.config != "tiny" else "latency.md", lines)
+    lines += [""] + _summary(by_name, range(1, args.rounds), prewarm_seconds, template_seconds, waits) + [
+        f"- Load average (1 min) at the start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores.  load: how the server loaded the version (full: tf.saved_model.load; vars: "
+        f"its variables into the already loaded graph; +w: warm-up requests replayed before AVAILABLE)."]
+    name = "latency_retired.md" if "retired" in names else "latency.md"
+    write_result(f"latency_{args.config}.md" if args.config != "tiny" else name, lines)
     return 0
 
 

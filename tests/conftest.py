@@ -18,6 +18,9 @@ SHARED = REPO.parent / "shared"
 RACCOON = SHARED / "datasets" / "raccoon"
 PRODIGY_FIXTURES = SHARED / "prodigy"
 TINY_CONFIG = REPO / "daemon" / "assets" / "ssd_mobilenet_v2_tiny.config"
+# Long tests whose behaviour a shorter test of make test also covers (the CI time guide): ODAL_LONG_TESTS=1 runs them.
+long_test = pytest.mark.skipif(os.environ.get("ODAL_LONG_TESTS") != "1",
+                               reason="long; ODAL_LONG_TESTS=1 runs it (see the README's test section)")
 
 
 def run_worker_jobs(jobs: list[RoundJob], log_path: Path) -> list[RoundResult]:

@@ -35,7 +35,7 @@ from odal.daemon.sources import datasets
 from odal.daemon.rounds.publish import MARKER, version_dirs
 
 FULL = os.environ.get("ODAL_FULL_FAULTS") == "1"
-KILLS = int(os.environ.get("ODAL_FAULT_KILLS", "200" if FULL else "8"))
+KILLS = int(os.environ.get("ODAL_FAULT_KILLS", "200" if FULL else "5"))
 SEED = int(os.environ.get("ODAL_FAULT_SEED", str(int(time.time()))))
 
 # moment -> (event that starts the window, extra fields, max random delay after it in seconds)

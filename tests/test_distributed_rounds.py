@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY_CONFIG, run_worker_jobs
+from conftest import TINY_CONFIG, long_test, run_worker_jobs
 from daemon_harness import make_workspace
 from PIL import Image
 
@@ -141,6 +141,8 @@ def test_multi_worker_round_with_a_train_worker_over_loopback_publishes_a_model_
     assert_close_to_reference(chief["losses"], tiny_models["results"][1].train["losses"])
 
 
+# make test runs the multi-worker round (the strategy path with the most moving parts); this one with ODAL_LONG_TESTS=1.
+@long_test
 def test_mirrored_round_over_two_cpu_devices_exports_a_model_that_predicts_and_trains_like_one_device(
         tiny_models, tmp_path):
     reference = tiny_models["results"][1].train

@@ -33,7 +33,6 @@ def _wait_for_line(log, text: str, timeout: float) -> None:
 def test_version_one_reads_only_its_variables_into_the_template_loaded_before_it(tiny_models, tmp_path):
     template, version = tiny_models["versions"]  # the worker's exports: one graph, other weights
     image = np.asarray(Image.open(tiny_models["images"][0]).convert("RGB"), dtype=np.uint8)[np.newaxis]
-    full = Servable(str(version)).run("serving_default", {"input_tensor": image}, OUTPUTS)
     base = tmp_path / "models" / "m"
     base.mkdir(parents=True)
     staged = tmp_path / "staged-template"
@@ -43,6 +42,8 @@ def test_version_one_reads_only_its_variables_into_the_template_loaded_before_it
     log = tmp_path / "serve.log"
     with ServerProcess(log, "--model_name=m", f"--model_base_path={base}") as server, \
             ServingClient(server.address, timeout=60) as client:
+        # What a full load of version 1 answers, computed here while the server loads the template.
+        full = Servable(str(version)).run("serving_default", {"input_tensor": image}, OUTPUTS)
         _wait_for_line(log, f"{base / discovery.TEMPLATE_DIR}: template loaded", 180)
         with pytest.raises(ServingError) as none_yet:  # loaded, and still no version of the model
             client.model_status("m")

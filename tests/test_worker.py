@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, long_test
 from PIL import Image
 
 
@@ -141,6 +141,9 @@ def test_a_session_reads_each_rounds_records_after_the_previous_round_folder_is_
     assert result["global_step"] == 4 and result["metrics"] > 0
 
 
+# make test covers retirement through a real daemon with a prewarm (tests/test_prewarm.py: retired after every round,
+# the successor prewarmed); this one is the path without a prewarm (the next round starts its child itself).
+@long_test
 def test_the_daemons_worker_is_retired_after_a_round_that_left_it_above_its_memory_limit(tiny_models, tmp_path):
     """[training] worker_max_mb: a child above it after a round is ended; the next round runs in a fresh one
     (which builds its session again) and still publishes a usable model."""

@@ -147,6 +147,7 @@ class Prewarmed:
     timings: dict[str, float] | None = None
     error: str | None = None
     template: str | None = None  # the job's template_dir: "published", "unchanged", or why not ("failed: ...")
+    undo: dict[str, int] | None = None  # the undone train call: variables it moved, and left moved (always 0)
 
 
 Message = Union[Ready, Progress, RoundResult, JobFailed, Prewarmed]

@@ -39,9 +39,11 @@ class Worker:
 
     A child whose memory (RSS) after a round is above ``max_rss`` bytes is retired and the next round starts a
     fresh one: whatever TensorFlow keeps from round to round (a few MiB; see bench/results/worker_memory.md) cannot
-    add up over weeks.  The fresh child pays the first-round costs (tracing, a whole SavedModel) once; with a
-    ``prewarm_job`` (odal.daemon.worker.prewarm) it pays them in the background when it starts (``prewarm()``, and
-    again after a retirement), while the daemon waits for annotations, not after they arrive.
+    add up over weeks.  The round's result is returned at once; the retired child's exit (3-9 s of TensorFlow
+    teardown on 2 busy cores) is waited for in the background.  The fresh child pays the first-round costs
+    (tracing, a whole SavedModel) once; with a ``prewarm_job`` (odal.daemon.worker.prewarm) it pays them in the
+    background when it starts (``prewarm()``, and after a retirement, once the old child is gone), while the daemon
+    waits for annotations, not after they arrive (``wait_prewarmed()`` waits for it).
 
     A child keeps the tf.distribute strategy of its first job (``job.distribute``): a job with another one (the
     strategy changed on reload) retires it first.  A multi-worker child serves one round only: each round forms its
@@ -61,6 +63,7 @@ class Worker:
         self._lock = threading.Lock()
         self._stopping = False  # set by stop(): a child ending now was stopped on purpose
         self._stopped = threading.Event()
+        self._prewarming: threading.Thread | None = None  # the last background prewarm
 
     @classmethod
     def for_config(cls, cfg: Config, labels: list[str] | None = None) -> "Worker":
@@ -126,34 +129,46 @@ class Worker:
         if wait:
             self._prewarm()
         else:
-            threading.Thread(target=self._prewarm, name="odal-worker-prewarm", daemon=True).start()
+            self._prewarming = threading.Thread(target=self._prewarm, name="odal-worker-prewarm", daemon=True)
+            self._prewarming.start()
+
+    def wait_prewarmed(self, timeout: float | None = None) -> None:
+        """Wait for a prewarm running in the background (e.g. the one after a retirement) to end."""
+        if self._prewarming is not None:
+            self._prewarming.join(timeout)
 
     def _prewarm(self) -> None:
         with self._busy:
-            try:
-                with self._lock:
-                    if self._stopping:
-                        return
-                    if self._proc is None or self._proc.poll() is not None:
-                        self._proc, self._spec = self._start(), self._prewarm_job.distribute
-                    elif self._spec != self._prewarm_job.distribute:
-                        return  # a child keeps its strategy: the next round replaces it
-                    proc = self._proc
-                proc.stdin.write(encode(self._prewarm_job))
-                proc.stdin.flush()
-                for line in proc.stdout:
-                    message = decode(line)
-                    if isinstance(message, Prewarmed):
-                        if message.ok:
-                            log.info("worker_prewarmed", pid=proc.pid, built=message.built,
-                                     seconds=round(message.seconds, 2), template=message.template,
-                                     **{k: round(v, 2) for k, v in (message.timings or {}).items()})
-                        else:
-                            log.warning("worker_prewarm_failed", pid=proc.pid, error=message.error)
-                        return
-            except Exception as error:  # noqa: BLE001 - the round starts (or builds) what it needs itself
-                if not self._stopping:
-                    log.warning("worker_prewarm_failed", error=f"{type(error).__name__}: {error}")
+            self._prewarm_now()
+
+    def _prewarm_now(self) -> None:
+        """The prewarm, ``_busy`` held (a failure is logged: the round then builds what it needs itself)."""
+        if self._prewarm_job is None:
+            return
+        try:
+            with self._lock:
+                if self._stopping:
+                    return
+                if self._proc is None or self._proc.poll() is not None:
+                    self._proc, self._spec = self._start(), self._prewarm_job.distribute
+                elif self._spec != self._prewarm_job.distribute:
+                    return  # a child keeps its strategy: the next round replaces it
+                proc = self._proc
+            proc.stdin.write(encode(self._prewarm_job))
+            proc.stdin.flush()
+            for line in proc.stdout:
+                message = decode(line)
+                if isinstance(message, Prewarmed):
+                    if message.ok:
+                        log.info("worker_prewarmed", pid=proc.pid, built=message.built,
+                                 seconds=round(message.seconds, 2), template=message.template, undo=message.undo,
+                                 **{k: round(v, 2) for k, v in (message.timings or {}).items()})
+                    else:
+                        log.warning("worker_prewarm_failed", pid=proc.pid, error=message.error)
+                    return
+        except Exception as error:  # noqa: BLE001 - the round starts (or builds) what it needs itself
+            if not self._stopping:
+                log.warning("worker_prewarm_failed", error=f"{type(error).__name__}: {error}")
 
     def run(self, job: RoundJob, on_progress: Callable[[Progress], None] = lambda progress: None) -> RoundResult:
         """Send one job; relay its progress; return its result (raises RoundFailed / Abandoned).  An answer for
@@ -217,17 +232,27 @@ class Worker:
                 self._retire(proc, reason="one round per child (multi_worker)")
         elif self._max_rss and rss is not None and rss > self._max_rss:
             with self._lock:
-                self._retire(proc, rss_mb=round(rss / (1 << 20)), max_mb=round(self._max_rss / (1 << 20)))
-            self.prewarm()  # the next child builds and traces the model now, not in the next round
+                self._retire(proc, wait=False, rss_mb=round(rss / (1 << 20)),
+                             max_mb=round(self._max_rss / (1 << 20)))
+            # The round is done: its result goes back now.  The child's exit (seconds of TensorFlow teardown) is
+            # waited for in the background, then the next child builds and traces the model, not in the next round.
+            self._prewarming = threading.Thread(target=self._after_retirement, args=(proc,), daemon=True,
+                                                name="odal-worker-retired")
+            self._prewarming.start()
 
-    def _retire(self, proc: subprocess.Popen, **why) -> None:
-        """End the child politely (it exits at the end of its input); the next job starts a new one."""
+    def _after_retirement(self, proc: subprocess.Popen) -> None:
+        with self._busy:  # after the round that retired it (run() holds it); a next round waits for this
+            _wait_exit(proc)
+            if not self._stopping and self._proc is None:  # (a round that came first started its own child)
+                self._prewarm_now()  # only once the old child's memory is free
+
+    def _retire(self, proc: subprocess.Popen, wait: bool = True, **why) -> None:
+        """End the child politely (it exits at the end of its input); the next job starts a new one.  Without
+        ``wait``, its exit is left to the caller (``_wait_exit``)."""
         self._proc = None
         proc.stdin.close()  # the child ends at the end of its input
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            kill_process_group(proc)
+        if wait:
+            _wait_exit(proc)
         log.info("worker_retired", pid=proc.pid, **why)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -244,6 +269,14 @@ class Worker:
             pass
         stop_process_group(proc, timeout)
         log.info("worker_stopped", pid=proc.pid)
+
+
+def _wait_exit(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Wait for a child told to end (its input closed) to exit; kill its process group after ``timeout``."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        kill_process_group(proc)
 
 
 def worker_for(cfg: Config, labels: list[str]) -> Worker:

@@ -5,19 +5,21 @@ step (about 20 s of a tiny model's first step), tracing evaluation and inference
 None of that depends on the annotations: only on the pipeline config and the class count.  A prewarm job does it
 all on one generated image (records in a temporary folder): it builds the round's session, traces the train step
 and runs it once (TensorFlow optimises a function's graph at its first call), then puts every variable back (no
-weight moves, the global step stays), runs the eval step once, and writes one whole SavedModel
-of the untrained weights, which leaves the session's graph for later exports.  With ``job.template_dir`` (the
-daemon's: ``<base_path>/.odal-template``) that SavedModel is published there, in one rename, as the model's
-template: ``odal serve`` loads it before version 1 arrives, never serving it, so version 1 (the same graph bytes)
-gets only its variables read (``odal.serving.template``).  Round 1 then reuses the session
+weight moves, the global step stays; checked variable by variable, reported as ``undo``), runs the eval step once,
+and writes one whole SavedModel of the untrained weights, which leaves the session's graph for later exports.
+With ``job.template_dir`` (the daemon's: ``<base_path>/.odal-template``) that SavedModel is published there, in one
+rename, as the model's template: ``odal serve`` loads it before version 1 arrives, never serving it, so version 1
+(the same graph bytes) gets only its variables read (``odal.serving.template``).  Round 1 then reuses the session
 (``session_reused``), and its export writes only the weights.  The daemon sends it when the worker starts (and again
-after a worker is retired for memory); see ``Worker.prewarm`` in ``odal.daemon.rounds.round``.
+after a worker is retired for memory: its successor builds the same graph bytes, so the template is left
+"unchanged" and the server does not load it again); see ``Worker.prewarm`` in ``odal.daemon.rounds.worker_client``.
 
 Job: ``odal.daemon.rounds.contracts.PrewarmJob``; answer: ``Prewarmed``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -73,7 +75,7 @@ def prewarm(job: PrewarmJob) -> dict:
             timings["train_trace"] = time.monotonic() - mark
             if dist.strategy is None:  # under a strategy, evaluation runs a one-device copy, eagerly (session)
                 mark = time.monotonic()
-                _first_train_call_undone(session, configs, folder / "before")
+                found["undo"] = _first_train_call_undone(session, configs, folder / "before")
                 timings["train_first_call"] = time.monotonic() - mark
                 mark = time.monotonic()
                 session.traced_eval(configs, session._dataset(configs, "eval"), session.global_step)  # noqa: SLF001
@@ -100,14 +102,35 @@ def prewarm(job: PrewarmJob) -> dict:
     return {"built": built, "seconds": time.monotonic() - started, "timings": timings, **found}
 
 
-def _first_train_call_undone(session: sessions.ModelSession, configs: dict, folder: Path) -> None:
+def _first_train_call_undone(session: sessions.ModelSession, configs: dict, folder: Path) -> dict[str, int]:
     """Run the traced train step once on the sample, then put back every variable it moved (model, optimiser,
     global step) from a checkpoint written just before.  TensorFlow optimises and instantiates a function's graph
     at its first call, not when it is traced: that call cost round 1 about 11 s more train time than round 2 on the
-    tiny SSD (bench/results/latency.md).  The evaluation's first call has no variable to undo."""
-    before = session.checkpoint.write(str(folder / "ckpt"))
+    tiny SSD (bench/results/latency.md).  The evaluation's first call has no variable to undo.
+
+    Checked each time: every variable (weights, BatchNorm moving statistics, optimiser slots, global step) is
+    compared, by a digest of its bytes, before the call, after it and after the undo.  One left moved fails the
+    prewarm (round 1 then builds its own session, from the weights it would have had).  Returns the counts, for the
+    Prewarmed answer: variables, moved by the call (all, trainable, moving statistics), left moved (0)."""
+    variables = [*session.model.variables, *session.optimizer.variables(), session.global_step]
+    before = _digests(variables)
+    checkpoint = session.checkpoint.write(str(folder / "ckpt"))
     session._train_step(iter(session._dataset(configs, "train")), *throughput.call_args(1, 1, 1.0))  # noqa: SLF001
-    session.checkpoint.read(before).assert_consumed()
+    called = _digests(variables)
+    session.checkpoint.read(checkpoint).assert_consumed()
+    left = [v.name for v, old, new in zip(variables, before, _digests(variables)) if old != new]
+    if left:
+        raise RuntimeError(f"the prewarm's train call was not undone: {len(left)} variables left moved: {left[:5]}")
+    moved = [v for v, old, new in zip(variables, before, called) if old != new]
+    trainable = {id(v) for v in session.model.trainable_variables}
+    return {"variables": len(variables), "moved": len(moved), "moved_trainable": sum(id(v) in trainable for v in moved),
+            "moved_moving": sum("moving_" in v.name for v in moved), "left": len(left),
+            "global_step": int(session.global_step.numpy())}
+
+
+def _digests(variables: list) -> list[bytes]:
+    """A digest of each variable's value (compared, not kept: no copy of the weights)."""
+    return [hashlib.blake2b(v.numpy().tobytes(), digest_size=16).digest() for v in variables]
 
 
 def _staging(template_dir: Path) -> Path:
