@@ -201,9 +201,9 @@ def main() -> int:
                     results.setdefault((model, name), []).append(result)
                     print(model, name, json.dumps(result), flush=True)
     lines = ["# Training throughput: odal worker vs stock model_main_tf2 (steady steps/s, same config/records/batch)",
-             "", f"`nice -n 10 .venv/bin/python bench/bench_throughput.py {' '.join(sys.argv[1:])}`: {args.images} generated 640x480 JPEGs, batch 8; odal: {args.warmup} "
-             f"warm-up steps then {args.steps} timed; stock: steps 101-200 of its own log. 2 cores shared with "
-             f"other helpers (1-min load average {min(load):.1f}-{max(load):.1f} during the run).", "",
+             "", f"`.venv/bin/python bench/bench_throughput.py {' '.join(sys.argv[1:])}`: {args.images} generated 640x480 JPEGs, batch 8; odal: {args.warmup} "
+             f"warm-up steps then {args.steps} timed; stock: steps 101-200 of its own log. {os.cpu_count()} cores "
+             f"(1-min load average {min(load):.1f}-{max(load):.1f} during the run, this bench included).", "",
              "| model | loop | steps/s | x stock | CPU s/step | x stock (CPU) | trace/warm-up s | loss first -> last |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for (model, name), runs in results.items():
