@@ -37,11 +37,16 @@ def variables_digest(saved_model_dir: Path) -> str:
     folder = Path(saved_model_dir) / "variables"
     for path in sorted(folder.iterdir()):
         digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
+        _feed(digest, path)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def _feed(digest, path: Path) -> None:
+    """Add a file's bytes to ``digest``, a few MiB at a time."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
 
 
 def element_digest(features: dict, labels: dict) -> bytes:
@@ -99,9 +104,7 @@ class ServedCache:
 def file_digest(path: Path) -> str:
     """A digest of a file's bytes."""
     digest = hashlib.blake2b(digest_size=32)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
+    _feed(digest, path)
     return digest.hexdigest()
 
 
