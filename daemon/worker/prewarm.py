@@ -39,6 +39,7 @@ from odal.daemon.system.atomic import publish_dir, remove_tree
 from odal.daemon.worker import distribute, rounds, tf_private, throughput
 from odal.daemon.worker import session as sessions
 from odal.daemon.worker.tfrecords import write_records
+from odal.serving.reuse import graph_bytes
 
 
 def _sample_round(folder: Path) -> None:
@@ -147,9 +148,8 @@ def _publish_template(staging: Path, template_dir: Path) -> str:
     one; an identical graph is left in place (the server keeps it loaded).  How it went, for the Prewarmed answer
     (a failure is reported, not raised)."""
     try:
-        old = template_dir / "saved_model.pb"
-        if old.is_file() and old.read_bytes() == (staging / "saved_model.pb").read_bytes():
-            return "unchanged"
+        if (template_dir / "saved_model.pb").is_file() and graph_bytes(str(template_dir)) == graph_bytes(str(staging)):
+            return "unchanged"  # the server's own reuse test (graph and assets): it keeps the loaded one
         remove_tree(template_dir)
         publish_dir(staging, template_dir)
         return "published"
