@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from odal.daemon.worker import pretrained  # noqa: E402
 from odal.daemon.worker import session as sessions  # noqa: E402
 from odal.daemon.worker.tfrecords import write_records  # noqa: E402
 from odal.daemon.commands.init import MODELS, START_TYPE  # noqa: E402
+from odal.daemon.rounds.contracts import FineTune  # noqa: E402
 
 RECIPE = {"size": 224, "lr": 0.02, "steps": 300, "type": START_TYPE, "schedule": "constant", "crop": 0, "freeze": ""}
 
@@ -88,11 +90,12 @@ def run(recipe: dict, start: str, train: list, held_out: list, root: Path, label
     round_dir = root / f"{start}-{len(train)}-{time.monotonic_ns()}"
     write_round(round_dir, train, held_out)
     config = pipeline(recipe, round_dir / "recipe.config", "tiny" if start == "tiny" else "ssdlite")
-    configs = sessions.load_configs(config, label_map, 1, round_dir / "train.record", round_dir / "eval.record")
     fine_tune = None
     if start == "pretrained":
-        prefix = pretrained.checkpoint_prefix(root / "start")
-        fine_tune = {"path": str(prefix), "type": recipe["type"]}
+        fine_tune = FineTune(str(pretrained.checkpoint_prefix(root / "start")), recipe["type"])
+    configs = sessions.load_configs(config, label_map, 1, round_dir / "train.record", round_dir / "eval.record",
+                                    fine_tune)
+    sessions.adjustments(configs)
     session = sessions.ModelSession(configs)
     started, cpu = time.monotonic(), time.process_time()
     trained = session.train(configs, recipe["steps"], None, fine_tune, lambda *a: None)
@@ -120,6 +123,7 @@ def main() -> int:
     for item in args.set:
         key, _, value = item.partition("=")
         recipe[key] = type(RECIPE[key])(value)
+    load = os.getloadavg()
     test, validation, pool = splits()
     held_out = validation if args.tune else test
     rows = []
@@ -135,8 +139,9 @@ def main() -> int:
                 rows.append(row)
     lines = [f"# Pretrained start vs from scratch (raccoon, {'validation' if args.tune else 'test'} set of "
              f"{len(held_out)} held-out images)", "",
-             "`nice -n 10 .venv/bin/python bench/bench_pretrained.py " + " ".join(sys.argv[1:]) + "` on 2 cores "
-             "shared with other jobs.", "", f"Recipe: {json.dumps(recipe)}", "",
+             "`nice -n 10 .venv/bin/python bench/bench_pretrained.py " + " ".join(sys.argv[1:]) + f"` on "
+             f"{os.cpu_count()} cores (1-min load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+             "end, this bench included).", "", f"Recipe: {json.dumps(recipe)}", "",
              "| annotations | start | mAP@0.5 | mAP | train s | train CPU s | first step s | eval s | final loss |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['n']} | {r['start']} | {r['mAP@0.5']:.3f} | {r['mAP']:.3f} | {r['train_s']} | {r['train_cpu_s']} | "
