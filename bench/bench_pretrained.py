@@ -139,7 +139,7 @@ def main() -> int:
                 rows.append(row)
     lines = [f"# Pretrained start vs from scratch (raccoon, {'validation' if args.tune else 'test'} set of "
              f"{len(held_out)} held-out images)", "",
-             "`nice -n 10 .venv/bin/python bench/bench_pretrained.py " + " ".join(sys.argv[1:]) + f"` on "
+             "`.venv/bin/python bench/bench_pretrained.py " + " ".join(sys.argv[1:]) + f"` on "
              f"{os.cpu_count()} cores (1-min load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
              "end, this bench included).", "", f"Recipe: {json.dumps(recipe)}", "",
              "| annotations | start | mAP@0.5 | mAP | train s | train CPU s | first step s | eval s | final loss |",
